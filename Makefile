@@ -1,0 +1,19 @@
+.PHONY: style quality test test-all bench
+
+style:
+	ruff check --fix .
+	ruff format .
+
+quality:
+	ruff check .
+	ruff format --check .
+
+test:
+	python -m pytest -m "not slow" -q
+
+test-all:
+	python -m pytest -q
+
+bench:
+	python benchmarks/loss_memory.py
+	python benchmarks/distill_vs_finetune.py

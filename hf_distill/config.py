@@ -1,0 +1,94 @@
+"""`DistillConfig`: `transformers.TrainingArguments` plus the distillation knobs."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from .losses import LOSS_TYPES
+
+
+@dataclass
+class DistillConfig(TrainingArguments):
+    r"""
+    Arguments of [`DistillTrainer`]: every field of `transformers.TrainingArguments`, plus the ones below.
+
+    The training loss is `alpha * CE + (1 - alpha) * temperature**2 * D(teacher || student)`, both terms summed over
+    valid tokens (labels != -100) and divided by the number of valid tokens of the whole optimizer step.
+
+    Parameters:
+        teacher_model_name_or_path (`str`, *optional*, defaults to `None`):
+            Hub id or local folder of the teacher, loaded with `AutoModelForCausalLM.from_pretrained` when the trainer
+            is not given a `teacher_model`. Not needed when `alpha=1.0`.
+        teacher_model_init_kwargs (`dict`, *optional*, defaults to `{}`):
+            Keyword arguments for loading the teacher, e.g. `{"dtype": "bfloat16"}`.
+        alpha (`float`, *optional*, defaults to `0.5`):
+            Weight of the cross-entropy term, in [0, 1]. `1.0` is plain fine-tuning: no teacher is loaded or run.
+            `0.0` trains on the divergence alone.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Softmax temperature of both distributions in the divergence, > 0. The divergence is multiplied by
+            `temperature**2` so that its gradients keep their scale as the temperature changes.
+        loss_type (`str`, *optional*, defaults to `"forward_kl"`):
+            Divergence: `forward_kl` KL(teacher || student), `reverse_kl` KL(student || teacher), `jsd` generalised
+            Jensen-Shannon weighted by `beta`, `skew_forward_kl` / `skew_reverse_kl` (DistiLLM) skewed by
+            `skew_lambda`, or `tvd` total variation distance.
+        beta (`float`, *optional*, defaults to `0.5`):
+            Teacher weight of the mixture in `jsd`, in (0, 1).
+        skew_lambda (`float`, *optional*, defaults to `0.1`):
+            Skew of the `skew_*` divergences, in [0, 1); 0 gives the plain KL.
+        early_stop_patience (`int`, *optional*, defaults to `None`):
+            Stop after this many evaluations without an improvement of `eval_loss` larger than
+            `early_stop_min_delta`. `None` turns early stopping off. Needs an eval dataset and an `eval_strategy`.
+        early_stop_min_delta (`float`, *optional*, defaults to `0.0`):
+            Smallest decrease of `eval_loss` that counts as an improvement for early stopping, >= 0.
+    """
+
+    teacher_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub id or local folder of the teacher model."}
+    )
+    teacher_model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "Keyword arguments for loading the teacher, e.g. {'dtype': 'bfloat16'}."}
+    )
+    alpha: float = field(default=0.5, metadata={"help": "Weight of the cross-entropy term, in [0, 1]."})
+    temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the divergence, > 0."})
+    loss_type: str = field(default="forward_kl", metadata={"help": "Divergence.", "choices": list(LOSS_TYPES)})
+    beta: float = field(default=0.5, metadata={"help": "Teacher weight of the jsd mixture, in (0, 1)."})
+    skew_lambda: float = field(default=0.1, metadata={"help": "Skew of the skew_* divergences, in [0, 1)."})
+    early_stop_patience: int | None = field(
+        default=None, metadata={"help": "Evaluations without improvement before stopping; None = off."}
+    )
+    early_stop_min_delta: float = field(
+        default=0.0, metadata={"help": "Smallest eval_loss decrease that counts as an improvement."}
+    )
+
+    def __post_init__(self):
+        self._validate_distillation_fields()
+        if self.early_stop_patience is not None and self.metric_for_best_model is None:
+            # EarlyStoppingCallback reads `metric_for_best_model`; early stopping is defined on eval_loss.
+            self.metric_for_best_model = "loss"
+        super().__post_init__()
+
+    def _validate_distillation_fields(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got alpha={self.alpha}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got temperature={self.temperature}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type={self.loss_type!r} is not supported; choose one of {', '.join(LOSS_TYPES)}")
+        if self.loss_type == "jsd" and not 0.0 < self.beta < 1.0:
+            raise ValueError(f"beta must be in (0, 1) for loss_type='jsd', got beta={self.beta}")
+        if not 0.0 <= self.skew_lambda < 1.0:
+            raise ValueError(f"skew_lambda must be in [0, 1), got skew_lambda={self.skew_lambda}")
+        if self.early_stop_patience is not None and self.early_stop_patience < 1:
+            raise ValueError(
+                f"early_stop_patience must be >= 1 or None, got early_stop_patience={self.early_stop_patience}"
+            )
+        if self.early_stop_min_delta < 0:
+            raise ValueError(
+                f"early_stop_min_delta must be >= 0, got early_stop_min_delta={self.early_stop_min_delta}"
+            )
+        if self.early_stop_patience is not None and str(self.eval_strategy) in ("no", "IntervalStrategy.NO"):
+            raise ValueError(
+                f"early_stop_patience={self.early_stop_patience} needs evaluation: set eval_strategy to 'steps' or "
+                "'epoch' (it is 'no')"
+            )

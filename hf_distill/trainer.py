@@ -1,0 +1,218 @@
+"""`DistillTrainer`: `transformers.Trainer` with a teacher and a distillation loss."""
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer
+
+from .config import DistillConfig
+from .losses import IGNORE_INDEX, cross_entropy_loss, distillation_loss, teacher_agreement
+from .modeling import check_vocabularies, load_causal_lm, parse_init_kwargs
+
+# Order of the per-token sums accumulated during evaluation.
+_EVAL_SUMS = ("ce", "kd", "agree", "tokens")
+
+
+class DistillTrainer(Trainer):
+    """A `transformers.Trainer` that distills `teacher_model` into `model`.
+
+    Every argument of `Trainer` works unchanged (a fine-tuning script becomes a distillation script by swapping the
+    class and adding a teacher). `args` must be a [`DistillConfig`].
+
+    Args:
+        teacher_model (`PreTrainedModel` or `str`, *optional*):
+            The teacher, or its hub id / local folder (loaded with `args.teacher_model_init_kwargs`). Defaults to
+            `args.teacher_model_name_or_path`. Ignored, and never loaded, when `args.alpha == 1.0`.
+
+    The loss of an optimizer step is `alpha * CE + (1 - alpha) * T**2 * D(teacher || student)`, each term summed over
+    the valid tokens of every micro-batch and divided by the valid tokens of the whole step across processes, so the
+    result does not depend on how the batch is split into micro-batches or processes.
+    """
+
+    # compute_loss divides by the token count of the whole optimizer step already; Trainer must not divide again by
+    # the number of accumulation steps.
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | None = None,
+        args: DistillConfig | None = None,
+        *trainer_args: Any,
+        teacher_model: PreTrainedModel | str | None = None,
+        **trainer_kwargs: Any,
+    ):
+        if not isinstance(args, DistillConfig):
+            raise TypeError(f"args must be a DistillConfig, got {type(args).__name__}")
+        if args.early_stop_patience is not None:
+            eval_dataset = trainer_args[3] if len(trainer_args) > 3 else trainer_kwargs.get("eval_dataset")
+            if eval_dataset is None:
+                raise ValueError(f"early_stop_patience={args.early_stop_patience} needs an eval_dataset")
+            callbacks = list(trainer_kwargs.get("callbacks") or [])
+            callbacks.append(EarlyStoppingCallback(args.early_stop_patience, args.early_stop_min_delta))
+            trainer_kwargs["callbacks"] = callbacks
+
+        teacher = self._load_teacher(teacher_model, args) if args.alpha < 1.0 else None
+        super().__init__(model, args, *trainer_args, **trainer_kwargs)
+
+        self.teacher_model = None
+        self.kd_vocab_size = None
+        if teacher is not None:
+            tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+            tokenizer_size = len(tokenizer) if tokenizer is not None and hasattr(tokenizer, "__len__") else None
+            self.kd_vocab_size = check_vocabularies(self.accelerator.unwrap_model(self.model), teacher, tokenizer_size)
+            self.teacher_model = self._prepare_teacher(teacher)
+
+        self._train_sums = torch.zeros(2, device=self.args.device)
+        self._train_window_start: int | None = None
+        self._eval_sums = torch.zeros(len(_EVAL_SUMS), device=self.args.device)
+
+    @staticmethod
+    def _load_teacher(teacher_model: PreTrainedModel | str | None, args: DistillConfig) -> nn.Module:
+        teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
+        if teacher_model is None:
+            raise ValueError(
+                f"alpha={args.alpha} needs a teacher: pass teacher_model or set teacher_model_name_or_path "
+                "(or set alpha=1.0 for plain fine-tuning)"
+            )
+        if isinstance(teacher_model, str):
+            init_kwargs = parse_init_kwargs(args.teacher_model_init_kwargs, "teacher_model_init_kwargs")
+            return load_causal_lm(teacher_model, "teacher_model_name_or_path", **init_kwargs)
+        return teacher_model
+
+    def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
+        teacher.eval()
+        teacher.requires_grad_(False)
+        # Not registered with the Accelerator: the teacher must stay out of the optimizer and of every checkpoint.
+        return teacher.to(self.accelerator.device)
+
+    # ---- loss ----
+
+    def get_batch_samples(
+        self, epoch_iterator: Iterator, num_batches: int, device: torch.device
+    ) -> tuple[list, torch.Tensor | None]:
+        """Collect the micro-batches of one optimizer step and count their target tokens across all processes."""
+        batch_samples = []
+        for _ in range(num_batches):
+            try:
+                batch_samples.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        if not batch_samples or "labels" not in batch_samples[0]:
+            return batch_samples, None
+        # The logits at position i predict the token at i + 1, so position 0 of each row is never a target.
+        count = sum(batch["labels"][..., 1:].ne(IGNORE_INDEX).sum() for batch in batch_samples).to(device)
+        if self.accelerator.num_processes > 1:
+            count = self.accelerator.reduce(count, reduction="sum")
+        return batch_samples, count
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        """`alpha * CE + (1 - alpha) * D`, summed over valid tokens and divided by the optimizer step's token count.
+
+        During evaluation (or whenever `num_items_in_batch` is None) the divisor is this micro-batch's own count.
+        """
+        labels = inputs["labels"]
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        outputs = model(**model_inputs)
+        # Causal LM: the logits at position i predict the token at position i + 1.
+        student_logits = outputs.logits[:, :-1]
+        targets = labels[:, 1:]
+
+        alpha = self.args.alpha
+        with contextlib.nullcontext() if alpha > 0 else torch.no_grad():
+            ce = cross_entropy_loss(student_logits, targets)
+        kd = torch.zeros_like(ce)
+        agree = torch.zeros_like(ce)
+        if self.teacher_model is not None:
+            teacher_logits = self._teacher_logits(model_inputs)[:, :-1, : self.kd_vocab_size]
+            kd_student_logits = student_logits[..., : self.kd_vocab_size]
+            kd = distillation_loss(
+                kd_student_logits,
+                teacher_logits,
+                targets,
+                loss_type=self.args.loss_type,
+                temperature=self.args.temperature,
+                beta=self.args.beta,
+                skew_lambda=self.args.skew_lambda,
+            )
+            if not model.training:
+                agree = teacher_agreement(kd_student_logits, teacher_logits, targets).float()
+
+        loss = self._mix(ce, kd)
+        if model.training and num_items_in_batch is not None:
+            # Each process holds its share of the step's tokens; DDP averages gradients over processes, so
+            # multiplying by their number turns that average back into the sum that the global count divides.
+            scale = self.accelerator.num_processes / num_items_in_batch
+            self._record_train_metrics(ce.detach() * scale, kd.detach() * scale)
+            loss = loss * scale
+        else:
+            n_tokens = targets.ne(IGNORE_INDEX).sum()
+            if not model.training:
+                sums = torch.stack([ce.detach(), kd.detach(), agree, n_tokens.float()])
+                self._eval_sums += sums.to(self._eval_sums.device)
+            loss = loss / n_tokens.clamp(min=1)
+        return (loss, outputs) if return_outputs else loss
+
+    def _mix(self, ce: torch.Tensor, kd: torch.Tensor) -> torch.Tensor:
+        # Dropping a zero-weight term, rather than multiplying it by 0, keeps an inf in that term from becoming NaN.
+        alpha = self.args.alpha
+        if alpha == 1.0:
+            return ce
+        if alpha == 0.0:
+            return kd
+        return alpha * ce + (1 - alpha) * kd
+
+    @torch.no_grad()
+    def _teacher_logits(self, model_inputs: dict[str, Any]) -> torch.Tensor:
+        with self.accelerator.autocast():
+            return self.teacher_model(**model_inputs).logits
+
+    # ---- metrics ----
+
+    def _record_train_metrics(self, ce: torch.Tensor, kd: torch.Tensor) -> None:
+        if self._train_window_start is None:
+            self._train_window_start = self.state.global_step
+        self._train_sums += torch.stack([ce, kd]).to(self._train_sums.device)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add `ce_loss` and `kd_loss`, averaged over the logging window exactly like Trainer averages `loss`."""
+        if "loss" in logs and self._train_window_start is not None:
+            steps = max(self.state.global_step - self._train_window_start, 1)
+            sums = self.accelerator.reduce(self._train_sums.clone(), reduction="mean") / steps
+            logs["ce_loss"] = sums[0].item()
+            if self.teacher_model is not None:
+                logs["kd_loss"] = sums[1].item()
+            self._train_sums.zero_()
+            self._train_window_start = None
+        super().log(logs, start_time)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # Without compute_metrics the logits of the whole eval set (examples x tokens x vocabulary) would be gathered
+        # only to be thrown away.
+        loss_only = prediction_loss_only or self.compute_metrics is None
+        return super().prediction_step(model, inputs, loss_only, ignore_keys=ignore_keys)
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        """Trainer's loop, with `loss`, `ce_loss`, `kd_loss` and `teacher_agreement` as token-weighted means."""
+        self._eval_sums.zero_()
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        sums = self.accelerator.reduce(self._eval_sums.clone(), reduction="sum")
+        ce, kd, agree, tokens = (sums / sums[-1].clamp(min=1)).tolist()
+        if sums[-1] > 0:
+            prefix = metric_key_prefix
+            output.metrics[f"{prefix}_loss"] = self._mix(torch.tensor(ce), torch.tensor(kd)).item()
+            output.metrics[f"{prefix}_ce_loss"] = ce
+            if self.teacher_model is not None:
+                output.metrics[f"{prefix}_kd_loss"] = kd
+                output.metrics[f"{prefix}_teacher_agreement"] = agree
+        return output

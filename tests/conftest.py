@@ -1,0 +1,72 @@
+"""Tiny models and data built from configs, so every test runs offline in seconds."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import LlamaConfig, LlamaForCausalLM
+
+VOCAB = 64
+
+
+def tiny_llama(seed: int, hidden: int = 32, layers: int = 2, vocab: int = VOCAB) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def variable_length_dataset(n: int = 24, seed: int = 0, vocab: int = VOCAB) -> Dataset:
+    """Sequences of different lengths with a masked prompt of different lengths, so micro-batches of the same step
+    hold different numbers of target tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        length = 6 + (i * 7) % 17
+        prompt = 1 + i % 4
+        ids = torch.randint(3, vocab, (length,), generator=gen).tolist()
+        rows.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    return Dataset.from_list(rows)
+
+
+def pad_collator(features):
+    """Right-pad to the longest sequence of the batch; padded positions are masked out of attention and loss."""
+    width = max(len(f["input_ids"]) for f in features)
+
+    def pad(seq, value):
+        return seq + [value] * (width - len(seq))
+
+    return {
+        "input_ids": torch.tensor([pad(f["input_ids"], 0) for f in features]),
+        "attention_mask": torch.tensor([pad([1] * len(f["input_ids"]), 0) for f in features]),
+        "labels": torch.tensor([pad(f["labels"], -100) for f in features]),
+    }
+
+
+@pytest.fixture
+def student():
+    return tiny_llama(seed=1, hidden=32, layers=1)
+
+
+@pytest.fixture
+def teacher():
+    return tiny_llama(seed=2, hidden=48, layers=2)
+
+
+@pytest.fixture
+def dataset():
+    return variable_length_dataset()
