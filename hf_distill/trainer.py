@@ -1,6 +1,7 @@
 """`DistillTrainer`: `transformers.Trainer` with a teacher and a distillation loss."""
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer
 
 from .config import DistillConfig
 from .losses import IGNORE_INDEX, cross_entropy_loss, distillation_loss, teacher_agreement
+from .model_card import render_model_card
 from .modeling import check_vocabularies, load_causal_lm, parse_init_kwargs
 
 # Order of the per-token sums accumulated during evaluation.
@@ -216,3 +218,34 @@ class DistillTrainer(Trainer):
                 output.metrics[f"{prefix}_kd_loss"] = kd
                 output.metrics[f"{prefix}_teacher_agreement"] = agree
         return output
+
+    # ---- publishing ----
+
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | None = None,
+        student_base: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Write `output_dir/README.md` stating how the student was distilled (Trainer.push_to_hub calls this)."""
+        if not self.is_world_process_zero():
+            return
+        teacher = None
+        if self.teacher_model is not None:
+            teacher = self.args.teacher_model_name_or_path or self.teacher_model.config.name_or_path
+        eval_metrics = next((h for h in reversed(self.state.log_history) if "eval_loss" in h), {})
+        card = render_model_card(
+            model_name=model_name or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir)),
+            student_base=student_base,
+            teacher=teacher,
+            dataset=dataset_name,
+            alpha=self.args.alpha,
+            loss_type=self.args.loss_type,
+            temperature=self.args.temperature,
+            steps=self.state.global_step,
+            eval_metrics=eval_metrics,
+        )
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(os.path.join(self.args.output_dir, "README.md"), "w") as f:
+            f.write(card)

@@ -1,0 +1,89 @@
+"""What a run needs beside `DistillConfig`: the student model and the data. Parsed together from one recipe."""
+
+from dataclasses import dataclass, field
+
+STUDENT_INITS = ("pretrained", "from_config")
+DATASET_FORMATS = ("auto", "text", "prompt_completion", "messages")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class ModelArguments:
+    r"""
+    The student model and its tokenizer.
+
+    Parameters:
+        model_name_or_path (`str`):
+            Student: hub id or local folder of a causal LM, or, with `student_init: from_config`, of a model config.
+        student_init (`str`, *optional*, defaults to `"pretrained"`):
+            `pretrained` loads the student's weights; `from_config` builds the student from its config with fresh,
+            randomly initialised weights (seeded by `seed`).
+        tokenizer_name_or_path (`str`, *optional*, defaults to `None`):
+            Tokenizer shared by student and teacher. Defaults to `model_name_or_path` (or, with `from_config`, to the
+            teacher's).
+        dtype (`str`, *optional*, defaults to `"auto"`):
+            Dtype of the student's weights: `auto`, `float32`, `bfloat16` or `float16`.
+        attn_implementation (`str`, *optional*, defaults to `None`):
+            Attention kernel of student and teacher, e.g. `sdpa`, `eager` or `flash_attention_2`; `None` lets
+            transformers choose.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Allow models and tokenizers that ship their own code.
+    """
+
+    model_name_or_path: str = field(metadata={"help": "Student: hub id or local folder (or config with from_config)."})
+    student_init: str = field(
+        default="pretrained", metadata={"help": "pretrained or from_config.", "choices": list(STUDENT_INITS)}
+    )
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer shared by both models."})
+    dtype: str = field(default="auto", metadata={"help": "Student weights dtype.", "choices": list(DTYPES)})
+    attn_implementation: str | None = field(default=None, metadata={"help": "Attention kernel, e.g. sdpa."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow models that ship their own code."})
+
+
+@dataclass
+class DataArguments:
+    r"""
+    The training (and evaluation) data.
+
+    Parameters:
+        dataset_name (`str`):
+            Hub dataset id, a local folder (split files named `train.jsonl`, `eval.parquet`, ...; or a dataset saved
+            with `save_to_disk`) or a single local json/jsonl/parquet/csv/txt file (used as the train split).
+        dataset_config (`str`, *optional*, defaults to `None`):
+            Configuration name of a hub dataset.
+        dataset_train_split (`str`, *optional*, defaults to `"train"`):
+            Split to train on.
+        dataset_eval_split (`str`, *optional*, defaults to `None`):
+            Split to evaluate on; `None` means no evaluation.
+        dataset_format (`str`, *optional*, defaults to `"auto"`):
+            `text` (loss on every token), `prompt_completion` (loss on the completion only), `messages` (chat
+            template; loss on assistant turns only), or `auto` to pick by the columns present.
+        max_length (`int`, *optional*, defaults to `1024`):
+            Examples longer than this many tokens are truncated (and counted in a warning).
+        dataset_num_proc (`int`, *optional*, defaults to `None`):
+            Processes for tokenization (`datasets.map`); `None` tokenizes in the main process.
+        max_train_samples (`int`, *optional*, defaults to `None`):
+            Keep only the first N training examples (quick runs).
+        max_eval_samples (`int`, *optional*, defaults to `None`):
+            Keep only the first N evaluation examples.
+    """
+
+    dataset_name: str = field(metadata={"help": "Hub dataset id, local folder or local file."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_eval_split: str | None = field(default=None, metadata={"help": "Split to evaluate on."})
+    dataset_format: str = field(
+        default="auto", metadata={"help": "Format of the examples.", "choices": list(DATASET_FORMATS)}
+    )
+    max_length: int = field(default=1024, metadata={"help": "Truncate examples to this many tokens."})
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N train examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N eval examples."})
+
+    def __post_init__(self):
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got max_length={self.max_length}")
+        for name in ("dataset_num_proc", "max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {name}={value}")

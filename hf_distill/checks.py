@@ -1,0 +1,61 @@
+"""`hf-distill check`: validate a recipe without loading any weights."""
+
+import os
+
+from transformers import AutoConfig
+
+from .arguments import DataArguments, ModelArguments
+from .config import DistillConfig
+from .data import FILE_BUILDERS, split_files
+
+
+def _looks_local(name: str) -> bool:
+    """Hub ids are `name` or `org/name`; anything else is a local path."""
+    return os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def _check_model_path(name: str, field_name: str, trust_remote_code: bool) -> None:
+    """A local model folder must hold a loadable config; a hub id cannot be checked offline and is accepted."""
+    if not _looks_local(name):
+        return
+    if not os.path.isdir(name):
+        raise ValueError(f"{field_name}={name!r}: no such folder")
+    try:
+        AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{field_name}={name!r}: not a model folder ({str(err).splitlines()[0]})") from None
+
+
+def _check_dataset(args: DataArguments) -> None:
+    name = args.dataset_name
+    if os.path.isfile(name):
+        if os.path.splitext(name)[1] not in FILE_BUILDERS:
+            raise ValueError(f"dataset_name={name!r}: unsupported file type; use one of {sorted(FILE_BUILDERS)}")
+        if args.dataset_eval_split not in (None, "train"):
+            raise ValueError(f"dataset_eval_split={args.dataset_eval_split!r}: a single file only has a 'train' split")
+        return
+    if os.path.isdir(name):
+        splits = split_files(name)
+        if splits:
+            for field_name in ("dataset_train_split", "dataset_eval_split"):
+                split = getattr(args, field_name)
+                if split is not None and split not in splits:
+                    raise ValueError(f"{field_name}={split!r}: no such split file in {name!r}; found {sorted(splits)}")
+        return
+    if _looks_local(name):
+        raise ValueError(f"dataset_name={name!r}: no such file or folder")
+
+
+def check_recipe(model_args: ModelArguments, data_args: DataArguments, config: DistillConfig) -> None:
+    """Raise ValueError on the first problem a run would hit before training; touches no weights."""
+    trust = model_args.trust_remote_code
+    _check_model_path(model_args.model_name_or_path, "model_name_or_path", trust)
+    if model_args.tokenizer_name_or_path is not None:
+        _check_model_path(model_args.tokenizer_name_or_path, "tokenizer_name_or_path", trust)
+    if config.alpha < 1.0:
+        if config.teacher_model_name_or_path is None:
+            raise ValueError(f"alpha={config.alpha} needs a teacher: set teacher_model_name_or_path")
+        _check_model_path(config.teacher_model_name_or_path, "teacher_model_name_or_path", trust)
+    _check_dataset(data_args)
+    if config.early_stop_patience is not None and data_args.dataset_eval_split is None:
+        raise ValueError(f"early_stop_patience={config.early_stop_patience} needs dataset_eval_split")

@@ -1,0 +1,168 @@
+"""Loading a dataset in one of the formats TRL SFT users have, and tokenizing it with the loss mask of its format."""
+
+import glob
+import os
+
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from transformers import PreTrainedTokenizerBase
+from transformers.utils import logging
+
+from .arguments import DataArguments
+from .losses import IGNORE_INDEX
+
+logger = logging.get_logger(__name__)
+
+FORMAT_COLUMNS = {"text": ("text",), "prompt_completion": ("prompt", "completion"), "messages": ("messages",)}
+# Extension -> datasets builder, for local files.
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
+
+
+def split_files(folder: str) -> dict[str, str]:
+    """Local split files `<split>.<ext>` (or `<split>-*.<ext>` shards) in `folder`, by split name."""
+    files: dict[str, list[str]] = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*"))):
+        stem, ext = os.path.splitext(os.path.basename(path))
+        if ext in FILE_BUILDERS:
+            files.setdefault(stem.split("-")[0], []).append(path)
+    return files
+
+
+def load_raw_dataset(args: DataArguments) -> DatasetDict:
+    """The dataset named by `args.dataset_name`: a local file, a local folder, or a hub dataset."""
+    name = args.dataset_name
+    if os.path.isfile(name):
+        ext = os.path.splitext(name)[1]
+        if ext not in FILE_BUILDERS:
+            raise ValueError(f"dataset_name={name!r}: unsupported file type {ext!r}; use {sorted(FILE_BUILDERS)}")
+        return load_dataset(FILE_BUILDERS[ext], data_files={"train": name})
+    if os.path.isdir(name):
+        if os.path.exists(os.path.join(name, "dataset_dict.json")):
+            return load_from_disk(name)
+        files = split_files(name)
+        if files:
+            builders = {FILE_BUILDERS[os.path.splitext(p)[1]] for paths in files.values() for p in paths}
+            if len(builders) > 1:
+                raise ValueError(f"dataset_name={name!r} mixes file types {sorted(builders)}; use one type")
+            return load_dataset(builders.pop(), data_files=files)
+        return load_dataset(name, args.dataset_config)
+    if name.startswith((".", "/")) or name.endswith(tuple(FILE_BUILDERS)):
+        raise ValueError(f"dataset_name={name!r}: no such file or folder")
+    return load_dataset(name, args.dataset_config)
+
+
+def detect_format(dataset: Dataset, declared: str, split: str) -> str:
+    """The format to tokenize with; raises naming the columns found and expected when they do not fit."""
+    columns = set(dataset.column_names)
+    if declared == "auto":
+        for fmt in ("messages", "prompt_completion", "text"):
+            if set(FORMAT_COLUMNS[fmt]) <= columns:
+                return fmt
+        expected = " or ".join(f"{list(c)}" for c in FORMAT_COLUMNS.values())
+        raise ValueError(f"dataset split {split!r} has columns {sorted(columns)}; expected {expected}")
+    missing = set(FORMAT_COLUMNS[declared]) - columns
+    if missing:
+        raise ValueError(
+            f"dataset_format={declared!r} needs columns {list(FORMAT_COLUMNS[declared])}, but split {split!r} has "
+            f"{sorted(columns)}"
+        )
+    return declared
+
+
+def _with_eos(ids: list[int], tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    eos = tokenizer.eos_token_id
+    return ids + [eos] if eos is not None and (not ids or ids[-1] != eos) else ids
+
+
+def _text_example(example: dict, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    ids = _with_eos(tokenizer(example["text"])["input_ids"], tokenizer)
+    return ids, list(ids)
+
+
+def _prompt_completion_example(example: dict, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    prompt = tokenizer(example["prompt"])["input_ids"]
+    completion = _with_eos(tokenizer(example["completion"], add_special_tokens=False)["input_ids"], tokenizer)
+    return prompt + completion, [IGNORE_INDEX] * len(prompt) + completion
+
+
+def _messages_example(example: dict, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    messages = example["messages"]
+    if "{% generation %}" in (tokenizer.chat_template or ""):
+        out = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
+        ids = list(out["input_ids"])
+        return ids, [t if m else IGNORE_INDEX for t, m in zip(ids, out["assistant_masks"])]
+    # Templates without generation markers (most hub models'): an assistant turn is what rendering it adds to the
+    # conversation before it, rendered with the generation prompt.
+    ids = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+    labels = [IGNORE_INDEX] * len(ids)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = len(
+            tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True, return_dict=True)["input_ids"]
+        )
+        end = len(tokenizer.apply_chat_template(messages[: i + 1], return_dict=True)["input_ids"])
+        labels[start:end] = ids[start:end]
+    return ids, labels
+
+
+_TOKENIZERS = {"text": _text_example, "prompt_completion": _prompt_completion_example, "messages": _messages_example}
+
+
+def tokenize_dataset(
+    dataset: Dataset, tokenizer: PreTrainedTokenizerBase, fmt: str, args: DataArguments, split: str
+) -> Dataset:
+    """`input_ids` and `labels` (-100 where the format puts no loss), truncated to `max_length`; examples left
+    without any target token are dropped. Both counts are reported; an empty result is an error."""
+    build = _TOKENIZERS[fmt]
+    max_length = args.max_length
+
+    def tokenize(example):
+        try:
+            ids, labels = build(example, tokenizer)
+        except (TypeError, ValueError, KeyError, AttributeError) as err:
+            raise ValueError(f"split {split!r}: an example cannot be read as {fmt!r}: {err}") from None
+        return {
+            "input_ids": ids[:max_length],
+            "labels": labels[:max_length],
+            "truncated": len(ids) > max_length,
+            # The first label is never predicted (causal shift): a target needs a valid label after position 0.
+            "has_target": any(label != IGNORE_INDEX for label in labels[1:max_length]),
+        }
+
+    tokenized = dataset.map(
+        tokenize, remove_columns=dataset.column_names, num_proc=args.dataset_num_proc, desc=f"Tokenizing {split}"
+    )
+    truncated = sum(tokenized["truncated"])
+    if truncated:
+        logger.warning(
+            f"split {split!r}: {truncated} of {len(tokenized)} examples truncated to max_length={max_length}"
+        )
+    kept = tokenized.filter(lambda e: e["has_target"], num_proc=args.dataset_num_proc, desc=f"Filtering {split}")
+    if len(kept) < len(tokenized):
+        logger.warning(f"split {split!r}: dropped {len(tokenized) - len(kept)} examples with no target token")
+    if len(kept) == 0:
+        raise ValueError(
+            f"split {split!r} has no example with a target token (of {len(tokenized)}): every label is masked "
+            f"for dataset_format={fmt!r}"
+        )
+    return kept.remove_columns(["truncated", "has_target"])
+
+
+def prepare_datasets(args: DataArguments, tokenizer: PreTrainedTokenizerBase) -> tuple[Dataset, Dataset | None]:
+    """Tokenized train and (optional) eval datasets."""
+    raw = load_raw_dataset(args)
+    splits = [(args.dataset_train_split, args.max_train_samples, "dataset_train_split")]
+    if args.dataset_eval_split is not None:
+        splits.append((args.dataset_eval_split, args.max_eval_samples, "dataset_eval_split"))
+    prepared = []
+    for split, limit, field_name in splits:
+        if split not in raw:
+            raise ValueError(f"{field_name}={split!r} is not a split of {args.dataset_name!r}; it has {list(raw)}")
+        dataset = raw[split]
+        if limit is not None:
+            dataset = dataset.select(range(min(limit, len(dataset))))
+        if len(dataset) == 0:
+            raise ValueError(f"{field_name}={split!r} of {args.dataset_name!r} is empty")
+        fmt = detect_format(dataset, args.dataset_format, split)
+        prepared.append(tokenize_dataset(dataset, tokenizer, fmt, args, split))
+    return prepared[0], prepared[1] if len(prepared) > 1 else None

@@ -1,0 +1,113 @@
+"""One training run from parsed arguments: data, models, trainer, train, evaluate, save, card, push."""
+
+import os
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging
+
+from .arguments import DataArguments, ModelArguments
+from .config import DistillConfig
+from .data import prepare_datasets
+from .modeling import load_causal_lm, parse_init_kwargs
+from .trainer import DistillTrainer
+
+logger = logging.get_logger(__name__)
+
+
+def load_tokenizer(model_args: ModelArguments, config: DistillConfig):
+    name = model_args.tokenizer_name_or_path
+    if name is None:
+        name = config.teacher_model_name_or_path if model_args.student_init == "from_config" else None
+        name = name or model_args.model_name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"tokenizer_name_or_path={name!r}: cannot load a tokenizer ({err})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_student(model_args: ModelArguments, config: DistillConfig):
+    kwargs = {"dtype": model_args.dtype, "trust_remote_code": model_args.trust_remote_code}
+    if model_args.attn_implementation is not None:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if model_args.student_init == "pretrained":
+        return load_causal_lm(model_args.model_name_or_path, "model_name_or_path", **kwargs)
+    try:
+        model_config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path, trust_remote_code=kwargs["trust_remote_code"]
+        )
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"model_name_or_path={model_args.model_name_or_path!r}: cannot load a config ({err})"
+        ) from None
+    # Fresh weights must not depend on what ran before: seed right before initialising them.
+    set_seed(config.seed)
+    dtype = kwargs.pop("dtype")
+    model = AutoModelForCausalLM.from_config(model_config, **kwargs)
+    return model.to(getattr(torch, dtype)) if dtype != "auto" else model
+
+
+def teacher_init_kwargs(model_args: ModelArguments, config: DistillConfig) -> dict:
+    """The teacher shares the student's attention kernel and remote-code policy unless the recipe says otherwise."""
+    kwargs = parse_init_kwargs(config.teacher_model_init_kwargs, "teacher_model_init_kwargs")
+    if model_args.attn_implementation is not None:
+        kwargs.setdefault("attn_implementation", model_args.attn_implementation)
+    kwargs.setdefault("trust_remote_code", model_args.trust_remote_code)
+    return kwargs
+
+
+def run_training(model_args: ModelArguments, data_args: DataArguments, config: DistillConfig) -> dict:
+    """Train, evaluate and save as the HF example scripts do; returns the final metrics."""
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(model_args, config)
+    with config.main_process_first(desc="tokenizing the dataset"):
+        train_dataset, eval_dataset = prepare_datasets(data_args, tokenizer)
+
+    teacher = None
+    if config.alpha < 1.0 and config.teacher_model_name_or_path is not None:
+        teacher = load_causal_lm(
+            config.teacher_model_name_or_path, "teacher_model_name_or_path", **teacher_init_kwargs(model_args, config)
+        )
+    student = load_student(model_args, config)
+
+    trainer = DistillTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=config,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
+    )
+
+    checkpoint = config.resume_from_checkpoint
+    if checkpoint is None and os.path.isdir(config.output_dir):
+        checkpoint = get_last_checkpoint(config.output_dir)
+        if checkpoint is not None:
+            logger.warning(f"resuming from the last checkpoint in output_dir: {checkpoint}")
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = dict(train_result.metrics)
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+
+    if eval_dataset is not None:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+
+    trainer.save_model(config.output_dir)
+    if trainer.is_world_process_zero():
+        trainer.create_model_card(dataset_name=data_args.dataset_name, student_base=_student_base(model_args))
+    if config.push_to_hub:
+        trainer.push_to_hub(dataset_name=data_args.dataset_name, student_base=_student_base(model_args))
+    return metrics
+
+
+def _student_base(model_args: ModelArguments) -> str | None:
+    return model_args.model_name_or_path if model_args.student_init == "pretrained" else None

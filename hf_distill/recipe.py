@@ -1,0 +1,114 @@
+"""Recipes: one YAML file whose keys are exactly the fields of the argument dataclasses, overridable on the command
+line. Every problem with a recipe is a `RecipeError` with a one-line message."""
+
+import dataclasses
+import difflib
+import json
+import os
+import typing
+
+import yaml
+from transformers import HfArgumentParser
+
+from .arguments import DataArguments, ModelArguments
+from .config import DistillConfig
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, DistillConfig)
+
+
+class RecipeError(ValueError):
+    """A recipe or command line that cannot be run, with a message fit to show the user as is."""
+
+
+class _RecipeParser(HfArgumentParser):
+    def error(self, message):
+        # argparse would print the whole usage (hundreds of TrainingArguments options) and exit.
+        raise RecipeError(message)
+
+
+def field_names() -> list[str]:
+    return [f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init]
+
+
+def _unknown_key_error(key: str, where: str) -> RecipeError:
+    close = difflib.get_close_matches(key, field_names(), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return RecipeError(f"unknown key {key!r} in {where}{hint}")
+
+
+def load_yaml(path: str) -> dict:
+    """The recipe's mapping; YAML syntax errors keep their line number."""
+    if not os.path.isfile(path):
+        raise RecipeError(f"recipe file not found: {path}")
+    with open(path) as f:
+        try:
+            content = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise RecipeError(f"{path}: YAML syntax error{where}: {problem}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of keys to values, got {type(content).__name__}")
+    return content
+
+
+def _accepts_containers(key: str) -> bool:
+    # From the annotations, not dataclasses.fields(): HfArgumentParser rewrites a field's type in place (to str).
+    for cls in ARGUMENT_CLASSES:
+        hint = typing.get_type_hints(cls).get(key)
+        if hint is not None:
+            return "dict" in str(hint) or "list" in str(hint)
+    return False
+
+
+def _split_recipe(recipe: dict, parser: HfArgumentParser, path: str) -> tuple[list[str], dict]:
+    """Recipe values as command-line strings, so that argparse checks their types exactly as it checks flags; lists
+    and mappings for fields that take them are passed through as they are."""
+    nargs = {action.dest: action.nargs for action in parser._actions}
+    argv, direct = [], {}
+    for key, value in recipe.items():
+        if key not in nargs:
+            raise _unknown_key_error(key, path)
+        if value is None:
+            continue
+        if isinstance(value, list) and nargs[key] in ("+", "*"):
+            argv += [f"--{key}", *map(str, value)]
+        elif isinstance(value, dict | list) and _accepts_containers(key):
+            direct[key] = value
+        elif isinstance(value, dict | list):
+            argv += [f"--{key}", json.dumps(value)]
+        elif isinstance(value, bool):
+            argv += [f"--{key}", str(value).lower()]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv, direct
+
+
+def parse_recipe(path: str | None, overrides: list[str] | None = None):
+    """(ModelArguments, DataArguments, DistillConfig) from a YAML recipe and `--key value` overrides."""
+    parser = _RecipeParser(ARGUMENT_CLASSES)
+    recipe = load_yaml(path) if path is not None else {}
+    overrides = list(overrides or [])
+    argv, direct = _split_recipe(recipe, parser, path)
+    namespace, remaining = parser.parse_known_args(argv + overrides)
+    overridden = {token[2:].split("=")[0] for token in overrides if token.startswith("--")}
+    for key, value in direct.items():
+        if key not in overridden:
+            setattr(namespace, key, value)
+    for token in remaining:
+        if token.startswith("--"):
+            raise _unknown_key_error(token[2:].split("=")[0], "the command line")
+    if remaining:
+        raise RecipeError(f"unexpected command-line arguments: {' '.join(remaining)}")
+    outputs = []
+    for cls in ARGUMENT_CLASSES:
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        values = {k: v for k, v in vars(namespace).items() if k in names}
+        try:
+            outputs.append(cls(**values))
+        except (ValueError, TypeError) as err:
+            raise RecipeError(str(err).splitlines()[0]) from None
+    return tuple(outputs)

@@ -1,0 +1,111 @@
+"""Recipes: YAML keys are dataclass fields, the command line overrides them, bad input is one clear line."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hf_distill.cli import main
+from hf_distill.recipe import RecipeError, parse_recipe
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write(tmp_path, text, name="recipe.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+BASE = "model_name_or_path: some/student\ndataset_name: some/dataset\noutput_dir: {out}\n"
+
+
+def test_yaml_keys_fill_all_three_dataclasses_and_flags_override(tmp_path):
+    recipe = write(
+        tmp_path,
+        BASE.format(out=tmp_path / "o")
+        + "alpha: 0.3\ntemperature: 2\nmax_length: 64\nreport_to: [tensorboard]\n"
+        + "teacher_model_init_kwargs:\n  dtype: bfloat16\nbf16: false\n",
+    )
+    model_args, data_args, config = parse_recipe(recipe, ["--max_steps", "5", "--alpha", "0.7"])
+    assert model_args.model_name_or_path == "some/student"
+    assert data_args.max_length == 64
+    assert (config.alpha, config.temperature, config.max_steps) == (0.7, 2.0, 5)
+    assert config.report_to == ["tensorboard"]
+    assert config.teacher_model_init_kwargs == {"dtype": "bfloat16"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "overrides", "message"),
+    [
+        ("temperture: 2\n", [], "unknown key 'temperture' in .*did you mean 'temperature'"),
+        ("", ["--lerning_rate", "1"], "unknown key 'lerning_rate' in the command line; did you mean 'learning_rate'"),
+        ("alpha: high\n", [], "argument --alpha.*: invalid float value: 'high'"),
+        ("max_steps: [1, 2]\n", [], "argument --max_steps.*: invalid int value"),
+        ("alpha: 3\n", [], "alpha must be in \\[0, 1\\], got alpha=3.0"),
+        ("loss_type: kl\n", [], "argument --loss_type.*: invalid choice: 'kl'"),
+        ("max_length: 1\n", [], "max_length=1"),
+    ],
+)
+def test_bad_recipes_raise_one_line(tmp_path, extra, overrides, message):
+    recipe = write(tmp_path, BASE.format(out=tmp_path / "o") + extra)
+    with pytest.raises(RecipeError, match=message) as info:
+        parse_recipe(recipe, overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_required_key(tmp_path):
+    recipe = write(tmp_path, "dataset_name: x\n")
+    with pytest.raises(RecipeError, match="required: --model_name_or_path"):
+        parse_recipe(recipe)
+
+
+def test_yaml_syntax_error_reports_line(tmp_path):
+    recipe = write(tmp_path, "model_name_or_path: a\nalpha: [0.5\ntemperature: 2\n")
+    with pytest.raises(RecipeError, match="YAML syntax error at line"):
+        parse_recipe(recipe)
+
+
+def test_recipe_must_be_a_mapping(tmp_path):
+    with pytest.raises(RecipeError, match="mapping"):
+        parse_recipe(write(tmp_path, "- a\n- b\n"))
+
+
+def test_cli_prints_one_line_and_no_traceback(tmp_path):
+    recipe = write(tmp_path, BASE.format(out=tmp_path / "o") + "temperture: 2\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_distill.cli", "check", recipe], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("hf-distill")]
+    assert lines == [f"hf-distill: error: unknown key 'temperture' in {recipe}; did you mean 'temperature'?"]
+    assert "Traceback" not in result.stderr
+
+
+def test_check_finds_missing_local_paths(tmp_path, capsys):
+    recipe = write(
+        tmp_path,
+        f"model_name_or_path: ./no/such/student\ndataset_name: data.jsonl\nalpha: 1.0\noutput_dir: {tmp_path / 'o'}\n",
+    )
+    with pytest.raises(SystemExit) as info:
+        main(["check", recipe])
+    assert info.value.code == 2
+    assert "model_name_or_path='./no/such/student': no such folder" in capsys.readouterr().err
+
+
+def test_check_requires_a_teacher_unless_alpha_is_one(tmp_path, capsys):
+    recipe = write(tmp_path, BASE.format(out=tmp_path / "o"))
+    with pytest.raises(SystemExit):
+        main(["check", recipe])
+    assert "alpha=0.5 needs a teacher" in capsys.readouterr().err
+    main(["check", recipe, "--alpha", "1.0"])
+    assert "ok" in capsys.readouterr().out
+
+
+def test_every_shipped_recipe_passes_check(capsys):
+    recipes = sorted(glob.glob(os.path.join(ROOT, "recipes", "**", "*.yaml"), recursive=True))
+    assert len(recipes) >= 3
+    main(["check", *recipes])
+    assert capsys.readouterr().out.count(": ok") == len(recipes)
