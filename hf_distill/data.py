@@ -1,16 +1,16 @@
 """Loading a dataset in one of the formats TRL SFT users have, and tokenizing it with the loss mask of its format."""
 
 import glob
+import logging
 import os
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from transformers import PreTrainedTokenizerBase
-from transformers.utils import logging
 
 from .arguments import DataArguments
 from .losses import IGNORE_INDEX
 
-logger = logging.get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 FORMAT_COLUMNS = {"text": ("text",), "prompt_completion": ("prompt", "completion"), "messages": ("messages",)}
 # Extension -> datasets builder, for local files.

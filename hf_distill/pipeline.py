@@ -1,11 +1,11 @@
 """One training run from parsed arguments: data, models, trainer, train, evaluate, save, card, push."""
 
+import logging
 import os
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, set_seed
 from transformers.trainer_utils import get_last_checkpoint
-from transformers.utils import logging
 
 from .arguments import DataArguments, ModelArguments
 from .config import DistillConfig
@@ -13,7 +13,7 @@ from .data import prepare_datasets
 from .modeling import load_causal_lm, parse_init_kwargs
 from .trainer import DistillTrainer
 
-logger = logging.get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def load_tokenizer(model_args: ModelArguments, config: DistillConfig):

@@ -70,3 +70,31 @@ def teacher():
 @pytest.fixture
 def dataset():
     return variable_length_dataset()
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}<asst> {% generation %}{{ m['content'] }} <eos>"
+    "{% endgeneration %} {% else %}<user> {{ m['content'] }} {% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<asst> {% endif %}"
+)
+WORDS = ["<pad>", "<bos>", "<eos>", "<unk>", "<user>", "<asst>"] + [f"w{i}" for i in range(VOCAB - 6)]
+
+
+def word_tokenizer(chat_template: str | None = CHAT_TEMPLATE):
+    """A whitespace word-level tokenizer over `w0 w1 ...`, one id per word, built in memory."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+    )
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+@pytest.fixture
+def tokenizer():
+    return word_tokenizer()

@@ -1,0 +1,117 @@
+"""`hf-distill train` end to end on tiny local models: outputs, model card, reload, generation, hub push."""
+
+import fnmatch
+import json
+import os
+import types
+
+import pytest
+import torch
+import transformers.trainer
+from conftest import tiny_llama, word_tokenizer
+from transformers import AutoModelForCausalLM, pipeline
+
+from hf_distill.cli import main
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    """A teacher folder, a student config folder, a tokenizer and a chat dataset, all local."""
+    tokenizer = word_tokenizer()
+    teacher = tiny_llama(seed=2, hidden=48, layers=2)
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    tiny_llama(seed=1, hidden=32, layers=1).config.save_pretrained(tmp_path / "student_config")
+    data = tmp_path / "data"
+    data.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", 32), ("eval", 8)):
+        with open(data / f"{split}.jsonl", "w") as f:
+            for i in range(n):
+                words = [f"w{j}" for j in torch.randint(0, 50, (6,), generator=gen).tolist()]
+                messages = [
+                    {"role": "user", "content": " ".join(words[:3])},
+                    {"role": "assistant", "content": " ".join(words[3:])},
+                ]
+                f.write(json.dumps({"id": f"{split}-{i}", "messages": messages}) + "\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"model_name_or_path: {tmp_path / 'student_config'}\n"
+        "student_init: from_config\n"
+        f"teacher_model_name_or_path: {tmp_path / 'teacher'}\n"
+        f"dataset_name: {data}\n"
+        "dataset_eval_split: eval\n"
+        "alpha: 0.5\ntemperature: 2.0\nloss_type: jsd\n"
+        f"output_dir: {tmp_path / 'out'}\n"
+        "per_device_train_batch_size: 4\nmax_steps: 4\nlogging_steps: 2\nlearning_rate: 1.0e-3\n"
+        "use_cpu: true\nreport_to: []\nsave_strategy: 'no'\ndisable_tqdm: true\n"
+    )
+    return tmp_path, str(recipe)
+
+
+def test_train_writes_a_usable_student(workspace):
+    tmp_path, recipe = workspace
+    main(["train", recipe, "--max_steps", "3"])
+    out = tmp_path / "out"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "README.md", "train_results.json"):
+        assert (out / name).is_file(), name
+    eval_results = json.loads((out / "eval_results.json").read_text())
+    assert {"eval_loss", "eval_ce_loss", "eval_kd_loss", "eval_teacher_agreement"} <= set(eval_results)
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 3  # the command-line override beat the recipe's max_steps: 4
+    assert any("kd_loss" in entry for entry in state["log_history"])
+
+    card = (out / "README.md").read_text()
+    for fact in (
+        str(tmp_path / "teacher"),
+        "jsd",
+        "Temperature | 2",
+        "Alpha (CE weight) | 0.5",
+        str(tmp_path / "data"),
+    ):
+        assert fact in card, fact
+    assert "Optimizer steps | 3" in card
+    assert f"eval_loss | {eval_results['eval_loss']:.4f}" in card
+
+    student = AutoModelForCausalLM.from_pretrained(out)
+    assert student.config.hidden_size == 32
+    generator = pipeline("text-generation", model=str(out), device="cpu")
+    text = generator("<user> w1 w2 w3 <asst>", max_new_tokens=5, do_sample=False)[0]["generated_text"]
+    assert text.startswith("<user> w1 w2 w3 <asst>") and len(text.split()) > 5
+
+
+def test_rerun_resumes_from_the_last_checkpoint(workspace):
+    tmp_path, recipe = workspace
+    main(["train", recipe, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2"])
+    main(["train", recipe, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"])
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
+    assert steps == [2, 4]  # step 2 logged once: the second run continued, it did not start over
+
+
+def test_push_to_hub_uploads_student_and_card(workspace, monkeypatch):
+    tmp_path, recipe = workspace
+    uploads = []
+
+    class FakeHub:
+        def create_repo(self, repo_id, **kwargs):
+            return types.SimpleNamespace(repo_id=repo_id)
+
+        def upload_folder(self, repo_id, folder_path, ignore_patterns=(), **kwargs):
+            files = []
+            for root, _, names in os.walk(folder_path):
+                for name in names:
+                    rel = os.path.relpath(os.path.join(root, name), folder_path)
+                    if not any(
+                        fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(rel.split(os.sep)[0], p) for p in ignore_patterns
+                    ):
+                        files.append(rel)
+            uploads.append((repo_id, sorted(files), (tmp_path / "out" / "README.md").read_text()))
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeHub())
+    main(["train", recipe, "--push_to_hub", "true", "--hub_model_id", "me/tiny-student", "--hub_strategy", "end"])
+    repo_id, files, card = uploads[-1]
+    assert repo_id == "me/tiny-student"
+    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(files)
+    assert not any(f.startswith("checkpoint-") for f in files)
+    assert "# tiny-student" in card and "hf_distill" in card
