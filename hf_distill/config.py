@@ -41,6 +41,10 @@ class DistillConfig(TrainingArguments):
             `early_stop_min_delta`. `None` turns early stopping off. Needs an eval dataset and an `eval_strategy`.
         early_stop_min_delta (`float`, *optional*, defaults to `0.0`):
             Smallest decrease of `eval_loss` that counts as an improvement for early stopping, >= 0.
+        track_samples (`list[str]`, *optional*, defaults to `["eval"]`):
+            When to write per-example CE, KD and teacher agreement to `output_dir/samples.csv`: any of `eval` and
+            `train` (every training micro-batch; costs a gather per micro-batch across processes), or `[]` for never.
+            Examples are named by the dataset's `id` column, else by their index.
     """
 
     teacher_model_name_or_path: str | None = field(
@@ -59,6 +63,11 @@ class DistillConfig(TrainingArguments):
     )
     early_stop_min_delta: float = field(
         default=0.0, metadata={"help": "Smallest eval_loss decrease that counts as an improvement."}
+    )
+
+    track_samples: list[str] = field(
+        default_factory=lambda: ["eval"],
+        metadata={"help": "When to write per-example statistics to samples.csv: eval, train, or none."},
     )
 
     def __post_init__(self):
@@ -87,6 +96,9 @@ class DistillConfig(TrainingArguments):
             raise ValueError(
                 f"early_stop_min_delta must be >= 0, got early_stop_min_delta={self.early_stop_min_delta}"
             )
+        unknown = set(self.track_samples) - {"eval", "train"}
+        if unknown:
+            raise ValueError(f"track_samples={self.track_samples} may only hold 'eval' and 'train'")
         if self.early_stop_patience is not None and str(self.eval_strategy) in ("no", "IntervalStrategy.NO"):
             raise ValueError(
                 f"early_stop_patience={self.early_stop_patience} needs evaluation: set eval_strategy to 'steps' or "

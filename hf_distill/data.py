@@ -3,9 +3,11 @@
 import glob
 import logging
 import os
+from dataclasses import dataclass
+from typing import Any
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-from transformers import PreTrainedTokenizerBase
+from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 from .arguments import DataArguments
 from .losses import IGNORE_INDEX
@@ -116,12 +118,15 @@ def tokenize_dataset(
     build = _TOKENIZERS[fmt]
     max_length = args.max_length
 
-    def tokenize(example):
+    has_ids = "id" in dataset.column_names
+
+    def tokenize(example, index):
         try:
             ids, labels = build(example, tokenizer)
         except (TypeError, ValueError, KeyError, AttributeError) as err:
             raise ValueError(f"split {split!r}: an example cannot be read as {fmt!r}: {err}") from None
         return {
+            "id": str(example["id"]) if has_ids else str(index),
             "input_ids": ids[:max_length],
             "labels": labels[:max_length],
             "truncated": len(ids) > max_length,
@@ -130,7 +135,11 @@ def tokenize_dataset(
         }
 
     tokenized = dataset.map(
-        tokenize, remove_columns=dataset.column_names, num_proc=args.dataset_num_proc, desc=f"Tokenizing {split}"
+        tokenize,
+        with_indices=True,
+        remove_columns=dataset.column_names,
+        num_proc=args.dataset_num_proc,
+        desc=f"Tokenizing {split}",
     )
     truncated = sum(tokenized["truncated"])
     if truncated:
@@ -166,3 +175,22 @@ def prepare_datasets(args: DataArguments, tokenizer: PreTrainedTokenizerBase) ->
         fmt = detect_format(dataset, args.dataset_format, split)
         prepared.append(tokenize_dataset(dataset, tokenizer, fmt, args, split))
     return prepared[0], prepared[1] if len(prepared) > 1 else None
+
+
+@dataclass
+class DistillDataCollator:
+    """Pads `input_ids`, `attention_mask` and `labels` (with -100) and passes the examples' `id`s through as a list,
+    so per-example statistics can name them."""
+
+    tokenizer: PreTrainedTokenizerBase
+    pad_to_multiple_of: int | None = None
+
+    def __post_init__(self):
+        self._pad = DataCollatorForSeq2Seq(self.tokenizer, padding=True, pad_to_multiple_of=self.pad_to_multiple_of)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        ids = [f["id"] for f in features] if features and "id" in features[0] else None
+        batch = self._pad([{k: v for k, v in f.items() if k != "id"} for f in features])
+        if ids is not None:
+            batch["id"] = ids
+        return batch

@@ -4,12 +4,12 @@ import logging
 import os
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, set_seed
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import DataArguments, ModelArguments
 from .config import DistillConfig
-from .data import prepare_datasets
+from .data import DistillDataCollator, prepare_datasets
 from .modeling import load_causal_lm, parse_init_kwargs
 from .trainer import DistillTrainer
 
@@ -81,7 +81,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
+        data_collator=DistillDataCollator(tokenizer),
     )
 
     checkpoint = config.resume_from_checkpoint

@@ -10,9 +10,11 @@ from torch import nn
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer
 
 from .config import DistillConfig
-from .losses import IGNORE_INDEX, cross_entropy_loss, distillation_loss, teacher_agreement
+from .data import DistillDataCollator
+from .losses import IGNORE_INDEX, cross_entropy_loss, distillation_loss
 from .model_card import render_model_card
 from .modeling import check_vocabularies, load_causal_lm, parse_init_kwargs
+from .sample_log import SampleLog
 
 # Order of the per-token sums accumulated during evaluation.
 _EVAL_SUMS = ("ce", "kd", "agree", "tokens")
@@ -70,6 +72,7 @@ class DistillTrainer(Trainer):
         self._train_sums = torch.zeros(2, device=self.args.device)
         self._train_window_start: int | None = None
         self._eval_sums = torch.zeros(len(_EVAL_SUMS), device=self.args.device)
+        self._sample_log = SampleLog(self.accelerator, os.path.join(self.args.output_dir, "samples.csv"))
 
     @staticmethod
     def _load_teacher(teacher_model: PreTrainedModel | str | None, args: DistillConfig) -> nn.Module:
@@ -89,6 +92,12 @@ class DistillTrainer(Trainer):
         teacher.requires_grad_(False)
         # Not registered with the Accelerator: the teacher must stay out of the optimizer and of every checkpoint.
         return teacher.to(self.accelerator.device)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        # Our collator carries example ids through to the per-example statistics; other collators never see them.
+        if isinstance(self.data_collator, DistillDataCollator) and "id" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "id"]
 
     # ---- loss ----
 
@@ -121,34 +130,17 @@ class DistillTrainer(Trainer):
 
         During evaluation (or whenever `num_items_in_batch` is None) the divisor is this micro-batch's own count.
         """
-        labels = inputs["labels"]
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "id")}
         outputs = model(**model_inputs)
         # Causal LM: the logits at position i predict the token at position i + 1.
-        student_logits = outputs.logits[:, :-1]
-        targets = labels[:, 1:]
-
-        alpha = self.args.alpha
-        with contextlib.nullcontext() if alpha > 0 else torch.no_grad():
-            ce = cross_entropy_loss(student_logits, targets)
-        kd = torch.zeros_like(ce)
-        agree = torch.zeros_like(ce)
-        if self.teacher_model is not None:
-            teacher_logits = self._teacher_logits(model_inputs)[:, :-1, : self.kd_vocab_size]
-            kd_student_logits = student_logits[..., : self.kd_vocab_size]
-            kd = distillation_loss(
-                kd_student_logits,
-                teacher_logits,
-                targets,
-                loss_type=self.args.loss_type,
-                temperature=self.args.temperature,
-                beta=self.args.beta,
-                skew_lambda=self.args.skew_lambda,
-            )
-            if not model.training:
-                agree = teacher_agreement(kd_student_logits, teacher_logits, targets).float()
-
+        targets = inputs["labels"][:, 1:]
+        terms = self._loss_terms(outputs.logits[:, :-1], model_inputs, targets)
+        ce, kd = terms["ce"].sum(), terms["kd"].sum()
         loss = self._mix(ce, kd)
+
+        mode = "train" if model.training else "eval"
+        if mode in self.args.track_samples:
+            self._sample_log.add(mode, self.state.global_step + model.training, inputs.get("id"), terms)
         if model.training and num_items_in_batch is not None:
             # Each process holds its share of the step's tokens; DDP averages gradients over processes, so
             # multiplying by their number turns that average back into the sum that the global count divides.
@@ -156,12 +148,39 @@ class DistillTrainer(Trainer):
             self._record_train_metrics(ce.detach() * scale, kd.detach() * scale)
             loss = loss * scale
         else:
-            n_tokens = targets.ne(IGNORE_INDEX).sum()
+            n_tokens = terms["tokens"].sum()
             if not model.training:
-                sums = torch.stack([ce.detach(), kd.detach(), agree, n_tokens.float()])
+                sums = torch.stack([ce.detach(), kd.detach(), terms["agree"].sum(), n_tokens])
                 self._eval_sums += sums.to(self._eval_sums.device)
             loss = loss / n_tokens.clamp(min=1)
         return (loss, outputs) if return_outputs else loss
+
+    def _loss_terms(
+        self, student_logits: torch.Tensor, model_inputs: dict[str, Any], targets: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Per-example sums over valid tokens `(B,)`: `ce`, `kd`, `agree` (top-1 matches) and `tokens`."""
+        alpha = self.args.alpha
+        with contextlib.nullcontext() if alpha > 0 else torch.no_grad():
+            ce = cross_entropy_loss(student_logits, targets, reduction="none").sum(-1)
+        mask = targets != IGNORE_INDEX
+        terms = {"ce": ce, "kd": torch.zeros_like(ce), "agree": torch.zeros_like(ce), "tokens": mask.sum(-1).float()}
+        if self.teacher_model is not None:
+            teacher_logits = self._teacher_logits(model_inputs)[:, :-1, : self.kd_vocab_size]
+            student_logits = student_logits[..., : self.kd_vocab_size]
+            terms["kd"] = distillation_loss(
+                student_logits,
+                teacher_logits,
+                targets,
+                loss_type=self.args.loss_type,
+                temperature=self.args.temperature,
+                beta=self.args.beta,
+                skew_lambda=self.args.skew_lambda,
+                reduction="none",
+            ).sum(-1)
+            with torch.no_grad():
+                matches = (student_logits.argmax(-1) == teacher_logits.argmax(-1)) & mask
+                terms["agree"] = matches.sum(-1).float()
+        return terms
 
     def _mix(self, ce: torch.Tensor, kd: torch.Tensor) -> torch.Tensor:
         # Dropping a zero-weight term, rather than multiplying it by 0, keeps an inf in that term from becoming NaN.
@@ -194,6 +213,7 @@ class DistillTrainer(Trainer):
                 logs["kd_loss"] = sums[1].item()
             self._train_sums.zero_()
             self._train_window_start = None
+            self._sample_log.flush()
         super().log(logs, start_time)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -208,6 +228,7 @@ class DistillTrainer(Trainer):
         """Trainer's loop, with `loss`, `ce_loss`, `kd_loss` and `teacher_agreement` as token-weighted means."""
         self._eval_sums.zero_()
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        self._sample_log.flush()
         sums = self.accelerator.reduce(self._eval_sums.clone(), reduction="sum")
         ce, kd, agree, tokens = (sums / sums[-1].clamp(min=1)).tolist()
         if sums[-1] > 0:

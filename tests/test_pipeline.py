@@ -1,5 +1,6 @@
 """`hf-distill train` end to end on tiny local models: outputs, model card, reload, generation, hub push."""
 
+import csv
 import fnmatch
 import json
 import os
@@ -72,6 +73,15 @@ def test_train_writes_a_usable_student(workspace):
         assert fact in card, fact
     assert "Optimizer steps | 3" in card
     assert f"eval_loss | {eval_results['eval_loss']:.4f}" in card
+
+    with open(out / "samples.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["id"] for r in rows) == sorted(f"eval-{i}" for i in range(8))
+    assert {(r["step"], r["split"]) for r in rows} == {("3", "eval")}
+    tokens = sum(int(r["tokens"]) for r in rows)
+    for column in ("ce_loss", "kd_loss", "teacher_agreement"):
+        weighted = sum(float(r[column]) * int(r["tokens"]) for r in rows) / tokens
+        assert weighted == pytest.approx(eval_results[f"eval_{column}"], rel=1e-5), column
 
     student = AutoModelForCausalLM.from_pretrained(out)
     assert student.config.hidden_size == 32
