@@ -117,7 +117,8 @@ class DistillTrainer(Trainer):
         count = sum(batch["labels"][..., 1:].ne(IGNORE_INDEX).sum() for batch in batch_samples).to(device)
         if self.accelerator.num_processes > 1:
             count = self.accelerator.reduce(count, reduction="sum")
-        return batch_samples, count
+        # A step without any target token has a zero loss; the floor keeps 0 / 0 from turning it into NaN.
+        return batch_samples, count.clamp(min=1)
 
     def compute_loss(
         self,

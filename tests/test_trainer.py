@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 from conftest import pad_collator, tiny_llama, variable_length_dataset
+from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerFast
 from transformers.trainer_utils import get_last_checkpoint
@@ -310,3 +311,19 @@ def test_args_must_be_distill_config(tmp_path):
 
     with pytest.raises(TypeError, match="DistillConfig"):
         DistillTrainer(model=tiny_llama(seed=1), args=TrainingArguments(output_dir=str(tmp_path)))
+
+
+def test_step_without_any_target_token_is_finite(tmp_path):
+    rows = [dict(r, labels=[-100] * len(r["labels"])) for r in variable_length_dataset(8)]
+    trainer = DistillTrainer(
+        model=tiny_llama(seed=1),
+        teacher_model=tiny_llama(seed=2),
+        args=make_args(tmp_path, max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=2),
+        train_dataset=Dataset.from_list(rows),
+        data_collator=pad_collator,
+    )
+    before = weights(trainer)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses == [0.0, 0.0]
+    assert_same_weights(before, weights(trainer), atol=0)

@@ -1,0 +1,84 @@
+"""Train a tiny student under 2 processes and save its weights (rank 0); used by test_ddp.py.
+
+torchrun --nproc_per_node 2 tests/distributed/ddp_train.py OUT_DIR [--per_device_train_batch_size 4 ...]
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from datasets import Dataset
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from conftest import pad_collator, tiny_llama, variable_length_dataset  # noqa: E402
+
+from hf_distill import DistillConfig, DistillTrainer  # noqa: E402
+
+
+def half_masked_dataset() -> Dataset:
+    """Every other example has no target token, so some micro-batches of one rank hold zero valid tokens."""
+    rows = list(variable_length_dataset(16))
+    for i in range(0, len(rows), 2):
+        rows[i]["labels"] = [-100] * len(rows[i]["labels"])
+    return Dataset.from_list(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("output_dir")
+    parser.add_argument("--per_device_train_batch_size", type=int, default=4)
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--max_steps", type=int, default=3)
+    parser.add_argument("--save_steps", type=int, default=None)
+    parser.add_argument("--resume_from_checkpoint", default=None)
+    parser.add_argument("--half_masked", action="store_true")
+    opts = parser.parse_args()
+    args = DistillConfig(
+        output_dir=opts.output_dir,
+        use_cpu=True,
+        per_device_train_batch_size=opts.per_device_train_batch_size,
+        gradient_accumulation_steps=opts.gradient_accumulation_steps,
+        max_steps=opts.max_steps,
+        learning_rate=1e-3,
+        adam_epsilon=1e-6,
+        logging_steps=1,
+        save_strategy="no" if opts.save_steps is None else "steps",
+        save_steps=opts.save_steps or 500,
+        report_to=[],
+        disable_tqdm=True,
+        seed=0,
+        data_seed=0,
+        temperature=2.0,
+    )
+    trainer = DistillTrainer(
+        model=tiny_llama(seed=1, hidden=32, layers=1),
+        teacher_model=tiny_llama(seed=2, hidden=48, layers=2),
+        args=args,
+        train_dataset=half_masked_dataset() if opts.half_masked else variable_length_dataset(),
+        data_collator=pad_collator,
+    )
+    # The trap this guards against: two processes that each train alone also finish without an error.
+    assert dist.is_initialized() and dist.get_world_size() == 2, "no 2-process group was formed"
+    assert trainer.accelerator.num_processes == 2
+    trainer.train(resume_from_checkpoint=opts.resume_from_checkpoint)
+
+    flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(2)]
+    dist.all_gather(gathered, flat)
+    # Gradients were synchronised iff both replicas took identical steps.
+    assert torch.equal(gathered[0], gathered[1]), "replicas diverged: gradients were not synchronised"
+    if dist.get_rank() == 0:
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        result = {
+            "weights": {k: v.detach().cpu() for k, v in unwrapped.state_dict().items()},
+            "log_history": trainer.state.log_history,
+            "world_size": dist.get_world_size(),
+        }
+        torch.save(result, os.path.join(opts.output_dir, "result.pt"))
+
+
+if __name__ == "__main__":
+    main()
