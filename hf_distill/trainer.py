@@ -15,6 +15,7 @@ from .losses import IGNORE_INDEX, cross_entropy_loss, distillation_loss
 from .model_card import render_model_card
 from .modeling import check_vocabularies, load_causal_lm, parse_init_kwargs
 from .sample_log import SampleLog
+from .teacher_placement import place_teacher
 
 # Order of the per-token sums accumulated during evaluation.
 _EVAL_SUMS = ("ce", "kd", "agree", "tokens")
@@ -67,7 +68,7 @@ class DistillTrainer(Trainer):
             tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
             tokenizer_size = len(tokenizer) if tokenizer is not None and hasattr(tokenizer, "__len__") else None
             self.kd_vocab_size = check_vocabularies(self.accelerator.unwrap_model(self.model), teacher, tokenizer_size)
-            self.teacher_model = self._prepare_teacher(teacher)
+            self.teacher_model = place_teacher(teacher, self.accelerator)
 
         self._train_sums = torch.zeros(2, device=self.args.device)
         self._train_window_start: int | None = None
@@ -86,12 +87,6 @@ class DistillTrainer(Trainer):
             init_kwargs = parse_init_kwargs(args.teacher_model_init_kwargs, "teacher_model_init_kwargs")
             return load_causal_lm(teacher_model, "teacher_model_name_or_path", **init_kwargs)
         return teacher_model
-
-    def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
-        teacher.eval()
-        teacher.requires_grad_(False)
-        # Not registered with the Accelerator: the teacher must stay out of the optimizer and of every checkpoint.
-        return teacher.to(self.accelerator.device)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
