@@ -10,6 +10,9 @@ import sys
 import torch
 import torch.distributed as dist
 from datasets import Dataset
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.nn.parallel import DistributedDataParallel
+from transformers import TrainerCallback
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -26,6 +29,24 @@ def half_masked_dataset() -> Dataset:
     return Dataset.from_list(rows)
 
 
+class SyncCounter(TrainerCallback):
+    """Counts DDP gradient all-reduces through a communication hook on the wrapped student."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.calls = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        ddp = self.trainer.model_wrapped
+        assert isinstance(ddp, DistributedDataParallel), type(ddp)
+
+        def hook(process_group, bucket):
+            self.calls += 1
+            return default_hooks.allreduce_hook(process_group, bucket)
+
+        ddp.register_comm_hook(None, hook)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("output_dir")
@@ -35,6 +56,7 @@ def main() -> None:
     parser.add_argument("--save_steps", type=int, default=None)
     parser.add_argument("--resume_from_checkpoint", default=None)
     parser.add_argument("--half_masked", action="store_true")
+    parser.add_argument("--count_syncs", action="store_true")
     opts = parser.parse_args()
     args = DistillConfig(
         output_dir=opts.output_dir,
@@ -60,6 +82,9 @@ def main() -> None:
         train_dataset=half_masked_dataset() if opts.half_masked else variable_length_dataset(),
         data_collator=pad_collator,
     )
+    syncs = SyncCounter(trainer)
+    if opts.count_syncs:
+        trainer.add_callback(syncs)
     # The trap this guards against: two processes that each train alone also finish without an error.
     assert dist.is_initialized() and dist.get_world_size() == 2, "no 2-process group was formed"
     assert trainer.accelerator.num_processes == 2
@@ -76,6 +101,7 @@ def main() -> None:
             "weights": {k: v.detach().cpu() for k, v in unwrapped.state_dict().items()},
             "log_history": trainer.state.log_history,
             "world_size": dist.get_world_size(),
+            "syncs": syncs.calls,
         }
         torch.save(result, os.path.join(opts.output_dir, "result.pt"))
 

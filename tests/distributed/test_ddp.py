@@ -64,3 +64,14 @@ def test_checkpoint_written_by_two_processes_resumes_under_two(tmp_path):
     )  # fmt: skip
     assert_same_weights(full["weights"], resumed["weights"])
     assert [h["step"] for h in resumed["log_history"] if "loss" in h] == [1, 2, 3, 4, 5, 6]
+
+
+def test_gradients_sync_only_on_the_last_micro_batch(tmp_path):
+    plain = run_two_processes(tmp_path / "a", "--per_device_train_batch_size", "2", "--count_syncs")
+    accumulated = run_two_processes(
+        tmp_path / "b", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2", "--count_syncs"
+    )
+    assert plain["syncs"] > 0
+    # Twice the micro-batches, the same number of all-reduces: no sync inside an accumulation step.
+    assert accumulated["syncs"] == plain["syncs"]
+    assert_same_weights(plain["weights"], accumulated["weights"])
