@@ -41,10 +41,19 @@ class DistillConfig(TrainingArguments):
             `early_stop_min_delta`. `None` turns early stopping off. Needs an eval dataset and an `eval_strategy`.
         early_stop_min_delta (`float`, *optional*, defaults to `0.0`):
             Smallest decrease of `eval_loss` that counts as an improvement for early stopping, >= 0.
+        max_nonfinite_steps (`int`, *optional*, defaults to `3`):
+            An optimizer step whose gradients hold NaN or inf is skipped (no weight changes); after this many
+            consecutive skipped steps training stops with an error naming the step and its example ids. `0` stops at
+            the first.
         track_samples (`list[str]`, *optional*, defaults to `["eval"]`):
             When to write per-example CE, KD and teacher agreement to `output_dir/samples.csv`: any of `eval` and
             `train` (every training micro-batch; costs a gather per micro-batch across processes), or `[]` for never.
             Examples are named by the dataset's `id` column, else by their index.
+        metrics_csv (`bool`, *optional*, defaults to `True`):
+            Append every training and evaluation log (losses, learning rate, gradient norm, target tokens per second,
+            elapsed seconds) to `output_dir/metrics.csv`, from a background thread of the main process. A run resumed
+            from checkpoint-N first drops the rows past step N from `metrics.csv` and `samples.csv`, so each step
+            appears once. `hf-distill report` plots the file.
     """
 
     teacher_model_name_or_path: str | None = field(
@@ -65,9 +74,15 @@ class DistillConfig(TrainingArguments):
         default=0.0, metadata={"help": "Smallest eval_loss decrease that counts as an improvement."}
     )
 
+    max_nonfinite_steps: int = field(
+        default=3, metadata={"help": "Consecutive NaN/inf steps skipped before training stops with an error."}
+    )
     track_samples: list[str] = field(
         default_factory=lambda: ["eval"],
         metadata={"help": "When to write per-example statistics to samples.csv: eval, train, or none."},
+    )
+    metrics_csv: bool = field(
+        default=True, metadata={"help": "Append training and evaluation logs to output_dir/metrics.csv."}
     )
 
     def __post_init__(self):
@@ -96,6 +111,8 @@ class DistillConfig(TrainingArguments):
             raise ValueError(
                 f"early_stop_min_delta must be >= 0, got early_stop_min_delta={self.early_stop_min_delta}"
             )
+        if self.max_nonfinite_steps < 0:
+            raise ValueError(f"max_nonfinite_steps must be >= 0, got max_nonfinite_steps={self.max_nonfinite_steps}")
         unknown = set(self.track_samples) - {"eval", "train"}
         if unknown:
             raise ValueError(f"track_samples={self.track_samples} may only hold 'eval' and 'train'")

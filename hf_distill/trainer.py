@@ -6,14 +6,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 from torch import nn
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer
 
 from .config import DistillConfig
 from .data import DistillDataCollator
 from .losses import IGNORE_INDEX, cross_entropy_loss, distillation_loss
+from .metrics_csv import MetricsCSVCallback
 from .model_card import render_model_card
 from .modeling import check_vocabularies, load_causal_lm, parse_init_kwargs
+from .nonfinite_guard import NonFiniteGuard
 from .sample_log import SampleLog
 from .teacher_placement import place_teacher
 
@@ -73,7 +76,12 @@ class DistillTrainer(Trainer):
         self._train_sums = torch.zeros(2, device=self.args.device)
         self._train_window_start: int | None = None
         self._eval_sums = torch.zeros(len(_EVAL_SUMS), device=self.args.device)
+        self._step_ids: list = []
+        self.add_callback(NonFiniteGuard(self, self.args.max_nonfinite_steps))
         self._sample_log = SampleLog(self.accelerator, os.path.join(self.args.output_dir, "samples.csv"))
+        self._target_tokens_seen = torch.zeros((), dtype=torch.long, device=self.args.device)
+        if args.metrics_csv:
+            self.add_callback(MetricsCSVCallback(self.target_tokens_seen, self._sample_log))
 
     @staticmethod
     def _load_teacher(teacher_model: PreTrainedModel | str | None, args: DistillConfig) -> nn.Module:
@@ -87,6 +95,10 @@ class DistillTrainer(Trainer):
             init_kwargs = parse_init_kwargs(args.teacher_model_init_kwargs, "teacher_model_init_kwargs")
             return load_causal_lm(teacher_model, "teacher_model_name_or_path", **init_kwargs)
         return teacher_model
+
+    def step_example_ids(self) -> list:
+        """Ids of the examples of the current optimizer step, from every process (a collective: call on all)."""
+        return [i for ids in gather_object([self._step_ids]) for i in ids]
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -106,14 +118,20 @@ class DistillTrainer(Trainer):
                 batch_samples.append(next(epoch_iterator))
             except StopIteration:
                 break
+        self._step_ids = [i for batch in batch_samples for i in batch.get("id") or []]
         if not batch_samples or "labels" not in batch_samples[0]:
             return batch_samples, None
         # The logits at position i predict the token at i + 1, so position 0 of each row is never a target.
         count = sum(batch["labels"][..., 1:].ne(IGNORE_INDEX).sum() for batch in batch_samples).to(device)
         if self.accelerator.num_processes > 1:
             count = self.accelerator.reduce(count, reduction="sum")
+        self._target_tokens_seen += count
         # A step without any target token has a zero loss; the floor keeps 0 / 0 from turning it into NaN.
         return batch_samples, count.clamp(min=1)
+
+    def target_tokens_seen(self) -> int:
+        """Target tokens (labels != -100) of the optimizer steps trained so far, summed over processes."""
+        return int(self._target_tokens_seen.item())
 
     def compute_loss(
         self,
