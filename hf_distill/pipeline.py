@@ -5,9 +5,9 @@ import os
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import DataArguments, ModelArguments
+from .checkpoints import last_complete_checkpoint
 from .config import DistillConfig
 from .data import DistillDataCollator, prepare_datasets
 from .modeling import load_causal_lm, parse_init_kwargs
@@ -86,7 +86,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
 
     checkpoint = config.resume_from_checkpoint
     if checkpoint is None and os.path.isdir(config.output_dir):
-        checkpoint = get_last_checkpoint(config.output_dir)
+        checkpoint = last_complete_checkpoint(config.output_dir)
         if checkpoint is not None:
             logger.warning(f"resuming from the last checkpoint in output_dir: {checkpoint}")
     train_result = trainer.train(resume_from_checkpoint=checkpoint)

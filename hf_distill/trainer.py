@@ -10,6 +10,7 @@ from accelerate.utils import gather_object
 from torch import nn
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer
 
+from .checkpoints import last_complete_checkpoint, mark_complete
 from .config import DistillConfig
 from .data import DistillDataCollator
 from .losses import IGNORE_INDEX, cross_entropy_loss, distillation_loss
@@ -95,6 +96,26 @@ class DistillTrainer(Trainer):
             init_kwargs = parse_init_kwargs(args.teacher_model_init_kwargs, "teacher_model_init_kwargs")
             return load_causal_lm(teacher_model, "teacher_model_name_or_path", **init_kwargs)
         return teacher_model
+
+    # ---- checkpoints ----
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        # Every process has written its part (model shards, RNG state) before the checkpoint is declared complete.
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            path = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            mark_complete(path, self.state.global_step)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """`Trainer.train`; `resume_from_checkpoint=True` takes the last *complete* checkpoint in `output_dir`."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(
+                    f"resume_from_checkpoint=True but output_dir={self.args.output_dir!r} holds no complete checkpoint"
+                )
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def step_example_ids(self) -> list:
         """Ids of the examples of the current optimizer step, from every process (a collective: call on all)."""
