@@ -5,7 +5,7 @@ import os
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 # Embedding matrices are commonly padded up to a multiple of one of these for speed (e.g. Qwen2.5: 151,936 rows for
 # 151,665 tokens); widths that differ only by such padding still describe the same vocabulary.
@@ -38,18 +38,24 @@ def parse_init_kwargs(value: dict[str, Any] | str | None, field_name: str) -> di
     return value
 
 
+def load_causal_lm_config(name_or_path: str, role: str, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The config of a causal LM, read without any weights; errors name the `role` field and its value."""
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        where = "local folder" if os.path.isdir(name_or_path) else "path or hub id"
+        raise ValueError(f"{role}={name_or_path!r}: cannot load a model config from this {where} ({err})") from None
+    if type(config) not in AutoModelForCausalLM._model_mapping and not trust_remote_code:
+        raise ValueError(
+            f"{role}={name_or_path!r} is a {config.model_type!r} model, which is not a causal language model"
+        )
+    return config
+
+
 def load_causal_lm(name_or_path: str, role: str, **init_kwargs: Any) -> PreTrainedModel:
     """`AutoModelForCausalLM.from_pretrained` with errors that say which model (`role`) failed and why."""
     kwargs = resolve_dtype(init_kwargs)
-    try:
-        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=kwargs.get("trust_remote_code", False))
-    except (OSError, ValueError) as err:
-        where = "local folder" if os.path.isdir(name_or_path) else "path or hub id"
-        raise ValueError(f"{role} {name_or_path!r}: cannot load a model config from this {where} ({err})") from None
-    if type(config) not in AutoModelForCausalLM._model_mapping and not kwargs.get("trust_remote_code"):
-        raise ValueError(
-            f"{role} {name_or_path!r} is a {config.model_type!r} model, which is not a causal language model"
-        )
+    load_causal_lm_config(name_or_path, role, kwargs.get("trust_remote_code", False))
     return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
 
 
@@ -67,12 +73,13 @@ def _differ_by_padding(a: int, b: int) -> bool:
 
 
 def check_vocabularies(student: PreTrainedModel, teacher: PreTrainedModel, tokenizer_size: int | None) -> int:
-    """Raise if teacher and student cannot share a vocabulary; return the number of logits the divergence uses.
+    """Raise if teacher and student cannot share a vocabulary; return the number of logits the divergence uses."""
+    return check_vocab_sizes(output_width(student), output_width(teacher), tokenizer_size)
 
-    The two logit widths may differ only by padding rows, and with a tokenizer both need a logit for each of its
-    `tokenizer_size` tokens.
-    """
-    width_s, width_t = output_width(student), output_width(teacher)
+
+def check_vocab_sizes(width_s: int, width_t: int, tokenizer_size: int | None) -> int:
+    """The logit widths of student and teacher may differ only by padding rows, and with a tokenizer both need a
+    logit for each of its `tokenizer_size` tokens. Returns the number of logits the divergence uses."""
     if width_s != width_t and not _differ_by_padding(width_s, width_t):
         raise ValueError(
             f"vocabulary mismatch: student vocab size {width_s} and teacher vocab size {width_t} differ by more than "
@@ -85,3 +92,16 @@ def check_vocabularies(student: PreTrainedModel, teacher: PreTrainedModel, token
             f"and the teacher {width_t}; both need one logit per token"
         )
     return common
+
+
+def check_same_tokenizer(student_tokenizer, teacher_tokenizer) -> None:
+    """Distillation compares distributions id by id: both tokenizers must map every token to the same id."""
+    vocab_s, vocab_t = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    if vocab_s == vocab_t:
+        return
+    differing = sorted(t for t in vocab_s.keys() | vocab_t.keys() if vocab_s.get(t) != vocab_t.get(t))
+    examples = ", ".join(f"{t!r}: {vocab_s.get(t)} vs {vocab_t.get(t)}" for t in differing[:3])
+    raise ValueError(
+        f"teacher and student tokenizers differ: {len(differing)} tokens map to different ids "
+        f"(student vs teacher: {examples}); distillation needs one shared vocabulary"
+    )

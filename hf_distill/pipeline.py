@@ -4,13 +4,19 @@ import logging
 import os
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, set_seed
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
 from .arguments import DataArguments, ModelArguments
 from .checkpoints import last_complete_checkpoint
 from .config import DistillConfig
 from .data import DistillDataCollator, prepare_datasets
-from .modeling import load_causal_lm, parse_init_kwargs
+from .modeling import (
+    check_same_tokenizer,
+    check_vocab_sizes,
+    load_causal_lm,
+    load_causal_lm_config,
+    parse_init_kwargs,
+)
 from .trainer import DistillTrainer
 
 logger = logging.getLogger(__name__)
@@ -36,14 +42,9 @@ def load_student(model_args: ModelArguments, config: DistillConfig):
         kwargs["attn_implementation"] = model_args.attn_implementation
     if model_args.student_init == "pretrained":
         return load_causal_lm(model_args.model_name_or_path, "model_name_or_path", **kwargs)
-    try:
-        model_config = AutoConfig.from_pretrained(
-            model_args.model_name_or_path, trust_remote_code=kwargs["trust_remote_code"]
-        )
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"model_name_or_path={model_args.model_name_or_path!r}: cannot load a config ({err})"
-        ) from None
+    model_config = load_causal_lm_config(
+        model_args.model_name_or_path, "model_name_or_path", kwargs["trust_remote_code"]
+    )
     # Fresh weights must not depend on what ran before: seed right before initialising them.
     set_seed(config.seed)
     dtype = kwargs.pop("dtype")
@@ -60,10 +61,28 @@ def teacher_init_kwargs(model_args: ModelArguments, config: DistillConfig) -> di
     return kwargs
 
 
+def check_models_fit(model_args: ModelArguments, config: DistillConfig, tokenizer) -> None:
+    """Model, tokenizer and vocabulary checks from config and tokenizer files only, before any weight is loaded."""
+    trust = model_args.trust_remote_code
+    student = load_causal_lm_config(model_args.model_name_or_path, "model_name_or_path", trust)
+    if config.alpha == 1.0 or config.teacher_model_name_or_path is None:
+        return
+    teacher_path = config.teacher_model_name_or_path
+    teacher = load_causal_lm_config(teacher_path, "teacher_model_name_or_path", trust)
+    try:
+        teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_path, trust_remote_code=trust)
+    except (OSError, ValueError):
+        teacher_tokenizer = None  # a teacher folder without tokenizer files: nothing to compare
+    if teacher_tokenizer is not None:
+        check_same_tokenizer(tokenizer, teacher_tokenizer)
+    check_vocab_sizes(student.get_text_config().vocab_size, teacher.get_text_config().vocab_size, len(tokenizer))
+
+
 def run_training(model_args: ModelArguments, data_args: DataArguments, config: DistillConfig) -> dict:
     """Train, evaluate and save as the HF example scripts do; returns the final metrics."""
     set_seed(config.seed)
     tokenizer = load_tokenizer(model_args, config)
+    check_models_fit(model_args, config, tokenizer)
     with config.main_process_first(desc="tokenizing the dataset"):
         train_dataset, eval_dataset = prepare_datasets(data_args, tokenizer)
 

@@ -174,7 +174,7 @@ def test_teacher_loaded_from_local_folder(tmp_path):
 def test_missing_teacher_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="needs a teacher"):
         DistillTrainer(model=tiny_llama(seed=1), args=make_args(tmp_path), train_dataset=variable_length_dataset())
-    with pytest.raises(ValueError, match="teacher_model_name_or_path '/no/such/teacher'"):
+    with pytest.raises(ValueError, match="teacher_model_name_or_path='/no/such/teacher'"):
         DistillTrainer(
             model=tiny_llama(seed=1),
             args=make_args(tmp_path, teacher_model_name_or_path="/no/such/teacher"),

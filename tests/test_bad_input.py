@@ -1,0 +1,141 @@
+"""The bad-input matrix of `hf-distill train`: one line naming the problem, exit code 2, no traceback, and no model
+weights loaded. docs/errors.md lists the same rows."""
+
+import json
+
+import pytest
+from conftest import WORDS, tiny_llama, word_tokenizer
+from transformers import AutoModelForCausalLM, T5Config
+
+from hf_distill.cli import main
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Fail the test if any model weights are loaded: these errors must come first."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("model weights were loaded before the error was raised")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_config", refuse)
+
+
+def error_line(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("hf-distill: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_teacher_tokenizer_with_other_ids(workspace, capsys, no_weights):
+    tmp_path, recipe = workspace
+    swapped = word_tokenizer()
+    vocab = {w: i for i, w in enumerate(WORDS)}
+    vocab["w1"], vocab["w2"] = vocab["w2"], vocab["w1"]
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    swapped._tokenizer = backend
+    swapped.save_pretrained(tmp_path / "teacher")
+    line = error_line(capsys, ["train", recipe, "--tokenizer_name_or_path", str(tmp_path / "student_tok")])
+    assert "cannot load a tokenizer" in line
+    word_tokenizer().save_pretrained(tmp_path / "student_tok")
+    line = error_line(capsys, ["train", recipe, "--tokenizer_name_or_path", str(tmp_path / "student_tok")])
+    assert "teacher and student tokenizers differ: 2 tokens map to different ids" in line
+
+
+def test_teacher_vocabulary_wider_than_padding(workspace, capsys, no_weights):
+    tmp_path, recipe = workspace
+    tiny_llama(seed=2, vocab=200).config.save_pretrained(tmp_path / "wide_teacher")
+    line = error_line(
+        capsys,
+        ["train", recipe, "--teacher_model_name_or_path", str(tmp_path / "wide_teacher"), "--tokenizer_name_or_path",
+         str(tmp_path / "teacher")],
+    )  # fmt: skip
+    assert "student vocab size 64 and teacher vocab size 200" in line
+
+
+@pytest.mark.parametrize("field", ["teacher_model_name_or_path", "model_name_or_path"])
+def test_missing_model_folder(workspace, capsys, no_weights, field):
+    tmp_path, recipe = workspace
+    tokenizer = ["--tokenizer_name_or_path", str(tmp_path / "teacher")]
+    line = error_line(capsys, ["train", recipe, f"--{field}", str(tmp_path / "nowhere"), *tokenizer])
+    assert f"{field}='{tmp_path / 'nowhere'}'" in line and "cannot load a model config" in line
+
+
+def test_student_that_is_not_a_causal_lm(workspace, capsys, no_weights):
+    tmp_path, recipe = workspace
+    T5Config(vocab_size=64, d_model=16, num_layers=1, num_heads=2).save_pretrained(tmp_path / "t5")
+    line = error_line(
+        capsys,
+        [
+            "train",
+            recipe,
+            "--model_name_or_path",
+            str(tmp_path / "t5"),
+            "--student_init",
+            "pretrained",
+            "--tokenizer_name_or_path",
+            str(tmp_path / "teacher"),
+        ],
+    )
+    assert "model_name_or_path=" in line and "is a 't5' model, which is not a causal language model" in line
+
+
+def write_split(tmp_path, rows):
+    data = tmp_path / "bad_data"
+    data.mkdir(exist_ok=True)
+    with open(data / "train.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return str(data)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"title": "x"}], "has columns ['title']; expected ['text'] or ['prompt', 'completion'] or ['messages']"),
+        ([{"messages": [{"role": "user", "content": "w1 w2"}]}], "no example with a target token"),
+        ([{"prompt": {"a": 1}, "completion": "w1"}], "cannot be read as 'prompt_completion'"),
+    ],
+)
+def test_bad_datasets(workspace, capsys, no_weights, rows, message):
+    tmp_path, recipe = workspace
+    data = write_split(tmp_path, rows)
+    line = error_line(capsys, ["train", recipe, "--dataset_name", data, "--dataset_eval_split", "train"])
+    assert message in line
+
+
+def test_missing_dataset_path(workspace, capsys, no_weights):
+    tmp_path, recipe = workspace
+    line = error_line(capsys, ["train", recipe, "--dataset_name", str(tmp_path / "nope.jsonl")])
+    assert "no such file or folder" in line
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--alpha", "1.5"], "alpha must be in [0, 1], got alpha=1.5"),
+        (["--temperature", "0"], "temperature must be > 0, got temperature=0.0"),
+        (["--loss_type", "jsd", "--beta", "1"], "beta must be in (0, 1) for loss_type='jsd', got beta=1.0"),
+        (["--skew_lambda", "1"], "skew_lambda must be in [0, 1), got skew_lambda=1.0"),
+        (["--early_stop_patience", "2"], "early_stop_patience=2 needs evaluation"),
+        (["--max_nonfinite_steps", "-1"], "max_nonfinite_steps=-1"),
+        (["--temperture", "2"], "unknown key 'temperture' in the command line; did you mean 'temperature'?"),
+    ],
+)
+def test_bad_config_values(workspace, capsys, no_weights, override, message):
+    _, recipe = workspace
+    assert message in error_line(capsys, ["train", recipe, *override])
+
+
+def test_yaml_syntax_error_names_the_line(workspace, capsys, no_weights):
+    tmp_path, _ = workspace
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("alpha: 0.5\nteacher: [a, b\nmax_steps: 3\n")
+    assert "YAML syntax error at line" in error_line(capsys, ["train", str(recipe)])
