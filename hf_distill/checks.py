@@ -1,12 +1,14 @@
 """`hf-distill check`: validate a recipe without loading any weights."""
 
 import os
+from collections.abc import Callable, Collection
 
-from transformers import AutoConfig
+from transformers import AutoTokenizer
 
 from .arguments import DataArguments, ModelArguments
 from .config import DistillConfig
 from .data import FILE_BUILDERS, split_files
+from .modeling import load_causal_lm_config
 
 
 def _looks_local(name: str) -> bool:
@@ -14,16 +16,17 @@ def _looks_local(name: str) -> bool:
     return os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
-def _check_model_path(name: str, field_name: str, trust_remote_code: bool) -> None:
-    """A local model folder must hold a loadable config; a hub id cannot be checked offline and is accepted."""
-    if not _looks_local(name):
+def _check_local(name: str, field_name: str, load: Callable[[str], object], produced_paths: Collection[str]) -> None:
+    """A local folder must exist and `load` (a config or tokenizer reader) must read it; a hub id cannot be checked
+    offline and is accepted, and so is a folder an earlier round of the recipe will write."""
+    if not _looks_local(name) or name in produced_paths:
         return
     if not os.path.isdir(name):
         raise ValueError(f"{field_name}={name!r}: no such folder")
     try:
-        AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        load(name)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{field_name}={name!r}: not a model folder ({str(err).splitlines()[0]})") from None
+        raise ValueError(f"{field_name}={name!r}: cannot be read ({str(err).splitlines()[0]})") from None
 
 
 def _check_dataset(args: DataArguments) -> None:
@@ -46,16 +49,31 @@ def _check_dataset(args: DataArguments) -> None:
         raise ValueError(f"dataset_name={name!r}: no such file or folder")
 
 
-def check_recipe(model_args: ModelArguments, data_args: DataArguments, config: DistillConfig) -> None:
-    """Raise ValueError on the first problem a run would hit before training; touches no weights."""
+def check_recipe(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    config: DistillConfig,
+    produced_paths: Collection[str] = (),
+) -> None:
+    """Raise ValueError on the first problem a run would hit before training; touches no weights.
+
+    `produced_paths` are model folders that an earlier round of the same recipe will write: not checked.
+    """
     trust = model_args.trust_remote_code
-    _check_model_path(model_args.model_name_or_path, "model_name_or_path", trust)
+
+    def model_config(name):
+        return load_causal_lm_config(name, "model", trust)
+
+    def tokenizer(name):
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust)
+
+    _check_local(model_args.model_name_or_path, "model_name_or_path", model_config, produced_paths)
     if model_args.tokenizer_name_or_path is not None:
-        _check_model_path(model_args.tokenizer_name_or_path, "tokenizer_name_or_path", trust)
+        _check_local(model_args.tokenizer_name_or_path, "tokenizer_name_or_path", tokenizer, produced_paths)
     if config.alpha < 1.0:
         if config.teacher_model_name_or_path is None:
             raise ValueError(f"alpha={config.alpha} needs a teacher: set teacher_model_name_or_path")
-        _check_model_path(config.teacher_model_name_or_path, "teacher_model_name_or_path", trust)
+        _check_local(config.teacher_model_name_or_path, "teacher_model_name_or_path", model_config, produced_paths)
     _check_dataset(data_args)
     if config.early_stop_patience is not None and data_args.dataset_eval_split is None:
         raise ValueError(f"early_stop_patience={config.early_stop_patience} needs dataset_eval_split")

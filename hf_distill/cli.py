@@ -1,8 +1,9 @@
-"""The `hf-distill` command: `train` and `check` a recipe.
+"""The `hf-distill` command: `train` and `check` a recipe (single- or multi-round), `report` on a run.
 
 hf-distill train RECIPE.yaml [--key value ...]
 accelerate launch --config_file accelerate_configs/multi_gpu.yaml train.py RECIPE.yaml [--key value ...]
 hf-distill check RECIPE.yaml [...]
+hf-distill report OUTPUT_DIR [--top N]
 """
 
 import argparse
@@ -14,18 +15,33 @@ from .recipe import RecipeError, parse_recipe
 
 def _train(recipe: str, overrides: list[str]) -> None:
     from .pipeline import run_training
+    from .rounds import is_multi_round, parse_rounds, run_rounds
 
-    run_training(*parse_recipe(recipe, overrides))
+    if is_multi_round(recipe):
+        run_rounds(parse_rounds(recipe, overrides))
+    else:
+        run_training(*parse_recipe(recipe, overrides))
 
 
 def _check(recipes: list[str], overrides: list[str]) -> None:
     from .checks import check_recipe
+    from .rounds import check_rounds, is_multi_round, parse_rounds
 
     # bf16 or multi-GPU settings describe the machine a recipe is meant for, not a fault in it: validate as if on
     # the CPU so the check runs anywhere.
+    overrides = ["--use_cpu", "true", *overrides]
     for recipe in recipes:
-        check_recipe(*parse_recipe(recipe, ["--use_cpu", "true", *overrides]))
+        if is_multi_round(recipe):
+            check_rounds(parse_rounds(recipe, overrides))
+        else:
+            check_recipe(*parse_recipe(recipe, overrides))
         print(f"{recipe}: ok")
+
+
+def _report(output_dir: str, top: int) -> None:
+    from .report import write_report
+
+    print(write_report(output_dir, top=top))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,17 +52,26 @@ def _parser() -> argparse.ArgumentParser:
     about = "validate recipes without loading weights"
     check = commands.add_parser("check", help=about, description=about)
     check.add_argument("recipes", nargs="+", help="YAML recipes")
+    about = "plot metrics.csv and samples.csv of a run into OUTPUT_DIR/report/ (needs matplotlib)"
+    report = commands.add_parser("report", help=about, description=about)
+    report.add_argument("output_dir", help="the run's output_dir (of a single- or multi-round recipe)")
+    report.add_argument("--top", type=int, default=10, help="how many worst examples to list (default: 10)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    args, overrides = _parser().parse_known_args(argv)
+    parser = _parser()
+    args, overrides = parser.parse_known_args(argv)
+    if args.command == "report" and overrides:
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     try:
         if args.command == "train":
             _train(args.recipe, overrides)
-        else:
+        elif args.command == "check":
             _check(args.recipes, overrides)
+        else:
+            _report(args.output_dir, args.top)
     except (RecipeError, ValueError, FileNotFoundError) as err:
         # A bad recipe or bad data is the user's to fix: one line naming the problem, no traceback.
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -14,6 +14,8 @@ from .arguments import DataArguments, ModelArguments
 from .config import DistillConfig
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, DistillConfig)
+# The one key of a recipe that is not a dataclass field: the stages of a multi-round recipe (`hf_distill.rounds`).
+ROUNDS_KEY = "rounds"
 
 
 class RecipeError(ValueError):
@@ -30,7 +32,8 @@ def field_names() -> list[str]:
     return [f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init]
 
 
-def _unknown_key_error(key: str, where: str) -> RecipeError:
+def unknown_key_error(key: str, where: str) -> RecipeError:
+    """The error for a key that is no field, suggesting the closest field name."""
     close = difflib.get_close_matches(key, field_names(), n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return RecipeError(f"unknown key {key!r} in {where}{hint}")
@@ -64,14 +67,14 @@ def _accepts_containers(key: str) -> bool:
     return False
 
 
-def _split_recipe(recipe: dict, parser: HfArgumentParser, path: str) -> tuple[list[str], dict]:
+def _split_recipe(recipe: dict, parser: HfArgumentParser, where: str | None) -> tuple[list[str], dict]:
     """Recipe values as command-line strings, so that argparse checks their types exactly as it checks flags; lists
     and mappings for fields that take them are passed through as they are."""
     nargs = {action.dest: action.nargs for action in parser._actions}
     argv, direct = [], {}
     for key, value in recipe.items():
         if key not in nargs:
-            raise _unknown_key_error(key, path)
+            raise unknown_key_error(key, where)
         if value is None:
             continue
         if isinstance(value, list) and nargs[key] in ("+", "*"):
@@ -88,11 +91,21 @@ def _split_recipe(recipe: dict, parser: HfArgumentParser, path: str) -> tuple[li
 
 
 def parse_recipe(path: str | None, overrides: list[str] | None = None):
-    """(ModelArguments, DataArguments, DistillConfig) from a YAML recipe and `--key value` overrides."""
-    parser = _RecipeParser(ARGUMENT_CLASSES)
+    """(ModelArguments, DataArguments, DistillConfig) from a YAML recipe and `--key value` overrides.
+
+    A multi-round recipe is refused: `hf_distill.rounds.parse_rounds` parses each of its rounds.
+    """
     recipe = load_yaml(path) if path is not None else {}
+    if ROUNDS_KEY in recipe:
+        raise RecipeError(f"{path} is a multi-round recipe ({ROUNDS_KEY!r}): parse it with hf_distill.rounds")
+    return parse_mapping(recipe, overrides, path)
+
+
+def parse_mapping(recipe: dict, overrides: list[str] | None, where: str | None):
+    """`parse_recipe` for a mapping already loaded; `where` names it in error messages."""
+    parser = _RecipeParser(ARGUMENT_CLASSES)
     overrides = list(overrides or [])
-    argv, direct = _split_recipe(recipe, parser, path)
+    argv, direct = _split_recipe(recipe, parser, where)
     namespace, remaining = parser.parse_known_args(argv + overrides)
     overridden = {token[2:].split("=")[0] for token in overrides if token.startswith("--")}
     for key, value in direct.items():
@@ -100,7 +113,7 @@ def parse_recipe(path: str | None, overrides: list[str] | None = None):
             setattr(namespace, key, value)
     for token in remaining:
         if token.startswith("--"):
-            raise _unknown_key_error(token[2:].split("=")[0], "the command line")
+            raise unknown_key_error(token[2:].split("=")[0], "the command line")
     if remaining:
         raise RecipeError(f"unexpected command-line arguments: {' '.join(remaining)}")
     outputs = []
