@@ -41,6 +41,10 @@ class DistillConfig(TrainingArguments):
             `early_stop_min_delta`. `None` turns early stopping off. Needs an eval dataset and an `eval_strategy`.
         early_stop_min_delta (`float`, *optional*, defaults to `0.0`):
             Smallest decrease of `eval_loss` that counts as an improvement for early stopping, >= 0.
+        loss_chunk_size (`int`, *optional*, defaults to `1024`):
+            Training computes CE and the divergence from the final hidden states, this many target tokens at a time,
+            recomputing nothing in backward: the `(tokens x vocabulary)` logits of student and teacher never exist in
+            full. `0` uses the dense path (full logits, as the model returns them). Evaluation is always dense.
         max_nonfinite_steps (`int`, *optional*, defaults to `3`):
             An optimizer step whose gradients hold NaN or inf is skipped (no weight changes); after this many
             consecutive skipped steps training stops with an error naming the step and its example ids. `0` stops at
@@ -74,6 +78,9 @@ class DistillConfig(TrainingArguments):
         default=0.0, metadata={"help": "Smallest eval_loss decrease that counts as an improvement."}
     )
 
+    loss_chunk_size: int = field(
+        default=1024, metadata={"help": "Target tokens per chunk of the fused loss; 0 = dense logits."}
+    )
     max_nonfinite_steps: int = field(
         default=3, metadata={"help": "Consecutive NaN/inf steps skipped before training stops with an error."}
     )
@@ -111,6 +118,8 @@ class DistillConfig(TrainingArguments):
             raise ValueError(
                 f"early_stop_min_delta must be >= 0, got early_stop_min_delta={self.early_stop_min_delta}"
             )
+        if self.loss_chunk_size < 0:
+            raise ValueError(f"loss_chunk_size must be >= 0 (0 = dense), got loss_chunk_size={self.loss_chunk_size}")
         if self.max_nonfinite_steps < 0:
             raise ValueError(f"max_nonfinite_steps must be >= 0, got max_nonfinite_steps={self.max_nonfinite_steps}")
         unknown = set(self.track_samples) - {"eval", "train"}

@@ -10,6 +10,8 @@ Conventions shared by every function here:
 """
 
 import math
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -140,7 +142,452 @@ def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, *, reduction:
     return _reduce(values, mask, reduction)
 
 
-def teacher_agreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def teacher_agreement(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """Number of valid positions where the student's and the teacher's top-1 tokens agree."""
     mask = labels != IGNORE_INDEX
     return (student_logits[mask].argmax(-1) == teacher_logits[mask].argmax(-1)).sum()
+
+
+# ---- fused linear + divergence: the (tokens x vocab) logits never exist in full ----
+
+
+class LinearDistillationParts(NamedTuple):
+    """What `linear_distillation_loss_parts` returns; every sum runs over the valid positions only.
+
+    `loss` is `alpha * ce + (1 - alpha) * kd` and the only member with a gradient; `ce` (cross-entropy at
+    temperature 1 on the full student vocabulary) and `kd` (divergence times `temperature**2`) are detached float32
+    sums for logging; `n_valid` is the int64 number of positions whose label is not `IGNORE_INDEX`.
+    """
+
+    loss: torch.Tensor
+    ce: torch.Tensor
+    kd: torch.Tensor
+    n_valid: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _LinearSpec:
+    alpha: float
+    loss_type: str
+    temperature: float
+    beta: float
+    skew_lambda: float
+    chunk_size: int
+    student_logit_scale: float
+    teacher_logit_scale: float
+    student_softcap: float | None
+    teacher_softcap: float | None
+    kd_vocab: int
+
+
+def _scale_and_cap(logits: torch.Tensor, scale: float, softcap: float | None) -> torch.Tensor:
+    if scale != 1.0:
+        logits = logits * scale
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
+def _soften(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    # Dividing by 1.0 is exact, so skipping it saves a pass over the chunk without changing a single bit.
+    return F.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
+
+
+def _chunk_values_and_grad(
+    hidden: torch.Tensor,
+    s_weight: torch.Tensor,
+    s_bias: torch.Tensor | None,
+    log_t: torch.Tensor | None,
+    targets: torch.Tensor,
+    weights: torch.Tensor | None,
+    spec: _LinearSpec,
+    with_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """CE and divergence of one chunk of float32 student rows, and, with `with_grad`, the gradient of
+    `sum(weights * (alpha * ce + (1 - alpha) * kd))` w.r.t. the chunk's raw logits `hidden @ s_weight.T + s_bias`.
+
+    A function of its own so that every `(chunk, V)` intermediate is freed on return, before the caller's matmuls.
+    """
+    alpha, temperature = spec.alpha, spec.temperature
+    raw = F.linear(hidden, s_weight, s_bias)
+    with torch.enable_grad():
+        # The raw logits are the leaf: everything after the matmul is differentiated here, and the matmul's own
+        # backward is done by the caller, straight into the accumulated gradients.
+        raw.requires_grad_(with_grad)
+        logits = _scale_and_cap(raw, spec.student_logit_scale, spec.student_softcap)
+        terms = []
+        if alpha > 0.0:
+            ce = F.cross_entropy(logits, targets, reduction="none")
+            terms.append((alpha, ce))
+        else:
+            # alpha == 0 still reports the CE: with the chunk's logits at hand it costs one log-softmax.
+            with torch.no_grad():
+                ce = F.cross_entropy(logits, targets, reduction="none")
+        kd = None
+        if log_t is not None:
+            log_s = _soften(logits[:, : spec.kd_vocab], temperature)
+            kd = divergence(log_s, log_t, loss_type=spec.loss_type, beta=spec.beta, skew_lambda=spec.skew_lambda)
+            kd = kd * temperature**2
+            terms.append((1.0 - alpha, kd))
+        if not with_grad:
+            return ce, kd, None
+        objective = sum(w * (v if weights is None else v * weights).sum() for w, v in terms)
+        (grad_raw,) = torch.autograd.grad(objective, raw)
+    return ce.detach(), None if kd is None else kd.detach(), grad_raw
+
+
+def _chunked_pass(
+    s_hidden: torch.Tensor,
+    s_weight: torch.Tensor,
+    s_bias: torch.Tensor | None,
+    t_hidden: torch.Tensor | None,
+    t_weight: torch.Tensor | None,
+    t_bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    spec: _LinearSpec,
+    needs: tuple[bool, bool, bool],
+    grad_scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Per-position CE and divergence of the `(N, H)` valid rows, `spec.chunk_size` rows at a time.
+
+    With any of `needs` (hidden, weight, bias) set, also returns the float32 gradients of
+    `sum(w * (alpha * ce + (1 - alpha) * kd))` with w = `grad_scale` (N,), or 1 when it is None.
+    """
+    f32 = torch.float32
+    n = s_hidden.shape[0]
+    with_grad = any(needs)
+    # One float32 copy of each head (none when it already is float32): casting per chunk would redo it every chunk.
+    s_weight32 = s_weight.to(f32)
+    s_bias32 = None if s_bias is None else s_bias.to(f32)
+    if t_hidden is not None:
+        t_weight32 = t_weight[: spec.kd_vocab].to(f32)
+        t_bias32 = None if t_bias is None else t_bias[: spec.kd_vocab].to(f32)
+    ce_values = torch.zeros(n, dtype=f32, device=s_hidden.device)
+    kd_values = torch.zeros_like(ce_values)
+    grad_hidden = s_hidden.new_empty(s_hidden.shape, dtype=f32) if needs[0] else None
+    grad_weight = torch.zeros_like(s_weight32) if needs[1] else None
+    grad_bias = torch.zeros_like(s_bias32) if needs[2] else None
+
+    for start in range(0, n, spec.chunk_size):
+        rows = slice(start, min(start + spec.chunk_size, n))
+        log_t = None
+        if t_hidden is not None:
+            teacher = F.linear(t_hidden[rows].to(f32), t_weight32, t_bias32)
+            log_t = _soften(_scale_and_cap(teacher, spec.teacher_logit_scale, spec.teacher_softcap), spec.temperature)
+            # Dropped as soon as possible, here and below, so that one chunk's buffers are alive at a time.
+            del teacher
+        hidden = s_hidden[rows].to(f32)
+        weights = None if grad_scale is None else grad_scale[rows]
+        ce, kd, grad_raw = _chunk_values_and_grad(
+            hidden, s_weight32, s_bias32, log_t, targets[rows], weights, spec, with_grad
+        )
+        del log_t
+        ce_values[rows] = ce
+        if kd is not None:
+            kd_values[rows] = kd
+        if grad_hidden is not None:
+            torch.mm(grad_raw, s_weight32, out=grad_hidden[rows])
+        if grad_weight is not None:
+            grad_weight.addmm_(grad_raw.T, hidden)
+        if grad_bias is not None:
+            grad_bias += grad_raw.sum(0)
+        del grad_raw
+    return ce_values, kd_values, grad_hidden, grad_weight, grad_bias
+
+
+def _mix(ce: torch.Tensor, kd: torch.Tensor, alpha: float) -> torch.Tensor:
+    # Dropping a zero-weight term, rather than multiplying it by 0, keeps an inf in that term from becoming NaN.
+    if alpha == 1.0:
+        return ce
+    if alpha == 0.0:
+        return kd
+    return alpha * ce + (1.0 - alpha) * kd
+
+
+class _FusedLinearDistillation(torch.autograd.Function):
+    """Autograd wrapper of `_chunked_pass` over the valid rows.
+
+    `per_position=False` (scalar sum) computes the gradients during the forward pass, so the chunk logits are made
+    once, and only scales them by the incoming scalar in backward. `per_position=True` returns `(N,)` values whose
+    incoming gradient differs per position, which cannot be folded into a precomputed weight gradient; its backward
+    runs the chunks a second time with those weights.
+    """
+
+    @staticmethod
+    def forward(ctx, s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets, spec, per_position):
+        needs = tuple(ctx.needs_input_grad[:3])
+        ctx.spec, ctx.per_position = spec, per_position
+        ctx.dtypes = (s_hidden.dtype, s_weight.dtype, None if s_bias is None else s_bias.dtype)
+        if per_position:
+            ce, kd, *_ = _chunked_pass(
+                s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets, spec, (False,) * 3
+            )
+            ctx.save_for_backward(s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets)
+            # With alpha 0 or 1 the mix is `kd` or `ce` itself, which must not be both differentiable and not.
+            out = _mix(ce, kd, spec.alpha).clone()
+        else:
+            ce, kd, *grads = _chunked_pass(
+                s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets, spec, needs
+            )
+            ctx.save_for_backward(*grads)
+            ctx.consumed = False
+            out = _mix(ce.sum(), kd.sum(), spec.alpha)
+        ctx.mark_non_differentiable(ce, kd)
+        return out, ce, kd
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_ce, _grad_kd):
+        if ctx.per_position:
+            s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets = ctx.saved_tensors
+            needs = tuple(ctx.needs_input_grad[:3])
+            _, _, *grads = _chunked_pass(
+                s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets, ctx.spec, needs, grad_out.float()
+            )
+        else:
+            if ctx.consumed:
+                raise RuntimeError(
+                    "linear_distillation_loss scales its precomputed gradients in place, so it cannot be "
+                    "backpropagated twice (retain_graph=True); compute the loss again instead"
+                )
+            ctx.consumed = True
+            grads = list(ctx.saved_tensors)
+            # The forward pass computed d(loss)/d(input) for an upstream gradient of 1; the chain rule scales it.
+            if not torch.equal(grad_out, torch.ones_like(grad_out)):
+                grads = [None if g is None else g.mul_(grad_out.float()) for g in grads]
+        grads = [None if g is None else g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)]
+        return (*grads, None, None, None, None, None, None)
+
+
+def _check_linear_args(
+    student_hidden,
+    student_weight,
+    student_bias,
+    teacher_hidden,
+    teacher_weight,
+    teacher_bias,
+    labels,
+    alpha,
+    chunk_size,
+) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got chunk_size={chunk_size!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got alpha={alpha}")
+    if labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"labels must hold integer token ids, got labels.dtype={labels.dtype}")
+    heads = [("student", student_hidden, student_weight, student_bias)]
+    if alpha < 1.0:
+        if teacher_hidden is None or teacher_weight is None:
+            raise ValueError(f"alpha={alpha} < 1 needs teacher_hidden and teacher_weight (only alpha=1.0 skips them)")
+        heads.append(("teacher", teacher_hidden, teacher_weight, teacher_bias))
+    for name, hidden, weight, bias in heads:
+        if hidden.dim() < 2 or hidden.shape[:-1] != labels.shape:
+            raise ValueError(
+                f"{name}_hidden {tuple(hidden.shape)} must be labels {tuple(labels.shape)} plus a hidden dimension"
+            )
+        if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+            raise ValueError(
+                f"{name}_weight {tuple(weight.shape)} must be (vocab, {hidden.shape[-1]}) to match {name}_hidden "
+                f"{tuple(hidden.shape)}"
+            )
+        if bias is not None and bias.shape != weight.shape[:1]:
+            raise ValueError(f"{name}_bias {tuple(bias.shape)} must be ({weight.shape[0]},) to match {name}_weight")
+
+
+def _linear_distillation(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor | None,
+    teacher_weight: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    student_bias: torch.Tensor | None,
+    teacher_bias: torch.Tensor | None,
+    alpha: float,
+    loss_type: str,
+    temperature: float,
+    beta: float,
+    skew_lambda: float,
+    chunk_size: int,
+    reduction: str,
+    student_logit_scale: float,
+    teacher_logit_scale: float,
+    student_softcap: float | None,
+    teacher_softcap: float | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns the mixed loss (scalar sum, or `(N,)` for `reduction="none"`), the per-valid-position CE and
+    divergence `(N,)` (detached) and the `(B, L)` mask of valid positions."""
+    _check_options(loss_type, reduction, beta, skew_lambda, temperature)
+    _check_linear_args(
+        student_hidden,
+        student_weight,
+        student_bias,
+        teacher_hidden,
+        teacher_weight,
+        teacher_bias,
+        labels,
+        alpha,
+        chunk_size,
+    )
+    for side, softcap in (("student", student_softcap), ("teacher", teacher_softcap)):
+        if softcap is not None and not softcap > 0:
+            raise ValueError(f"{side}_softcap must be > 0 or None, got {side}_softcap={softcap}")
+    with_kd = alpha < 1.0
+    spec = _LinearSpec(
+        alpha=alpha,
+        loss_type=loss_type,
+        temperature=temperature,
+        beta=beta,
+        skew_lambda=skew_lambda,
+        chunk_size=chunk_size,
+        student_logit_scale=student_logit_scale,
+        teacher_logit_scale=teacher_logit_scale,
+        student_softcap=student_softcap,
+        teacher_softcap=teacher_softcap,
+        kd_vocab=min(student_weight.shape[0], teacher_weight.shape[0]) if with_kd else student_weight.shape[0],
+    )
+    per_position = reduction == "none"
+    mask = labels != IGNORE_INDEX
+    targets = labels[mask]
+    student = (student_hidden[mask], student_weight, student_bias)
+    # The teacher only supplies targets: it gets no gradient, and alpha=1.0 never touches it.
+    teacher = (None, None, None)
+    if with_kd:
+        teacher = (
+            teacher_hidden.detach()[mask],
+            teacher_weight.detach(),
+            None if teacher_bias is None else teacher_bias.detach(),
+        )
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in student):
+        out, ce, kd = _FusedLinearDistillation.apply(*student, *teacher, targets, spec, per_position)
+    else:
+        ce, kd, *_ = _chunked_pass(*student, *teacher, targets, spec, (False,) * 3)
+        out = _mix(ce, kd, alpha) if per_position else _mix(ce.sum(), kd.sum(), alpha)
+    return out, ce, kd, mask
+
+
+def linear_distillation_loss_parts(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor | None,
+    teacher_weight: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    student_bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    alpha: float = 0.5,
+    loss_type: str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    skew_lambda: float = 0.1,
+    chunk_size: int = 1024,
+    student_logit_scale: float = 1.0,
+    teacher_logit_scale: float = 1.0,
+    student_softcap: float | None = None,
+    teacher_softcap: float | None = None,
+) -> LinearDistillationParts:
+    """`alpha * CE + (1 - alpha) * T**2 * D` summed over valid positions, from hidden states and LM-head weights.
+
+    Same value and gradients as projecting to full logits and calling `cross_entropy_loss` and `distillation_loss`
+    with `reduction="sum"`, but only `chunk_size` valid positions are projected at a time and their gradients are
+    computed and accumulated right away, so the `(tokens, vocab)` logits never exist in full.
+
+    Args:
+        student_hidden / teacher_hidden: final hidden states `(B, L, H_s)` / `(B, L, H_t)`; the widths may differ.
+        student_weight / teacher_weight: LM-head weights `(V_s, H_s)` / `(V_t, H_t)`. The divergence uses the first
+            `min(V_s, V_t)` vocabulary entries (the models may pad their vocabularies differently), the CE all `V_s`.
+        labels: `(B, L)` targets aligned with the positions (already shifted); `-100` marks ignored positions.
+        student_bias / teacher_bias: optional LM-head biases `(V_s,)` / `(V_t,)`.
+        alpha: weight of the CE, in [0, 1]. With `alpha=1.0` the teacher is never used and may be None, and `kd` is
+            0. With `alpha=0.0` the CE gets no gradient but is still reported, computed under no_grad from the chunk
+            logits that the divergence needs anyway (one extra log-softmax per chunk).
+        loss_type, temperature, beta, skew_lambda: as in `distillation_loss`.
+        chunk_size: number of valid positions projected at once, >= 1. The peak memory holds about ten float32
+            `(chunk_size, V)` buffers on top of a float32 copy of the student head's gradient.
+        student_logit_scale / teacher_logit_scale: logits are `(hidden @ weight.T + bias) * logit_scale`.
+        student_softcap / teacher_softcap: when not None, logits become `softcap * tanh(logits / softcap)`
+            (Gemma-2 final-logit soft-capping), applied after the scale.
+
+    Returns `LinearDistillationParts(loss, ce, kd, n_valid)`. Only `loss` carries gradients (to the student's hidden
+    states, weight and bias, returned in their dtypes; the maths runs in float32). A trainer divides `loss` by its
+    token count and logs `ce` and `kd` divided by the same count. The gradients are computed during the forward pass
+    and scaled by the upstream gradient in backward, so the loss can be backpropagated once only.
+    """
+    loss, ce, kd, mask = _linear_distillation(
+        student_hidden,
+        student_weight,
+        teacher_hidden,
+        teacher_weight,
+        labels,
+        student_bias=student_bias,
+        teacher_bias=teacher_bias,
+        alpha=alpha,
+        loss_type=loss_type,
+        temperature=temperature,
+        beta=beta,
+        skew_lambda=skew_lambda,
+        chunk_size=chunk_size,
+        reduction="sum",
+        student_logit_scale=student_logit_scale,
+        teacher_logit_scale=teacher_logit_scale,
+        student_softcap=student_softcap,
+        teacher_softcap=teacher_softcap,
+    )
+    return LinearDistillationParts(loss, ce.sum(), kd.sum(), mask.sum())
+
+
+def linear_distillation_loss(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor | None,
+    teacher_weight: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    student_bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    alpha: float = 0.5,
+    loss_type: str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    skew_lambda: float = 0.1,
+    chunk_size: int = 1024,
+    reduction: str = "sum",
+    student_logit_scale: float = 1.0,
+    teacher_logit_scale: float = 1.0,
+    student_softcap: float | None = None,
+    teacher_softcap: float | None = None,
+) -> torch.Tensor:
+    """`alpha * cross_entropy_loss + (1 - alpha) * distillation_loss` of the logits `hidden @ weight.T`, chunked.
+
+    The arguments are those of `linear_distillation_loss_parts`, plus `reduction` with the module's conventions.
+    `"sum"` and `"mean"` compute the gradients during the forward pass (one projection per chunk); `"none"` returns
+    `(B, L)` values and, since each position then gets its own upstream gradient, projects every chunk again in
+    backward.
+    """
+    loss, _, _, mask = _linear_distillation(
+        student_hidden,
+        student_weight,
+        teacher_hidden,
+        teacher_weight,
+        labels,
+        student_bias=student_bias,
+        teacher_bias=teacher_bias,
+        alpha=alpha,
+        loss_type=loss_type,
+        temperature=temperature,
+        beta=beta,
+        skew_lambda=skew_lambda,
+        chunk_size=chunk_size,
+        reduction=reduction,
+        student_logit_scale=student_logit_scale,
+        teacher_logit_scale=teacher_logit_scale,
+        student_softcap=student_softcap,
+        teacher_softcap=teacher_softcap,
+    )
+    if reduction == "none":
+        return _reduce(loss, mask, "none")
+    if reduction == "mean":
+        return loss / mask.sum().clamp(min=1)
+    return loss

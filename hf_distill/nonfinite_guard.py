@@ -33,10 +33,11 @@ class NonFiniteGuard(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         accelerator = self.trainer.accelerator
-        finite = _all_finite(self.trainer.model).to(accelerator.device).float()
+        bad = (~_all_finite(self.trainer.model)).to(accelerator.device).float()
         if accelerator.num_processes > 1:
-            finite = accelerator.reduce(finite, reduction="min")
-        if finite.item() == 1.0:
+            # Accelerate's reduce knows sum, mean and max: "any process is bad" is the max of the flags.
+            bad = accelerator.reduce(bad, reduction="max")
+        if bad.item() == 0.0:
             self.consecutive = 0
             return
         self.consecutive += 1

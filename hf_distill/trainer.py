@@ -13,7 +13,8 @@ from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer
 from .checkpoints import last_complete_checkpoint, mark_complete
 from .config import DistillConfig
 from .data import DistillDataCollator
-from .losses import IGNORE_INDEX, cross_entropy_loss, distillation_loss
+from .hidden_states import final_hidden_states, lm_head, supports_hidden_states
+from .losses import IGNORE_INDEX, cross_entropy_loss, distillation_loss, linear_distillation_loss_parts
 from .metrics_csv import MetricsCSVCallback
 from .model_card import render_model_card
 from .modeling import check_vocabularies, load_causal_lm, parse_init_kwargs
@@ -77,6 +78,11 @@ class DistillTrainer(Trainer):
         self._train_sums = torch.zeros(2, device=self.args.device)
         self._train_window_start: int | None = None
         self._eval_sums = torch.zeros(len(_EVAL_SUMS), device=self.args.device)
+        self._chunked_loss_ok = args.loss_chunk_size > 0 and all(
+            supports_hidden_states(self.accelerator.unwrap_model(m))
+            for m in (self.model, self.teacher_model)
+            if m is not None
+        )
         self._step_ids: list = []
         self.add_callback(NonFiniteGuard(self, self.args.max_nonfinite_steps))
         self._sample_log = SampleLog(self.accelerator, os.path.join(self.args.output_dir, "samples.csv"))
@@ -166,16 +172,23 @@ class DistillTrainer(Trainer):
         During evaluation (or whenever `num_items_in_batch` is None) the divisor is this micro-batch's own count.
         """
         model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "id")}
-        outputs = model(**model_inputs)
         # Causal LM: the logits at position i predict the token at position i + 1.
         targets = inputs["labels"][:, 1:]
-        terms = self._loss_terms(outputs.logits[:, :-1], model_inputs, targets)
-        ce, kd = terms["ce"].sum(), terms["kd"].sum()
-        loss = self._mix(ce, kd)
-
         mode = "train" if model.training else "eval"
-        if mode in self.args.track_samples:
-            self._sample_log.add(mode, self.state.global_step + model.training, inputs.get("id"), terms)
+        outputs = None
+        if self._chunked_loss_for(mode):
+            loss, ce, kd, n_tokens = self._chunked_loss(model, model_inputs, targets)
+        else:
+            outputs = model(**model_inputs)
+            terms = self._loss_terms(outputs.logits[:, :-1], model_inputs, targets)
+            ce, kd, n_tokens = terms["ce"].sum(), terms["kd"].sum(), terms["tokens"].sum()
+            loss = self._mix(ce, kd)
+            if mode in self.args.track_samples:
+                self._sample_log.add(mode, self.state.global_step + model.training, inputs.get("id"), terms)
+            if mode == "eval":
+                sums = torch.stack([ce.detach(), kd.detach(), terms["agree"].sum(), n_tokens])
+                self._eval_sums += sums.to(self._eval_sums.device)
+
         if model.training and num_items_in_batch is not None:
             # Each process holds its share of the step's tokens; DDP averages gradients over processes, so
             # multiplying by their number turns that average back into the sum that the global count divides.
@@ -183,12 +196,47 @@ class DistillTrainer(Trainer):
             self._record_train_metrics(ce.detach() * scale, kd.detach() * scale)
             loss = loss * scale
         else:
-            n_tokens = terms["tokens"].sum()
-            if not model.training:
-                sums = torch.stack([ce.detach(), kd.detach(), terms["agree"].sum(), n_tokens])
-                self._eval_sums += sums.to(self._eval_sums.device)
             loss = loss / n_tokens.clamp(min=1)
         return (loss, outputs) if return_outputs else loss
+
+    def _chunked_loss_for(self, mode: str) -> bool:
+        # Evaluation and per-example training statistics need per-example values, which only the dense path has.
+        return mode == "train" and self._chunked_loss_ok and "train" not in self.args.track_samples
+
+    def _chunked_loss(
+        self, model: nn.Module, model_inputs: dict[str, Any], targets: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """The fused path: hidden states and LM-head weights in, chunk by chunk; logits never exist in full."""
+        student = self.accelerator.unwrap_model(model)
+        hidden = final_hidden_states(model, student, model_inputs)[:, :-1]
+        head = lm_head(student)
+        teacher_hidden = teacher_head = None
+        if self.teacher_model is not None:
+            teacher = self.accelerator.unwrap_model(self.teacher_model)
+            with torch.no_grad(), self.accelerator.autocast():
+                teacher_hidden = final_hidden_states(self.teacher_model, teacher, model_inputs)[:, :-1]
+            teacher_head = lm_head(teacher)
+        args = self.args
+        parts = linear_distillation_loss_parts(
+            hidden,
+            head.weight,
+            teacher_hidden,
+            teacher_head.weight if teacher_head else None,
+            targets,
+            student_bias=head.bias,
+            teacher_bias=teacher_head.bias if teacher_head else None,
+            alpha=args.alpha,
+            loss_type=args.loss_type,
+            temperature=args.temperature,
+            beta=args.beta,
+            skew_lambda=args.skew_lambda,
+            chunk_size=args.loss_chunk_size,
+            student_logit_scale=head.logit_scale,
+            teacher_logit_scale=teacher_head.logit_scale if teacher_head else 1.0,
+            student_softcap=head.softcap,
+            teacher_softcap=teacher_head.softcap if teacher_head else None,
+        )
+        return parts.loss, parts.ce, parts.kd, parts.n_valid.float()
 
     def _loss_terms(
         self, student_logits: torch.Tensor, model_inputs: dict[str, Any], targets: torch.Tensor

@@ -28,20 +28,20 @@ def nan_trainer(tmp_path, bad_steps, **kw):
         train_dataset=dataset,
         data_collator=DistillDataCollator(word_tokenizer()),
     )
-    terms = trainer._loss_terms
 
-    def poisoned(*args, **kwargs):
-        out = terms(*args, **kwargs)
-        if trainer.model.training and trainer.state.global_step + 1 in bad_steps:
-            out["kd"] = out["kd"] * float("nan")
-        return out
+    def poison(module, args, output):
+        if module.training and trainer.state.global_step + 1 in bad_steps:
+            output.last_hidden_state = output.last_hidden_state * float("nan")
+        return output
 
-    trainer._loss_terms = poisoned
+    # On the student's decoder, so the NaN reaches the loss on the dense and the chunked path alike.
+    trainer.model.get_decoder().register_forward_hook(poison)
     return trainer
 
 
-def test_nan_step_is_skipped_and_training_goes_on(tmp_path):
-    trainer = nan_trainer(tmp_path, bad_steps={2})
+@pytest.mark.parametrize("loss_chunk_size", [0, 1024])
+def test_nan_step_is_skipped_and_training_goes_on(tmp_path, loss_chunk_size):
+    trainer = nan_trainer(tmp_path, bad_steps={2}, loss_chunk_size=loss_chunk_size)
     recorder = WeightRecorder()
     trainer.add_callback(recorder)
     trainer.train()

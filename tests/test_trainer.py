@@ -327,3 +327,30 @@ def test_step_without_any_target_token_is_finite(tmp_path):
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses == [0.0, 0.0]
     assert_same_weights(before, weights(trainer), atol=0)
+
+
+@pytest.mark.parametrize("loss_type", ["forward_kl", "jsd", "tvd"])
+def test_chunked_path_trains_to_the_dense_weights(tmp_path, loss_type):
+    dense = train(tmp_path / "dense", loss_type=loss_type, loss_chunk_size=0, per_device_train_batch_size=4)
+    chunked = train(tmp_path / "chunked", loss_type=loss_type, loss_chunk_size=5, per_device_train_batch_size=4)
+    assert_same_weights(weights(dense), weights(chunked))
+    for key in ("loss", "ce_loss", "kd_loss"):
+        a = [h[key] for h in dense.state.log_history if key in h]
+        b = [h[key] for h in chunked.state.log_history if key in h]
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_path_never_projects_all_positions(tmp_path):
+    student, teacher = tiny_llama(seed=1, hidden=32, layers=1), tiny_llama(seed=2, hidden=48, layers=2)
+    projected = []
+    for model in (student, teacher):
+        model.lm_head.register_forward_hook(lambda m, args, out: projected.append(tuple(args[0].shape)))
+    trainer = DistillTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=make_args(tmp_path, max_steps=2, loss_chunk_size=8),
+        train_dataset=variable_length_dataset(),
+        data_collator=pad_collator,
+    )
+    trainer.train()
+    assert len(projected) == 4 and all(shape[1] == 0 for shape in projected), projected

@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--resume_from_checkpoint", default=None)
     parser.add_argument("--half_masked", action="store_true")
     parser.add_argument("--count_syncs", action="store_true")
+    parser.add_argument("--loss_chunk_size", type=int, default=1024)
     opts = parser.parse_args()
     args = DistillConfig(
         output_dir=opts.output_dir,
@@ -74,6 +75,7 @@ def main() -> None:
         seed=0,
         data_seed=0,
         temperature=2.0,
+        loss_chunk_size=opts.loss_chunk_size,
     )
     trainer = DistillTrainer(
         model=tiny_llama(seed=1, hidden=32, layers=1),
@@ -104,7 +106,15 @@ def main() -> None:
             "syncs": syncs.calls,
         }
         torch.save(result, os.path.join(opts.output_dir, "result.pt"))
+    # Both ranks leave together: a rank exiting while the other still talks to gloo aborts ("terminate called").
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    # torch 2.13's gloo threads sometimes abort in C++ static destructors at interpreter exit ("terminate called
+    # without an active exception", exit -6) after all work is done and saved; leave without running them.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -1,7 +1,7 @@
 """FSDP2 on CPU under 2 processes (gloo), with the Accelerate FSDP2 plugin driving `fully_shard` directly: Accelerate
 itself only enables FSDP on GPU-like devices, so a CPU run through `accelerate launch` would silently be DDP.
 
-    torchrun --nproc_per_node 2 tests/distributed/fsdp2_check.py OUT_DIR
+    torchrun --nproc_per_node 2 tests/distributed/fsdp2_check.py OUT_DIR [--chunked]
 """
 
 import os
@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from conftest import pad_collator, tiny_llama, variable_length_dataset  # noqa: E402
 
-from hf_distill.losses import cross_entropy_loss, distillation_loss  # noqa: E402
+from hf_distill.hidden_states import final_hidden_states, lm_head  # noqa: E402
+from hf_distill.losses import cross_entropy_loss, distillation_loss, linear_distillation_loss_parts  # noqa: E402
 from hf_distill.teacher_placement import place_teacher  # noqa: E402
 
 
@@ -37,6 +38,19 @@ def fsdp2_accelerator() -> types.SimpleNamespace:
     )
 
 
+def chunked_step_loss(student, teacher, batch, global_tokens):
+    """The trainer's fused path: final hidden states and the LM head (a DTensor shard outside forward under FSDP2)."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    hidden = final_hidden_states(student, student, inputs)[:, :-1]
+    with torch.no_grad():
+        teacher_hidden = final_hidden_states(teacher, teacher, inputs)[:, :-1]
+    parts = linear_distillation_loss_parts(
+        hidden, lm_head(student).weight, teacher_hidden, lm_head(teacher).weight, batch["labels"][:, 1:],
+        alpha=0.5, temperature=2.0, chunk_size=7,
+    )  # fmt: skip
+    return parts.loss / global_tokens
+
+
 def step_loss(student, teacher, batch, global_tokens):
     """The trainer's objective: sums over this rank's tokens divided by the tokens of the whole step."""
     student_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
@@ -48,7 +62,7 @@ def step_loss(student, teacher, batch, global_tokens):
     return (0.5 * ce + 0.5 * kd) / global_tokens
 
 
-def train(student, teacher, rank, world_size, steps=3, global_batch=8):
+def train(student, teacher, rank, world_size, steps=3, global_batch=8, loss=step_loss):
     rows = list(variable_length_dataset())
     optimizer = torch.optim.SGD(student.parameters(), lr=0.5)
     for step in range(steps):
@@ -57,12 +71,12 @@ def train(student, teacher, rank, world_size, steps=3, global_batch=8):
         share = global_batch // world_size
         batch = pad_collator(step_rows[rank * share : (rank + 1) * share])
         # FSDP2 averages gradients over ranks; the world size turns that average back into the global sum.
-        (step_loss(student, teacher, batch, global_tokens) * world_size).backward()
+        (loss(student, teacher, batch, global_tokens) * world_size).backward()
         optimizer.step()
         optimizer.zero_grad()
 
 
-def main(out_dir: str) -> None:
+def main(out_dir: str, chunked: bool) -> None:
     dist.init_process_group("gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
     assert world_size == 2, "no 2-process group was formed"
@@ -79,12 +93,19 @@ def main(out_dir: str) -> None:
 
     student = fsdp2_prepare_model(accelerator, tiny_llama(seed=1, hidden=32, layers=1))
     assert all(isinstance(p, DTensor) for p in student.parameters())
-    train(student, teacher, rank, world_size)
+    train(student, teacher, rank, world_size, loss=chunked_step_loss if chunked else step_loss)
     weights = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in student.state_dict().items()}
     if rank == 0:
         torch.save({"weights": weights, "world_size": world_size}, os.path.join(out_dir, "result.pt"))
+    # Both ranks leave together: a rank exiting while the other still talks to gloo aborts ("terminate called").
+    dist.barrier()
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], chunked="--chunked" in sys.argv[2:])
+    # torch 2.13's gloo threads sometimes abort in C++ static destructors at interpreter exit ("terminate called
+    # without an active exception", exit -6) after all work is done and saved; leave without running them.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

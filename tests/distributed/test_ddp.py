@@ -16,7 +16,17 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_train.py")
 
 def run_two_processes(out_dir, *args, timeout=300):
     """torchrun forms a real gloo group on CPU (`accelerate launch --cpu` does not: each process trains alone)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", SCRIPT, str(out_dir), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        SCRIPT,
+        str(out_dir),
+        *args,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     out = torch.load(os.path.join(out_dir, "result.pt"), weights_only=False)

@@ -15,8 +15,11 @@ pytestmark = pytest.mark.distributed
 SCRIPT = os.path.join(os.path.dirname(__file__), "fsdp2_check.py")
 
 
-def test_fsdp2_sharded_teacher_and_student_match_one_process(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", SCRIPT, str(tmp_path)]
+@pytest.mark.parametrize("chunked", [False, True])
+def test_fsdp2_sharded_teacher_and_student_match_one_process(tmp_path, chunked):
+    """The chunked variant reads the LM head of a sharded student and teacher outside their forward."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd = [*launch, SCRIPT, str(tmp_path), *(["--chunked"] if chunked else [])]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     out = torch.load(tmp_path / "result.pt", weights_only=False)

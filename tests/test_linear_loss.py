@@ -1,0 +1,286 @@
+"""`linear_distillation_loss` against the dense path: logits built explicitly, then the module's dense losses."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_distill.losses import (
+    IGNORE_INDEX,
+    LOSS_TYPES,
+    distillation_loss,
+    linear_distillation_loss,
+    linear_distillation_loss_parts,
+)
+
+B, L, H_S, H_T, V = 2, 13, 16, 24, 40
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def make_inputs(seed=0, *, v_student=V, v_teacher=V + 64, n_masked=6, bias=True, dtype=torch.float32):
+    """Student and teacher heads of different hidden widths; the teacher's vocabulary is padded by 64 rows."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(dtype)
+
+    labels = torch.randint(0, v_student, (B, L), generator=gen)
+    labels.view(-1)[torch.randperm(B * L, generator=gen)[:n_masked]] = IGNORE_INDEX
+    return {
+        "student_hidden": randn(B, L, H_S).requires_grad_(),
+        "student_weight": randn(v_student, H_S, scale=0.5).requires_grad_(),
+        "student_bias": randn(v_student).requires_grad_() if bias else None,
+        "teacher_hidden": randn(B, L, H_T),
+        "teacher_weight": randn(v_teacher, H_T, scale=0.5),
+        "teacher_bias": randn(v_teacher) if bias else None,
+        "labels": labels,
+    }
+
+
+def logits(hidden, weight, bias, scale=1.0, softcap=None):
+    out = hidden.float() @ weight.float().T
+    if bias is not None:
+        out = out + bias.float()
+    out = out * scale
+    if softcap is not None:
+        out = softcap * torch.tanh(out / softcap)
+    return out
+
+
+def dense_loss(inputs, *, alpha=0.5, reduction="sum", logit_scales=(1.0, 1.0), softcaps=(None, None), **options):
+    """The reference: full logits, `F.cross_entropy` and `distillation_loss`, mixed like the trainer mixes them."""
+    labels = inputs["labels"]
+    mask = labels != IGNORE_INDEX
+    student = logits(
+        inputs["student_hidden"], inputs["student_weight"], inputs["student_bias"], logit_scales[0], softcaps[0]
+    )
+    ce = torch.zeros(labels.shape)
+    ce[mask] = F.cross_entropy(student[mask], labels[mask], reduction="none")
+    if alpha == 1.0:
+        values = ce
+    else:
+        teacher = logits(
+            inputs["teacher_hidden"], inputs["teacher_weight"], inputs["teacher_bias"], logit_scales[1], softcaps[1]
+        )
+        vocab = min(student.shape[-1], teacher.shape[-1])
+        kd = distillation_loss(student[..., :vocab], teacher[..., :vocab], labels, reduction="none", **options)
+        values = kd if alpha == 0.0 else alpha * ce + (1 - alpha) * kd
+    if reduction == "none":
+        return values
+    total = values.sum()
+    return total / mask.sum().clamp(min=1) if reduction == "mean" else total
+
+
+def chunked_loss(inputs, *, logit_scales=(1.0, 1.0), softcaps=(None, None), **options):
+    return linear_distillation_loss(
+        **inputs,
+        student_logit_scale=logit_scales[0],
+        teacher_logit_scale=logit_scales[1],
+        student_softcap=softcaps[0],
+        teacher_softcap=softcaps[1],
+        **options,
+    )
+
+
+def student_grads(loss, inputs):
+    params = [inputs[k] for k in ("student_hidden", "student_weight", "student_bias") if inputs[k] is not None]
+    return torch.autograd.grad(loss, params)
+
+
+def assert_matches_dense(inputs, *, chunk_size, upstream=None, **options):
+    """Same value and same gradients (w.r.t. student hidden, weight, bias) as the dense path."""
+    chunked, dense = chunked_loss(inputs, chunk_size=chunk_size, **options), dense_loss(inputs, **options)
+    torch.testing.assert_close(chunked, dense, **TOL)
+    if upstream is None:
+        upstream = torch.ones_like(dense)
+    for got, want in zip(
+        student_grads((chunked * upstream).sum(), inputs), student_grads((dense * upstream).sum(), inputs)
+    ):
+        torch.testing.assert_close(got, want, **TOL)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_every_loss_type_and_alpha_matches_dense(loss_type, alpha):
+    # 20 valid positions in chunks of 6: the last chunk is partial.
+    assert_matches_dense(make_inputs(), loss_type=loss_type, alpha=alpha, temperature=2.0, chunk_size=6)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 5, 7, 20, 1000])
+def test_chunk_sizes_that_do_and_do_not_divide_the_valid_count(chunk_size):
+    inputs = make_inputs(seed=1)
+    assert (inputs["labels"] != IGNORE_INDEX).sum() == 20
+    assert_matches_dense(inputs, loss_type="jsd", temperature=0.7, chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_softcap_logit_scale_and_temperature(loss_type):
+    assert_matches_dense(
+        make_inputs(seed=2),
+        loss_type=loss_type,
+        alpha=0.3,
+        temperature=1.7,
+        logit_scales=(0.8, 1.3),
+        softcaps=(3.0, 2.5),
+        chunk_size=3,
+    )
+
+
+@pytest.mark.parametrize("loss_type", ["forward_kl", "reverse_kl", "tvd"])
+def test_mean_and_none_reductions(loss_type):
+    inputs = make_inputs(seed=3)
+    assert_matches_dense(inputs, loss_type=loss_type, reduction="mean", temperature=2.0, chunk_size=7)
+    # Per-position upstream weights: the backward pass must weight every position separately.
+    upstream = torch.rand(B, L, generator=torch.Generator().manual_seed(0))
+    assert_matches_dense(
+        inputs, upstream=upstream, loss_type=loss_type, reduction="none", temperature=2.0, chunk_size=7
+    )
+    none = chunked_loss(inputs, loss_type=loss_type, reduction="none", chunk_size=7)
+    assert none.shape == (B, L)
+    assert (none[inputs["labels"] == IGNORE_INDEX] == 0).all()
+
+
+def test_no_bias_and_student_vocabulary_wider_than_teacher():
+    # Divergence on the first V - 8 entries, CE over the student's full V.
+    inputs = make_inputs(seed=4, v_teacher=V - 8, bias=False)
+    assert_matches_dense(inputs, loss_type="skew_reverse_kl", chunk_size=8)
+
+
+def test_upstream_gradient_scales_the_precomputed_gradients():
+    inputs = make_inputs(seed=5)
+    assert_matches_dense(inputs, upstream=torch.tensor(3.7), loss_type="forward_kl", chunk_size=4)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean", "none"])
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_all_masked_is_zero_with_zero_finite_gradients(reduction, alpha):
+    inputs = make_inputs(seed=6, n_masked=B * L)
+    loss = chunked_loss(inputs, alpha=alpha, reduction=reduction, chunk_size=4)
+    assert (loss == 0).all()
+    for grad in student_grads(loss.sum(), inputs):
+        assert torch.isfinite(grad).all()
+        assert (grad == 0).all()
+
+
+def test_bf16_inputs_are_close_to_the_float32_answer_and_get_bf16_gradients():
+    inputs = make_inputs(seed=7, dtype=torch.bfloat16)
+    as_float = {
+        k: None if v is None else v.detach().float().requires_grad_(v.requires_grad) for k, v in inputs.items()
+    }
+    as_float["labels"] = inputs["labels"]
+    options = {"loss_type": "jsd", "alpha": 0.3, "temperature": 2.0}
+    loss = chunked_loss(inputs, chunk_size=6, **options)
+    # The maths runs in float32, so only the rounding of the returned gradients to bf16 separates the two.
+    torch.testing.assert_close(loss, dense_loss(as_float, **options), **TOL)
+    grads = student_grads(loss, inputs)
+    for got, want in zip(grads, student_grads(dense_loss(as_float, **options), as_float)):
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), want, rtol=1e-2, atol=1e-3)
+
+
+def test_frozen_weight_and_no_grad():
+    inputs = make_inputs(seed=8)
+    inputs["student_weight"].requires_grad_(False)
+    loss = chunked_loss(inputs, chunk_size=5)
+    (grad_hidden,) = torch.autograd.grad(loss, [inputs["student_hidden"]], retain_graph=False, allow_unused=False)
+    dense = dense_loss(inputs)
+    torch.testing.assert_close(grad_hidden, torch.autograd.grad(dense, [inputs["student_hidden"]])[0], **TOL)
+    with torch.no_grad():
+        torch.testing.assert_close(chunked_loss(inputs, chunk_size=5), dense, **TOL)
+
+
+def test_parts_report_ce_and_kd_sums():
+    inputs = make_inputs(seed=9)
+    options = {"loss_type": "reverse_kl", "temperature": 2.0}
+    parts = linear_distillation_loss_parts(**inputs, alpha=0.3, chunk_size=6, **options)
+    torch.testing.assert_close(parts.ce, dense_loss(inputs, alpha=1.0, **options).detach(), **TOL)
+    torch.testing.assert_close(parts.kd, dense_loss(inputs, alpha=0.0, **options).detach(), **TOL)
+    assert parts.n_valid == 20
+    assert not parts.ce.requires_grad and not parts.kd.requires_grad
+    torch.testing.assert_close(parts.loss, 0.3 * parts.ce + 0.7 * parts.kd, **TOL)
+    for got, want in zip(
+        student_grads(parts.loss, inputs), student_grads(dense_loss(inputs, alpha=0.3, **options), inputs)
+    ):
+        torch.testing.assert_close(got, want, **TOL)
+
+
+def test_parts_alpha_zero_still_reports_ce():
+    inputs = make_inputs(seed=10)
+    parts = linear_distillation_loss_parts(**inputs, alpha=0.0, chunk_size=6)
+    torch.testing.assert_close(parts.ce, dense_loss(inputs, alpha=1.0).detach(), **TOL)
+    torch.testing.assert_close(parts.loss, parts.kd, **TOL)
+
+
+def test_alpha_one_needs_no_teacher():
+    inputs = make_inputs(seed=11)
+    with_teacher = linear_distillation_loss_parts(**inputs, alpha=1.0, chunk_size=6)
+    inputs.update(teacher_hidden=None, teacher_weight=None, teacher_bias=None)
+    parts = linear_distillation_loss_parts(**inputs, alpha=1.0, chunk_size=6)
+    assert parts.kd == 0
+    torch.testing.assert_close(parts.loss, with_teacher.loss, rtol=0, atol=0)
+    torch.testing.assert_close(parts.loss, dense_loss(inputs, alpha=1.0), **TOL)
+
+
+def test_alpha_one_skips_the_teacher_projection(monkeypatch):
+    inputs = make_inputs(seed=12)
+    widths = []
+    linear = F.linear
+    monkeypatch.setattr(F, "linear", lambda x, *args: widths.append(x.shape[-1]) or linear(x, *args))
+    linear_distillation_loss(**inputs, alpha=1.0, chunk_size=6).backward()
+    assert widths and set(widths) == {H_S}
+
+
+def test_teacher_gets_no_gradient():
+    inputs = make_inputs(seed=13)
+    inputs["teacher_hidden"].requires_grad_()
+    inputs["teacher_weight"].requires_grad_()
+    linear_distillation_loss(**inputs, chunk_size=6).backward()
+    assert inputs["teacher_hidden"].grad is None and inputs["teacher_weight"].grad is None
+
+
+def test_second_backward_is_refused():
+    inputs = make_inputs(seed=14)
+    loss = linear_distillation_loss(**inputs, chunk_size=6)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backpropagated twice"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1, 2.5, True, "8"])
+def test_chunk_size_must_be_a_positive_int(chunk_size):
+    with pytest.raises(ValueError, match=f"chunk_size={chunk_size!r}"):
+        linear_distillation_loss(**make_inputs(), chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"student_hidden": torch.zeros(B, L + 1, H_S)}, "student_hidden"),
+        ({"teacher_hidden": torch.zeros(B, L, H_T + 1)}, "teacher_weight"),
+        ({"student_weight": torch.zeros(V, H_S + 1)}, "student_weight"),
+        ({"student_bias": torch.zeros(V + 1)}, "student_bias"),
+        ({"teacher_bias": torch.zeros(3)}, "teacher_bias"),
+        ({"teacher_hidden": None}, "needs teacher_hidden"),
+        ({"labels": torch.zeros(B, L)}, "labels"),
+    ],
+)
+def test_shape_and_argument_errors(change, message):
+    inputs = make_inputs()
+    inputs.update(change)
+    with pytest.raises(ValueError, match=message):
+        linear_distillation_loss(**inputs)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"alpha": 1.5}, "alpha=1.5"),
+        ({"loss_type": "kl"}, "loss_type='kl'"),
+        ({"reduction": "avg"}, "reduction='avg'"),
+        ({"temperature": 0.0}, "temperature=0.0"),
+        ({"student_softcap": 0.0}, "student_softcap=0.0"),
+        ({"teacher_softcap": -1.0}, "teacher_softcap=-1.0"),
+    ],
+)
+def test_option_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        linear_distillation_loss(**make_inputs(), **options)

@@ -1,0 +1,180 @@
+"""Property tests of `distillation_loss` and `linear_distillation_loss` on adversarial logits.
+
+Hypothesis draws the shapes, magnitudes (|logit| up to 1e4), temperatures, masks and a seed; the tensors are built
+from the seed with torch, which keeps every example cheap. Float32 rounding of a log-probability grows with its
+magnitude |logit| / T and the loss carries a T**2 factor, so "zero" and "non-negative" are checked up to
+1e-5 * scale with scale = T**2 * (1 + max|logit| / T).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hf_distill.losses import IGNORE_INDEX, LOSS_TYPES, distillation_loss, linear_distillation_loss
+
+SETTINGS = settings(max_examples=50, deadline=None)
+# Loss types that stay finite when the teacher gives zero probability to entries the student does not: every one
+# that never divides by the teacher's probability (KL(p_S || p_T) does).
+TEACHER_ZEROS_OK = ("forward_kl", "jsd", "skew_forward_kl", "tvd")
+
+magnitudes = st.floats(min_value=1e-3, max_value=1e4)
+temperatures = st.floats(min_value=0.1, max_value=10.0)
+
+
+def tolerance(temperature: float, magnitude: float) -> float:
+    return 1e-5 * temperature**2 * (1 + magnitude / temperature)
+
+
+def uniform(gen: torch.Generator, *shape: int, magnitude: float = 1.0) -> torch.Tensor:
+    return (torch.rand(*shape, generator=gen) * 2 - 1) * magnitude
+
+
+def random_labels(gen: torch.Generator, shape: tuple[int, ...], vocab: int, masked: float) -> torch.Tensor:
+    labels = torch.randint(0, vocab, shape, generator=gen)
+    labels[torch.rand(shape, generator=gen) < masked] = IGNORE_INDEX
+    return labels
+
+
+def vocab_mask(gen: torch.Generator, shape: tuple[int, ...], fraction: float) -> torch.Tensor:
+    """Entries to set to -inf, keeping at least one finite entry per row (an all -inf row has no distribution)."""
+    mask = torch.rand(shape, generator=gen) < fraction
+    keep = torch.randint(0, shape[-1], (*shape[:-1], 1), generator=gen)
+    return mask.scatter(-1, keep, False)
+
+
+@st.composite
+def logit_pairs(draw, teacher_only_inf: bool = False):
+    """(student, teacher, labels, temperature, magnitude), with -inf entries in both or in the teacher only."""
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 6)), draw(st.integers(2, 50)))
+    magnitude, temperature = draw(magnitudes), draw(temperatures)
+    student = uniform(gen, *shape, magnitude=magnitude)
+    teacher = uniform(gen, *shape, magnitude=magnitude)
+    inf = vocab_mask(gen, shape, draw(st.floats(0.0, 0.9)))
+    teacher = teacher.masked_fill(inf, float("-inf"))
+    if not teacher_only_inf:
+        student = student.masked_fill(inf, float("-inf"))
+    labels = random_labels(gen, shape[:2], shape[2], draw(st.floats(0.0, 1.0)))
+    return student, teacher, labels, temperature, magnitude
+
+
+def check_finite_non_negative(student, teacher, labels, temperature, magnitude, loss_type):
+    student = student.clone().requires_grad_()
+    values = distillation_loss(
+        student, teacher, labels, loss_type=loss_type, temperature=temperature, reduction="none"
+    )
+    assert torch.isfinite(values).all()
+    assert (values >= -tolerance(temperature, magnitude)).all()
+    assert (values[labels == IGNORE_INDEX] == 0).all()
+    (grad,) = torch.autograd.grad(values.sum(), student)
+    assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@SETTINGS
+@given(case=logit_pairs())
+def test_finite_and_non_negative_with_shared_inf_entries(loss_type, case):
+    check_finite_non_negative(*case, loss_type)
+
+
+@pytest.mark.parametrize("loss_type", TEACHER_ZEROS_OK)
+@SETTINGS
+@given(case=logit_pairs(teacher_only_inf=True))
+def test_finite_and_non_negative_with_inf_entries_in_the_teacher_only(loss_type, case):
+    check_finite_non_negative(*case, loss_type)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@SETTINGS
+@given(case=logit_pairs())
+def test_zero_when_teacher_equals_student(loss_type, case):
+    _, teacher, labels, temperature, magnitude = case
+    values = distillation_loss(
+        teacher, teacher.clone(), labels, loss_type=loss_type, temperature=temperature, reduction="none"
+    )
+    assert (values.abs() <= tolerance(temperature, magnitude)).all()
+
+
+@st.composite
+def linear_cases(draw):
+    """Hidden states and heads whose logits reach `magnitude`; the biases put -inf on shared vocabulary entries."""
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    batch, length, vocab, hidden = draw(st.integers(1, 3)), draw(st.integers(1, 6)), draw(st.integers(2, 40)), 8
+    magnitude = draw(magnitudes)
+    inf = vocab_mask(gen, (vocab,), draw(st.floats(0.0, 0.9)))
+    finite_ids = (~inf).nonzero().squeeze(-1)
+
+    def head():
+        # |h| <= 1 and |w| <= magnitude / (2 * hidden), so |h @ w.T + b| <= magnitude.
+        weight = uniform(gen, vocab, hidden, magnitude=magnitude / (2 * hidden))
+        return weight, uniform(gen, vocab, magnitude=magnitude / 2).masked_fill(inf, float("-inf"))
+
+    (s_weight, s_bias), (t_weight, t_bias) = head(), head()
+    labels = random_labels(gen, (batch, length), len(finite_ids), draw(st.floats(0.0, 1.0)))
+    # Targets only on finite entries: a target at a -inf logit has an infinite CE in both paths.
+    labels = torch.where(labels == IGNORE_INDEX, labels, finite_ids[labels.clamp(min=0)])
+    inputs = {
+        "student_hidden": uniform(gen, batch, length, hidden),
+        "student_weight": s_weight,
+        "student_bias": s_bias,
+        "teacher_hidden": uniform(gen, batch, length, hidden),
+        "teacher_weight": t_weight,
+        "teacher_bias": t_bias,
+        "labels": labels,
+    }
+    options = {
+        "loss_type": draw(st.sampled_from(LOSS_TYPES)),
+        "alpha": draw(st.sampled_from([0.0, 0.3, 1.0])),
+        "temperature": draw(temperatures),
+        "chunk_size": draw(st.integers(1, 8)),
+    }
+    return inputs, options, magnitude
+
+
+def dense_reference(inputs, *, loss_type, alpha, temperature):
+    labels = inputs["labels"]
+    mask = labels != IGNORE_INDEX
+    student = inputs["student_hidden"] @ inputs["student_weight"].T + inputs["student_bias"]
+    teacher = inputs["teacher_hidden"] @ inputs["teacher_weight"].T + inputs["teacher_bias"]
+    ce = F.cross_entropy(student[mask], labels[mask], reduction="sum")
+    kd = distillation_loss(student, teacher, labels, loss_type=loss_type, temperature=temperature)
+    return ce if alpha == 1.0 else kd if alpha == 0.0 else alpha * ce + (1 - alpha) * kd
+
+
+def with_student_grad(inputs):
+    return {k: v.clone().requires_grad_(k.startswith("student")) for k, v in inputs.items()}
+
+
+@SETTINGS
+@given(case=linear_cases())
+def test_linear_matches_dense(case):
+    inputs, options, magnitude = case
+    chunk_size = options.pop("chunk_size")
+    n_valid = int((inputs["labels"] != IGNORE_INDEX).sum())
+    atol = tolerance(options["temperature"], magnitude) * max(n_valid, 1)
+    chunked_inputs, dense_inputs = with_student_grad(inputs), with_student_grad(inputs)
+    chunked = linear_distillation_loss(**chunked_inputs, chunk_size=chunk_size, **options)
+    dense = dense_reference(dense_inputs, **options)
+    assert torch.isfinite(chunked)
+    torch.testing.assert_close(chunked, dense, rtol=1e-4, atol=atol)
+    chunked.backward()
+    dense.backward()
+    for name in ("student_hidden", "student_weight", "student_bias"):
+        got, want = chunked_inputs[name].grad, dense_inputs[name].grad
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * (1 + want.abs().max().item()))
+
+
+@SETTINGS
+@given(case=linear_cases())
+def test_linear_non_negative_and_zero_against_itself(case):
+    inputs, options, magnitude = case
+    options["alpha"] = 0.0
+    n_valid = int((inputs["labels"] != IGNORE_INDEX).sum())
+    atol = tolerance(options["temperature"], magnitude) * max(n_valid, 1)
+    assert linear_distillation_loss(**inputs, **options) >= -atol
+    same = {**inputs, "teacher_hidden": inputs["student_hidden"]}
+    same.update(teacher_weight=inputs["student_weight"], teacher_bias=inputs["student_bias"])
+    assert linear_distillation_loss(**same, **options).abs() <= atol
