@@ -120,6 +120,10 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
 
+    if trainer.is_fsdp_enabled:
+        # Under SHARDED_STATE_DICT (our FSDP2 configs, for fast checkpoints) save_model writes no weights at all:
+        # the published student is gathered into one full state dict.
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(config.output_dir)
     if trainer.is_world_process_zero():
         trainer.create_model_card(dataset_name=data_args.dataset_name, student_base=_student_base(model_args))
