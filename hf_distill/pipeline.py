@@ -115,7 +115,12 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
     trainer.save_state()
 
     if eval_dataset is not None:
-        eval_metrics = trainer.evaluate()
+        last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), {})
+        if last.get("step") == trainer.state.global_step:
+            # The schedule already evaluated the final weights: a second pass would log the same step twice.
+            eval_metrics = {k: v for k, v in last.items() if k.startswith("eval_") or k == "epoch"}
+        else:
+            eval_metrics = trainer.evaluate()
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)

@@ -88,3 +88,12 @@ def test_push_to_hub_uploads_student_and_card(workspace, monkeypatch):
     assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(files)
     assert not any(f.startswith("checkpoint-") for f in files)
     assert "# tiny-student" in card and "hf_distill" in card
+
+
+def test_final_evaluation_is_not_repeated(workspace):
+    tmp_path, recipe = workspace
+    main(["train", recipe, "--eval_strategy", "steps", "--eval_steps", "2"])
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert [h["step"] for h in state["log_history"] if "eval_loss" in h] == [2, 4]
+    eval_results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert eval_results["eval_loss"] == state["log_history"][-2]["eval_loss"]
