@@ -8,6 +8,7 @@ from transformers import AutoTokenizer
 from .arguments import DataArguments, ModelArguments
 from .config import DistillConfig
 from .data import FILE_BUILDERS, split_files
+from .ensemble import teacher_paths
 from .modeling import load_causal_lm_config
 
 
@@ -73,7 +74,8 @@ def check_recipe(
     if config.alpha < 1.0:
         if config.teacher_model_name_or_path is None:
             raise ValueError(f"alpha={config.alpha} needs a teacher: set teacher_model_name_or_path")
-        _check_local(config.teacher_model_name_or_path, "teacher_model_name_or_path", model_config, produced_paths)
+        for teacher in teacher_paths(config.teacher_model_name_or_path):
+            _check_local(teacher, "teacher_model_name_or_path", model_config, produced_paths)
     _check_dataset(data_args)
     if config.early_stop_patience is not None and data_args.dataset_eval_split is None:
         raise ValueError(f"early_stop_patience={config.early_stop_patience} needs dataset_eval_split")

@@ -1,9 +1,11 @@
-"""The `hf-distill` command: `train` and `check` a recipe (single- or multi-round), `report` on a run.
+"""The `hf-distill` command: `train` and `check` a recipe (single- or multi-round), `report` on a run, and
+`cache-teacher`: store a recipe's teacher top-k for training with `teacher_cache_dir`.
 
 hf-distill train RECIPE.yaml [--key value ...]
 accelerate launch --config_file accelerate_configs/multi_gpu.yaml train.py RECIPE.yaml [--key value ...]
 hf-distill check RECIPE.yaml [...]
 hf-distill report OUTPUT_DIR [--top N]
+hf-distill cache-teacher RECIPE.yaml --output_dir DIR --top_k K [--shard_size N] [--key value ...]
 """
 
 import argparse
@@ -38,6 +40,12 @@ def _check(recipes: list[str], overrides: list[str]) -> None:
         print(f"{recipe}: ok")
 
 
+def _cache_teacher(recipe: str, overrides: list[str], cache_dir: str, top_k: int, shard_size: int) -> None:
+    from .teacher_cache import build_teacher_cache
+
+    print(build_teacher_cache(*parse_recipe(recipe, overrides), cache_dir, top_k, shard_size))
+
+
 def _report(output_dir: str, top: int) -> None:
     from .report import write_report
 
@@ -56,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help=about, description=about)
     report.add_argument("output_dir", help="the run's output_dir (of a single- or multi-round recipe)")
     report.add_argument("--top", type=int, default=10, help="how many worst examples to list (default: 10)")
+    about = "write the teacher's top-k log-probabilities of a recipe's train split, for teacher_cache_dir"
+    cache = commands.add_parser("cache-teacher", help=about, description=about)
+    cache.add_argument("recipe", help="YAML recipe (its teacher, tokenizer and data)")
+    # dest differs from the name: the recipe's own output_dir (the training run's) stays untouched.
+    cache.add_argument("--output_dir", dest="cache_dir", required=True, help="folder of the cache")
+    cache.add_argument("--top_k", type=int, required=True, help="teacher tokens kept per target token")
+    cache.add_argument("--shard_size", type=int, default=1000, help="examples per shard (default: 1000)")
     return parser
 
 
@@ -70,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
             _train(args.recipe, overrides)
         elif args.command == "check":
             _check(args.recipes, overrides)
+        elif args.command == "cache-teacher":
+            _cache_teacher(args.recipe, overrides, args.cache_dir, args.top_k, args.shard_size)
         else:
             _report(args.output_dir, args.top)
     except (RecipeError, ValueError, FileNotFoundError) as err:

@@ -5,7 +5,8 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .losses import LOSS_TYPES
+from .ensemble import ENSEMBLE_MODES, check_ensemble_mode, normalized_weights
+from .losses import LOSS_TYPES, SPARSE_MODES
 
 
 @dataclass
@@ -17,9 +18,17 @@ class DistillConfig(TrainingArguments):
     valid tokens (labels != -100) and divided by the number of valid tokens of the whole optimizer step.
 
     Parameters:
-        teacher_model_name_or_path (`str`, *optional*, defaults to `None`):
+        teacher_model_name_or_path (`str` or `list[str]`, *optional*, defaults to `None`):
             Hub id or local folder of the teacher, loaded with `AutoModelForCausalLM.from_pretrained` when the trainer
-            is not given a `teacher_model`. Not needed when `alpha=1.0`.
+            is not given a `teacher_model`. Not needed when `alpha=1.0`. A list is an ensemble of teachers (see
+            `teacher_ensemble`); its members must share the vocabulary, up to embedding padding.
+        teacher_ensemble (`str`, *optional*, defaults to `"mean_probs"`):
+            How an ensemble's members are combined, position by position, after each is softened by `temperature`:
+            `mean_probs` the weighted mean of their probabilities, or `mean_logprobs` the weighted mean of their
+            log-probabilities renormalised (a geometric mean). Unused with one teacher.
+        teacher_weights (`list[float]`, *optional*, defaults to `None`):
+            Weight of each ensemble member, one per teacher, >= 0 with a positive sum, normalised to sum to 1 (`[2,
+            1]` is `[2/3, 1/3]`); members of weight 0 are not run. `None` weighs them equally.
         teacher_model_init_kwargs (`dict`, *optional*, defaults to `{}`):
             Keyword arguments for loading the teacher, e.g. `{"dtype": "bfloat16"}`.
         alpha (`float`, *optional*, defaults to `0.5`):
@@ -36,6 +45,15 @@ class DistillConfig(TrainingArguments):
             Teacher weight of the mixture in `jsd`, in (0, 1).
         skew_lambda (`float`, *optional*, defaults to `0.1`):
             Skew of the `skew_*` divergences, in [0, 1); 0 gives the plain KL.
+        teacher_cache_dir (`str`, *optional*, defaults to `None`):
+            Folder written by `hf-distill cache-teacher`: the teacher's top-k log-probabilities of every target token
+            of the train split. Training then loads and runs no teacher; the cache's manifest must match the recipe
+            (teacher, tokenizer vocabulary, tokenized train split, `max_length`), else training stops before it
+            starts with an error naming the field. Evaluation, which has no cache, reports the CE only.
+        teacher_cache_mode (`str`, *optional*, defaults to `"renormalized"`):
+            How a cached top-k becomes a distribution (`hf_distill.losses.sparse_distillation_loss`):
+            `renormalized` compares teacher and student restricted to the teacher's top-k tokens, `tail_bucket` adds
+            one bucket holding all other tokens' mass.
         early_stop_patience (`int`, *optional*, defaults to `None`):
             Stop after this many evaluations without an improvement of `eval_loss` larger than
             `early_stop_min_delta`. `None` turns early stopping off. Needs an eval dataset and an `eval_strategy`.
@@ -47,7 +65,8 @@ class DistillConfig(TrainingArguments):
             full. 256 keeps a chunk's buffers near 1.3 GB at a 128k vocabulary (peak about ten float32
             `(chunk, vocab)` buffers) while the matmuls stay large; `benchmarks/loss_memory.py` measured it at
             0.06-0.17x the dense memory and 0.3-0.6x its time on CPU. `0` uses the dense path (full logits, as the
-            model returns them). Evaluation is always dense.
+            model returns them). Evaluation is always dense, and so is training with a teacher ensemble (its members'
+            distributions are combined from their full logits).
         max_nonfinite_steps (`int`, *optional*, defaults to `3`):
             An optimizer step whose gradients hold NaN or inf is skipped (no weight changes); after this many
             consecutive skipped steps training stops with an error naming the step and its example ids. `0` stops at
@@ -63,8 +82,17 @@ class DistillConfig(TrainingArguments):
             appears once. `hf-distill report` plots the file.
     """
 
-    teacher_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Hub id or local folder of the teacher model."}
+    # `list[str] | str`, in this order: HfArgumentParser then parses a command-line value as one str, and the recipe
+    # passes a YAML list through as is.
+    teacher_model_name_or_path: list[str] | str | None = field(
+        default=None, metadata={"help": "Hub id or local folder of the teacher model; a list (recipe) is an ensemble."}
+    )
+    teacher_ensemble: str = field(
+        default="mean_probs",
+        metadata={"help": "How ensemble members are combined.", "choices": list(ENSEMBLE_MODES)},
+    )
+    teacher_weights: list[float] | None = field(
+        default=None, metadata={"help": "Weight of each ensemble member, normalised; None = equal."}
     )
     teacher_model_init_kwargs: dict[str, Any] | str | None = field(
         default=None, metadata={"help": "Keyword arguments for loading the teacher, e.g. {'dtype': 'bfloat16'}."}
@@ -74,6 +102,13 @@ class DistillConfig(TrainingArguments):
     loss_type: str = field(default="forward_kl", metadata={"help": "Divergence.", "choices": list(LOSS_TYPES)})
     beta: float = field(default=0.5, metadata={"help": "Teacher weight of the jsd mixture, in (0, 1)."})
     skew_lambda: float = field(default=0.1, metadata={"help": "Skew of the skew_* divergences, in [0, 1)."})
+    teacher_cache_dir: str | None = field(
+        default=None, metadata={"help": "Folder of a teacher cache (hf-distill cache-teacher); loads no teacher."}
+    )
+    teacher_cache_mode: str = field(
+        default="renormalized",
+        metadata={"help": "How a cached top-k becomes a distribution.", "choices": list(SPARSE_MODES)},
+    )
     early_stop_patience: int | None = field(
         default=None, metadata={"help": "Evaluations without improvement before stopping; None = off."}
     )
@@ -103,6 +138,14 @@ class DistillConfig(TrainingArguments):
         super().__post_init__()
 
     def _validate_distillation_fields(self) -> None:
+        teachers = self.teacher_model_name_or_path
+        if isinstance(teachers, list | tuple) and not teachers:
+            raise ValueError("teacher_model_name_or_path=[] names no teacher; give a path, a list of paths, or None")
+        check_ensemble_mode(self.teacher_ensemble)
+        if self.teacher_weights is not None:
+            # With the teachers passed to the trainer instead, their number is only known there.
+            n_teachers = len(teachers) if isinstance(teachers, list | tuple) else len(self.teacher_weights)
+            normalized_weights(self.teacher_weights, n_teachers)
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got alpha={self.alpha}")
         if not self.temperature > 0:
@@ -113,6 +156,11 @@ class DistillConfig(TrainingArguments):
             raise ValueError(f"beta must be in (0, 1) for loss_type='jsd', got beta={self.beta}")
         if not 0.0 <= self.skew_lambda < 1.0:
             raise ValueError(f"skew_lambda must be in [0, 1), got skew_lambda={self.skew_lambda}")
+        if self.teacher_cache_mode not in SPARSE_MODES:
+            raise ValueError(
+                f"teacher_cache_mode={self.teacher_cache_mode!r} is not supported; choose one of "
+                f"{', '.join(SPARSE_MODES)}"
+            )
         if self.early_stop_patience is not None and self.early_stop_patience < 1:
             raise ValueError(
                 f"early_stop_patience must be >= 1 or None, got early_stop_patience={self.early_stop_patience}"

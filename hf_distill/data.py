@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
@@ -15,6 +16,9 @@ from .losses import IGNORE_INDEX
 logger = logging.getLogger(__name__)
 
 FORMAT_COLUMNS = {"text": ("text",), "prompt_completion": ("prompt", "completion"), "messages": ("messages",)}
+# Columns of a train split with a cached teacher (`hf_distill.teacher_cache`), one entry per target token, and the
+# batch keys the collator lays them out under, `(B, L - 1, K)` and `(B, L - 1)`, aligned with `labels[:, 1:]`.
+CACHE_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_tail_logprob")
 # Extension -> datasets builder, for local files.
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 
@@ -177,10 +181,35 @@ def prepare_datasets(args: DataArguments, tokenizer: PreTrainedTokenizerBase) ->
     return prepared[0], prepared[1] if len(prepared) > 1 else None
 
 
+def layout_cached_teacher(labels: torch.Tensor, features: list[dict[str, Any]], ids: list | None) -> dict:
+    """The cached top-k of each example (one entry per target token) scattered onto the padded `labels[:, 1:]`;
+    positions that are no target hold zeros, which the loss never reads."""
+    targets = labels[:, 1:] != IGNORE_INDEX
+    k = next((len(f["teacher_topk_ids"][0]) for f in features if f["teacher_topk_ids"]), 1)
+    out = {
+        "teacher_topk_ids": torch.zeros(*targets.shape, k, dtype=torch.long),
+        "teacher_topk_logprobs": torch.zeros(*targets.shape, k),
+        "teacher_tail_logprob": torch.zeros(targets.shape),
+    }
+    for row, feature in enumerate(features):
+        mask = targets[row]
+        n = int(mask.sum())
+        if len(feature["teacher_topk_ids"]) != n:
+            name = ids[row] if ids is not None else row
+            raise ValueError(
+                f"example {name}: the teacher cache holds {len(feature['teacher_topk_ids'])} target tokens but its "
+                f"labels have {n}; the cache was built for other data"
+            )
+        for key, values in out.items():
+            # The reshape gives an example without targets (an empty list) the (0, K) shape its slot has.
+            values[row][mask] = torch.tensor(feature[key], dtype=values.dtype).reshape(n, *values.shape[2:])
+    return out
+
+
 @dataclass
 class DistillDataCollator:
     """Pads `input_ids`, `attention_mask` and `labels` (with -100) and passes the examples' `id`s through as a list,
-    so per-example statistics can name them."""
+    so per-example statistics can name them. A cached teacher's columns (`CACHE_COLUMNS`) become padded tensors."""
 
     tokenizer: PreTrainedTokenizerBase
     pad_to_multiple_of: int | None = None
@@ -190,7 +219,10 @@ class DistillDataCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         ids = [f["id"] for f in features] if features and "id" in features[0] else None
-        batch = self._pad([{k: v for k, v in f.items() if k != "id"} for f in features])
+        cached = bool(features) and CACHE_COLUMNS[0] in features[0]
+        batch = self._pad([{k: v for k, v in f.items() if k != "id" and k not in CACHE_COLUMNS} for f in features])
+        if cached:
+            batch.update(layout_cached_teacher(batch["labels"], features, ids))
         if ids is not None:
             batch["id"] = ids
         return batch

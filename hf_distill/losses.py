@@ -150,6 +150,112 @@ def teacher_agreement(
     return (student_logits[mask].argmax(-1) == teacher_logits[mask].argmax(-1)).sum()
 
 
+# ---- sparse teachers: only the top-k of each teacher distribution is known ----
+
+SPARSE_MODES = ("renormalized", "tail_bucket")
+
+
+class TopKTeacher(NamedTuple):
+    """A teacher known only by its top-k at each of the `(B, L)` positions of `labels` (a teacher cache's rows).
+
+    `ids` `(B, L, K)`: integer ids of its K most likely tokens, distinct within a position; `logprobs` `(B, L, K)`:
+    their log-probabilities at temperature 1; `tail` `(B, L)`: the log of the mass outside the top-k (`-inf` when
+    none), needed by mode `"tail_bucket"` only.
+    """
+
+    ids: torch.Tensor
+    logprobs: torch.Tensor
+    tail: torch.Tensor | None = None
+
+
+def _check_topk(teacher: TopKTeacher, labels: torch.Tensor, student_vocab: int, mode: str) -> None:
+    if mode not in SPARSE_MODES:
+        raise ValueError(f"mode={mode!r} is not supported; choose one of {', '.join(SPARSE_MODES)}")
+    ids, logprobs, tail = teacher
+    if ids.shape != logprobs.shape or ids.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"topk_ids {tuple(ids.shape)} and topk_logprobs {tuple(logprobs.shape)} must both be labels "
+            f"{tuple(labels.shape)} plus a top-k dimension"
+        )
+    if ids.shape[-1] > student_vocab:
+        raise ValueError(f"top-k of {ids.shape[-1]} exceeds the student's {student_vocab} logits")
+    if mode == "tail_bucket" and (tail is None or tail.shape != labels.shape):
+        shape = None if tail is None else tuple(tail.shape)
+        raise ValueError(f"mode='tail_bucket' needs tail_logprob of shape {tuple(labels.shape)}, got {shape}")
+
+
+def _sparse_log_probs(
+    student_logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    tail_logprob: torch.Tensor | None,
+    mode: str,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Student and teacher log-probabilities `(N, K)` (renormalized) or `(N, K + 1)` (tail_bucket, tail last)."""
+    teacher = topk_logprobs.float()
+    if mode == "renormalized":
+        log_s = F.log_softmax(student_logits.float().gather(-1, topk_ids) / temperature, dim=-1)
+        return log_s, F.log_softmax(teacher / temperature, dim=-1)
+    full = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    # The floor, not -inf, keeps logsumexp's backward finite when the top-k covers the whole vocabulary.
+    outside = full.scatter(-1, topk_ids, _LOG_FLOOR)
+    log_s = torch.cat([full.gather(-1, topk_ids), torch.logsumexp(outside, dim=-1, keepdim=True)], dim=-1)
+    log_t = torch.cat([teacher, tail_logprob.float().unsqueeze(-1)], dim=-1)
+    return log_s, F.log_softmax(log_t / temperature, dim=-1)
+
+
+def sparse_distillation_loss(
+    student_logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    tail_logprob: torch.Tensor | None = None,
+    mode: str = "renormalized",
+    loss_type: str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    skew_lambda: float = 0.1,
+    reduction: str = "sum",
+) -> torch.Tensor:
+    """`distillation_loss` against a teacher known only by its top-k: `divergence` on a K- or (K+1)-point
+    distribution, times `temperature**2`.
+
+    Args:
+        student_logits: `(B, L, V)`.
+        topk_ids: `(B, L, K)` integer ids of the teacher's K most likely tokens, distinct within a position.
+        topk_logprobs: `(B, L, K)` the teacher's log-probabilities of those tokens at temperature 1.
+        labels: `(B, L)`; `-100` marks ignored positions.
+        tail_logprob: `(B, L)` log of the teacher's mass outside the top-k at temperature 1 (`-inf` when none);
+            needed by `mode="tail_bucket"`, unused by `"renormalized"`.
+        mode: `"renormalized"`: both distributions restricted to the K ids and renormalised, the teacher's as
+            `softmax(topk_logprobs / T)`, the student's as `softmax(student_logits / T)` over the K ids.
+            `"tail_bucket"`: K + 1 points, the K ids plus one bucket for every other token. The student's bucket is
+            its exact tempered mass outside the top-k (a logsumexp over those logits); the teacher's per-token tail
+            is unknown, so its bucket is tempered as one pseudo-token of log-probability `tail_logprob`, i.e.
+            `p_T ∝ exp([topk_logprobs, tail_logprob] / T)`. At T = 1 that is exact; at T > 1 it under-states the
+            teacher's tempered tail (sum_j p_j**(1/T) >= (sum_j p_j)**(1/T)), at T < 1 it over-states it.
+        loss_type, temperature, beta, skew_lambda, reduction: as in `distillation_loss`.
+
+    Every `loss_type` is supported in both modes: each divergence is defined for any pair of distributions on the
+    same finite set of points, and both modes compare two such distributions. Renormalised mode gives no gradient to
+    the student's mass outside the top-k (only its shape over the K ids is trained); tail_bucket mode does. With K = V
+    both modes equal `distillation_loss`.
+    """
+    _check_options(loss_type, reduction, beta, skew_lambda, temperature)
+    if student_logits.shape[:-1] != labels.shape:
+        raise ValueError(f"labels {tuple(labels.shape)} must match logits {tuple(student_logits.shape[:-1])}")
+    _check_topk(TopKTeacher(topk_ids, topk_logprobs, tail_logprob), labels, student_logits.shape[-1], mode)
+    mask = labels != IGNORE_INDEX
+    tail = tail_logprob[mask] if mode == "tail_bucket" else None
+    log_s, log_t = _sparse_log_probs(
+        student_logits[mask], topk_ids[mask].long(), topk_logprobs[mask], tail, mode, temperature
+    )
+    values = divergence(log_s, log_t, loss_type=loss_type, beta=beta, skew_lambda=skew_lambda) * temperature**2
+    return _reduce(values, mask, reduction)
+
+
 # ---- fused linear + divergence: the (tokens x vocab) logits never exist in full ----
 
 
@@ -180,6 +286,8 @@ class _LinearSpec:
     student_softcap: float | None
     teacher_softcap: float | None
     kd_vocab: int
+    # None: the teacher is hidden states and an LM head. Otherwise a cached top-k (`TopKTeacher`) in this mode.
+    sparse_mode: str | None = None
 
 
 def _scale_and_cap(logits: torch.Tensor, scale: float, softcap: float | None) -> torch.Tensor:
@@ -199,7 +307,7 @@ def _chunk_values_and_grad(
     hidden: torch.Tensor,
     s_weight: torch.Tensor,
     s_bias: torch.Tensor | None,
-    log_t: torch.Tensor | None,
+    teacher: torch.Tensor | tuple[torch.Tensor, ...] | None,
     targets: torch.Tensor,
     weights: torch.Tensor | None,
     spec: _LinearSpec,
@@ -207,6 +315,9 @@ def _chunk_values_and_grad(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """CE and divergence of one chunk of float32 student rows, and, with `with_grad`, the gradient of
     `sum(weights * (alpha * ce + (1 - alpha) * kd))` w.r.t. the chunk's raw logits `hidden @ s_weight.T + s_bias`.
+
+    `teacher` is the chunk's softened teacher log-probabilities `(chunk, kd_vocab)`, or with `spec.sparse_mode` its
+    cached `(topk_ids, topk_logprobs, tail_logprob)` rows, or None (no divergence).
 
     A function of its own so that every `(chunk, V)` intermediate is freed on return, before the caller's matmuls.
     """
@@ -226,8 +337,11 @@ def _chunk_values_and_grad(
             with torch.no_grad():
                 ce = F.cross_entropy(logits, targets, reduction="none")
         kd = None
-        if log_t is not None:
-            log_s = _soften(logits[:, : spec.kd_vocab], temperature)
+        if teacher is not None:
+            if spec.sparse_mode is None:
+                log_s, log_t = _soften(logits[:, : spec.kd_vocab], temperature), teacher
+            else:
+                log_s, log_t = _sparse_log_probs(logits, *teacher, spec.sparse_mode, temperature)
             kd = divergence(log_s, log_t, loss_type=spec.loss_type, beta=spec.beta, skew_lambda=spec.skew_lambda)
             kd = kd * temperature**2
             terms.append((1.0 - alpha, kd))
@@ -242,15 +356,16 @@ def _chunked_pass(
     s_hidden: torch.Tensor,
     s_weight: torch.Tensor,
     s_bias: torch.Tensor | None,
-    t_hidden: torch.Tensor | None,
-    t_weight: torch.Tensor | None,
-    t_bias: torch.Tensor | None,
+    teacher: tuple[torch.Tensor | None, ...],
     targets: torch.Tensor,
     spec: _LinearSpec,
     needs: tuple[bool, bool, bool],
     grad_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Per-position CE and divergence of the `(N, H)` valid rows, `spec.chunk_size` rows at a time.
+
+    `teacher` holds, per valid row, `(hidden, weight, bias)` of a teacher model, or with `spec.sparse_mode` its cached
+    `(topk_ids, topk_logprobs, tail_logprob)` (tail None in renormalized mode), or `(None, None, None)`.
 
     With any of `needs` (hidden, weight, bias) set, also returns the float32 gradients of
     `sum(w * (alpha * ce + (1 - alpha) * kd))` with w = `grad_scale` (N,), or 1 when it is None.
@@ -261,7 +376,10 @@ def _chunked_pass(
     # One float32 copy of each head (none when it already is float32): casting per chunk would redo it every chunk.
     s_weight32 = s_weight.to(f32)
     s_bias32 = None if s_bias is None else s_bias.to(f32)
-    if t_hidden is not None:
+    has_teacher = teacher[0] is not None
+    dense_teacher = has_teacher and spec.sparse_mode is None
+    if dense_teacher:
+        t_hidden, t_weight, t_bias = teacher
         t_weight32 = t_weight[: spec.kd_vocab].to(f32)
         t_bias32 = None if t_bias is None else t_bias[: spec.kd_vocab].to(f32)
     ce_values = torch.zeros(n, dtype=f32, device=s_hidden.device)
@@ -272,18 +390,21 @@ def _chunked_pass(
 
     for start in range(0, n, spec.chunk_size):
         rows = slice(start, min(start + spec.chunk_size, n))
-        log_t = None
-        if t_hidden is not None:
-            teacher = F.linear(t_hidden[rows].to(f32), t_weight32, t_bias32)
-            log_t = _soften(_scale_and_cap(teacher, spec.teacher_logit_scale, spec.teacher_softcap), spec.temperature)
+        chunk_teacher = None
+        if dense_teacher:
+            t_logits = F.linear(t_hidden[rows].to(f32), t_weight32, t_bias32)
+            t_logits = _scale_and_cap(t_logits, spec.teacher_logit_scale, spec.teacher_softcap)
+            chunk_teacher = _soften(t_logits, spec.temperature)
             # Dropped as soon as possible, here and below, so that one chunk's buffers are alive at a time.
-            del teacher
+            del t_logits
+        elif has_teacher:
+            chunk_teacher = tuple(None if t is None else t[rows] for t in teacher)
         hidden = s_hidden[rows].to(f32)
         weights = None if grad_scale is None else grad_scale[rows]
         ce, kd, grad_raw = _chunk_values_and_grad(
-            hidden, s_weight32, s_bias32, log_t, targets[rows], weights, spec, with_grad
+            hidden, s_weight32, s_bias32, chunk_teacher, targets[rows], weights, spec, with_grad
         )
-        del log_t
+        del chunk_teacher
         ce_values[rows] = ce
         if kd is not None:
             kd_values[rows] = kd
@@ -316,21 +437,17 @@ class _FusedLinearDistillation(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets, spec, per_position):
+    def forward(ctx, s_hidden, s_weight, s_bias, targets, spec, per_position, *teacher):
         needs = tuple(ctx.needs_input_grad[:3])
         ctx.spec, ctx.per_position = spec, per_position
         ctx.dtypes = (s_hidden.dtype, s_weight.dtype, None if s_bias is None else s_bias.dtype)
         if per_position:
-            ce, kd, *_ = _chunked_pass(
-                s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets, spec, (False,) * 3
-            )
-            ctx.save_for_backward(s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets)
+            ce, kd, *_ = _chunked_pass(s_hidden, s_weight, s_bias, teacher, targets, spec, (False,) * 3)
+            ctx.save_for_backward(s_hidden, s_weight, s_bias, targets, *teacher)
             # With alpha 0 or 1 the mix is `kd` or `ce` itself, which must not be both differentiable and not.
             out = _mix(ce, kd, spec.alpha).clone()
         else:
-            ce, kd, *grads = _chunked_pass(
-                s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets, spec, needs
-            )
+            ce, kd, *grads = _chunked_pass(s_hidden, s_weight, s_bias, teacher, targets, spec, needs)
             ctx.save_for_backward(*grads)
             ctx.consumed = False
             out = _mix(ce.sum(), kd.sum(), spec.alpha)
@@ -340,10 +457,10 @@ class _FusedLinearDistillation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, _grad_ce, _grad_kd):
         if ctx.per_position:
-            s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets = ctx.saved_tensors
+            s_hidden, s_weight, s_bias, targets, *teacher = ctx.saved_tensors
             needs = tuple(ctx.needs_input_grad[:3])
             _, _, *grads = _chunked_pass(
-                s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, targets, ctx.spec, needs, grad_out.float()
+                s_hidden, s_weight, s_bias, teacher, targets, ctx.spec, needs, grad_out.float()
             )
         else:
             if ctx.consumed:
@@ -357,7 +474,8 @@ class _FusedLinearDistillation(torch.autograd.Function):
             if not torch.equal(grad_out, torch.ones_like(grad_out)):
                 grads = [None if g is None else g.mul_(grad_out.float()) for g in grads]
         grads = [None if g is None else g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)]
-        return (*grads, None, None, None, None, None, None)
+        # No gradient for targets, spec, per_position and the teacher's three tensors.
+        return (*grads, *[None] * 6)
 
 
 def _check_linear_args(
@@ -370,6 +488,8 @@ def _check_linear_args(
     labels,
     alpha,
     chunk_size,
+    teacher_topk,
+    sparse_mode,
 ) -> None:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got chunk_size={chunk_size!r}")
@@ -378,9 +498,16 @@ def _check_linear_args(
     if labels.is_floating_point() or labels.is_complex():
         raise ValueError(f"labels must hold integer token ids, got labels.dtype={labels.dtype}")
     heads = [("student", student_hidden, student_weight, student_bias)]
-    if alpha < 1.0:
+    if teacher_topk is not None and teacher_hidden is not None:
+        raise ValueError("give the teacher as teacher_hidden and teacher_weight, or as teacher_topk, not both")
+    if alpha < 1.0 and teacher_topk is not None:
+        _check_topk(teacher_topk, labels, student_weight.shape[0], sparse_mode)
+    elif alpha < 1.0:
         if teacher_hidden is None or teacher_weight is None:
-            raise ValueError(f"alpha={alpha} < 1 needs teacher_hidden and teacher_weight (only alpha=1.0 skips them)")
+            raise ValueError(
+                f"alpha={alpha} < 1 needs teacher_hidden and teacher_weight, or teacher_topk (only alpha=1.0 skips "
+                "them)"
+            )
         heads.append(("teacher", teacher_hidden, teacher_weight, teacher_bias))
     for name, hidden, weight, bias in heads:
         if hidden.dim() < 2 or hidden.shape[:-1] != labels.shape:
@@ -416,6 +543,8 @@ def _linear_distillation(
     teacher_logit_scale: float,
     student_softcap: float | None,
     teacher_softcap: float | None,
+    teacher_topk: TopKTeacher | None,
+    sparse_mode: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns the mixed loss (scalar sum, or `(N,)` for `reduction="none"`), the per-valid-position CE and
     divergence `(N,)` (detached) and the `(B, L)` mask of valid positions."""
@@ -430,11 +559,17 @@ def _linear_distillation(
         labels,
         alpha,
         chunk_size,
+        teacher_topk,
+        sparse_mode,
     )
     for side, softcap in (("student", student_softcap), ("teacher", teacher_softcap)):
         if softcap is not None and not softcap > 0:
             raise ValueError(f"{side}_softcap must be > 0 or None, got {side}_softcap={softcap}")
     with_kd = alpha < 1.0
+    sparse = with_kd and teacher_topk is not None
+    kd_vocab = student_weight.shape[0]
+    if with_kd and not sparse:
+        kd_vocab = min(kd_vocab, teacher_weight.shape[0])
     spec = _LinearSpec(
         alpha=alpha,
         loss_type=loss_type,
@@ -446,7 +581,8 @@ def _linear_distillation(
         teacher_logit_scale=teacher_logit_scale,
         student_softcap=student_softcap,
         teacher_softcap=teacher_softcap,
-        kd_vocab=min(student_weight.shape[0], teacher_weight.shape[0]) if with_kd else student_weight.shape[0],
+        kd_vocab=kd_vocab,
+        sparse_mode=sparse_mode if sparse else None,
     )
     per_position = reduction == "none"
     mask = labels != IGNORE_INDEX
@@ -454,16 +590,20 @@ def _linear_distillation(
     student = (student_hidden[mask], student_weight, student_bias)
     # The teacher only supplies targets: it gets no gradient, and alpha=1.0 never touches it.
     teacher = (None, None, None)
-    if with_kd:
+    if sparse:
+        ids, logprobs, tail = teacher_topk
+        tail = tail[mask] if sparse_mode == "tail_bucket" else None
+        teacher = (ids[mask].long(), logprobs[mask].float(), tail)
+    elif with_kd:
         teacher = (
             teacher_hidden.detach()[mask],
             teacher_weight.detach(),
             None if teacher_bias is None else teacher_bias.detach(),
         )
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in student):
-        out, ce, kd = _FusedLinearDistillation.apply(*student, *teacher, targets, spec, per_position)
+        out, ce, kd = _FusedLinearDistillation.apply(*student, targets, spec, per_position, *teacher)
     else:
-        ce, kd, *_ = _chunked_pass(*student, *teacher, targets, spec, (False,) * 3)
+        ce, kd, *_ = _chunked_pass(*student, teacher, targets, spec, (False,) * 3)
         out = _mix(ce, kd, alpha) if per_position else _mix(ce.sum(), kd.sum(), alpha)
     return out, ce, kd, mask
 
@@ -487,6 +627,8 @@ def linear_distillation_loss_parts(
     teacher_logit_scale: float = 1.0,
     student_softcap: float | None = None,
     teacher_softcap: float | None = None,
+    teacher_topk: TopKTeacher | None = None,
+    sparse_mode: str = "renormalized",
 ) -> LinearDistillationParts:
     """`alpha * CE + (1 - alpha) * T**2 * D` summed over valid positions, from hidden states and LM-head weights.
 
@@ -509,6 +651,9 @@ def linear_distillation_loss_parts(
         student_logit_scale / teacher_logit_scale: logits are `(hidden @ weight.T + bias) * logit_scale`.
         student_softcap / teacher_softcap: when not None, logits become `softcap * tanh(logits / softcap)`
             (Gemma-2 final-logit soft-capping), applied after the scale.
+        teacher_topk / sparse_mode: a teacher known only by its top-k (a `TopKTeacher`, e.g. from a teacher cache),
+            given instead of `teacher_hidden` and `teacher_weight`: the divergence is then that of
+            `sparse_distillation_loss` with `mode=sparse_mode`, chunk by chunk like the rest.
 
     Returns `LinearDistillationParts(loss, ce, kd, n_valid)`. Only `loss` carries gradients (to the student's hidden
     states, weight and bias, returned in their dtypes; the maths runs in float32). A trainer divides `loss` by its
@@ -534,6 +679,8 @@ def linear_distillation_loss_parts(
         teacher_logit_scale=teacher_logit_scale,
         student_softcap=student_softcap,
         teacher_softcap=teacher_softcap,
+        teacher_topk=teacher_topk,
+        sparse_mode=sparse_mode,
     )
     return LinearDistillationParts(loss, ce.sum(), kd.sum(), mask.sum())
 
@@ -558,6 +705,8 @@ def linear_distillation_loss(
     teacher_logit_scale: float = 1.0,
     student_softcap: float | None = None,
     teacher_softcap: float | None = None,
+    teacher_topk: TopKTeacher | None = None,
+    sparse_mode: str = "renormalized",
 ) -> torch.Tensor:
     """`alpha * cross_entropy_loss + (1 - alpha) * distillation_loss` of the logits `hidden @ weight.T`, chunked.
 
@@ -585,6 +734,8 @@ def linear_distillation_loss(
         teacher_logit_scale=teacher_logit_scale,
         student_softcap=student_softcap,
         teacher_softcap=teacher_softcap,
+        teacher_topk=teacher_topk,
+        sparse_mode=sparse_mode,
     )
     if reduction == "none":
         return _reduce(loss, mask, "none")

@@ -10,6 +10,7 @@ from .arguments import DataArguments, ModelArguments
 from .checkpoints import last_complete_checkpoint
 from .config import DistillConfig
 from .data import DistillDataCollator, prepare_datasets
+from .ensemble import teacher_paths
 from .modeling import (
     check_same_tokenizer,
     check_vocab_sizes,
@@ -17,6 +18,7 @@ from .modeling import (
     load_causal_lm_config,
     parse_init_kwargs,
 )
+from .teacher_cache import attach_teacher_cache
 from .trainer import DistillTrainer
 
 logger = logging.getLogger(__name__)
@@ -25,7 +27,8 @@ logger = logging.getLogger(__name__)
 def load_tokenizer(model_args: ModelArguments, config: DistillConfig):
     name = model_args.tokenizer_name_or_path
     if name is None:
-        name = config.teacher_model_name_or_path if model_args.student_init == "from_config" else None
+        teachers = teacher_paths(config.teacher_model_name_or_path)
+        name = teachers[0] if teachers and model_args.student_init == "from_config" else None
         name = name or model_args.model_name_or_path
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
@@ -65,17 +68,18 @@ def check_models_fit(model_args: ModelArguments, config: DistillConfig, tokenize
     """Model, tokenizer and vocabulary checks from config and tokenizer files only, before any weight is loaded."""
     trust = model_args.trust_remote_code
     student = load_causal_lm_config(model_args.model_name_or_path, "model_name_or_path", trust)
-    if config.alpha == 1.0 or config.teacher_model_name_or_path is None:
+    if config.alpha == 1.0:
         return
-    teacher_path = config.teacher_model_name_or_path
-    teacher = load_causal_lm_config(teacher_path, "teacher_model_name_or_path", trust)
-    try:
-        teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_path, trust_remote_code=trust)
-    except (OSError, ValueError):
-        teacher_tokenizer = None  # a teacher folder without tokenizer files: nothing to compare
-    if teacher_tokenizer is not None:
-        check_same_tokenizer(tokenizer, teacher_tokenizer)
-    check_vocab_sizes(student.get_text_config().vocab_size, teacher.get_text_config().vocab_size, len(tokenizer))
+    # Every ensemble member is checked against the student, and so shares its vocabulary with the others.
+    for teacher_path in teacher_paths(config.teacher_model_name_or_path):
+        teacher = load_causal_lm_config(teacher_path, "teacher_model_name_or_path", trust)
+        try:
+            teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_path, trust_remote_code=trust)
+        except (OSError, ValueError):
+            teacher_tokenizer = None  # a teacher folder without tokenizer files: nothing to compare
+        if teacher_tokenizer is not None:
+            check_same_tokenizer(tokenizer, teacher_tokenizer)
+        check_vocab_sizes(student.get_text_config().vocab_size, teacher.get_text_config().vocab_size, len(tokenizer))
 
 
 def run_training(model_args: ModelArguments, data_args: DataArguments, config: DistillConfig) -> dict:
@@ -85,12 +89,18 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
     check_models_fit(model_args, config, tokenizer)
     with config.main_process_first(desc="tokenizing the dataset"):
         train_dataset, eval_dataset = prepare_datasets(data_args, tokenizer)
+    cached_teacher = config.alpha < 1.0 and config.teacher_cache_dir is not None
+    if cached_teacher:
+        train_dataset = attach_teacher_cache(data_args, config, tokenizer, train_dataset)
 
     teacher = None
-    if config.alpha < 1.0 and config.teacher_model_name_or_path is not None:
-        teacher = load_causal_lm(
-            config.teacher_model_name_or_path, "teacher_model_name_or_path", **teacher_init_kwargs(model_args, config)
-        )
+    if config.alpha < 1.0 and config.teacher_model_name_or_path is not None and not cached_teacher:
+        kwargs = teacher_init_kwargs(model_args, config)
+        teachers = [
+            load_causal_lm(path, "teacher_model_name_or_path", **kwargs)
+            for path in teacher_paths(config.teacher_model_name_or_path)
+        ]
+        teacher = teachers if isinstance(config.teacher_model_name_or_path, list) else teachers[0]
     student = load_student(model_args, config)
 
     trainer = DistillTrainer(

@@ -12,9 +12,17 @@ from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer
 
 from .checkpoints import last_complete_checkpoint, mark_complete
 from .config import DistillConfig
-from .data import DistillDataCollator
+from .data import CACHE_COLUMNS, DistillDataCollator
+from .ensemble import TeacherEnsemble, check_member_vocabularies, normalized_weights
 from .hidden_states import final_hidden_states, lm_head, supports_hidden_states
-from .losses import IGNORE_INDEX, cross_entropy_loss, distillation_loss, linear_distillation_loss_parts
+from .losses import (
+    IGNORE_INDEX,
+    TopKTeacher,
+    cross_entropy_loss,
+    distillation_loss,
+    linear_distillation_loss_parts,
+    sparse_distillation_loss,
+)
 from .metrics_csv import MetricsCSVCallback
 from .model_card import render_model_card
 from .modeling import check_vocabularies, load_causal_lm, parse_init_kwargs
@@ -33,9 +41,11 @@ class DistillTrainer(Trainer):
     class and adding a teacher). `args` must be a [`DistillConfig`].
 
     Args:
-        teacher_model (`PreTrainedModel` or `str`, *optional*):
+        teacher_model (`PreTrainedModel`, `str` or a list of them, *optional*):
             The teacher, or its hub id / local folder (loaded with `args.teacher_model_init_kwargs`). Defaults to
-            `args.teacher_model_name_or_path`. Ignored, and never loaded, when `args.alpha == 1.0`.
+            `args.teacher_model_name_or_path`. Ignored, and never loaded, when `args.alpha == 1.0` or when
+            `args.teacher_cache_dir` is set (the batches then carry the teacher's cached top-k). A list is an
+            ensemble, combined as `args.teacher_ensemble` says with `args.teacher_weights` (a `TeacherEnsemble`).
 
     The loss of an optimizer step is `alpha * CE + (1 - alpha) * T**2 * D(teacher || student)`, each term summed over
     the valid tokens of every micro-batch and divided by the valid tokens of the whole step across processes, so the
@@ -51,7 +61,7 @@ class DistillTrainer(Trainer):
         model: PreTrainedModel | nn.Module | None = None,
         args: DistillConfig | None = None,
         *trainer_args: Any,
-        teacher_model: PreTrainedModel | str | None = None,
+        teacher_model: PreTrainedModel | str | list[PreTrainedModel | str] | None = None,
         **trainer_kwargs: Any,
     ):
         if not isinstance(args, DistillConfig):
@@ -64,7 +74,8 @@ class DistillTrainer(Trainer):
             callbacks.append(EarlyStoppingCallback(args.early_stop_patience, args.early_stop_min_delta))
             trainer_kwargs["callbacks"] = callbacks
 
-        teacher = self._load_teacher(teacher_model, args) if args.alpha < 1.0 else None
+        self._cached_teacher = args.alpha < 1.0 and args.teacher_cache_dir is not None
+        teacher = self._load_teacher(teacher_model, args) if args.alpha < 1.0 and not self._cached_teacher else None
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
 
         self.teacher_model = None
@@ -72,12 +83,25 @@ class DistillTrainer(Trainer):
         if teacher is not None:
             tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
             tokenizer_size = len(tokenizer) if tokenizer is not None and hasattr(tokenizer, "__len__") else None
-            self.kd_vocab_size = check_vocabularies(self.accelerator.unwrap_model(self.model), teacher, tokenizer_size)
-            self.teacher_model = place_teacher(teacher, self.accelerator)
+            student = self.accelerator.unwrap_model(self.model)
+            if isinstance(teacher, list):
+                check_member_vocabularies(teacher)
+                self.kd_vocab_size = min(check_vocabularies(student, t, tokenizer_size) for t in teacher)
+                self.teacher_model = TeacherEnsemble(
+                    [place_teacher(t, self.accelerator) for t in teacher],
+                    normalized_weights(args.teacher_weights, len(teacher)),
+                    args.teacher_ensemble,
+                    args.temperature,
+                    self.kd_vocab_size,
+                )
+            else:
+                self.kd_vocab_size = check_vocabularies(student, teacher, tokenizer_size)
+                self.teacher_model = place_teacher(teacher, self.accelerator)
 
         self._train_sums = torch.zeros(2, device=self.args.device)
         self._train_window_start: int | None = None
         self._eval_sums = torch.zeros(len(_EVAL_SUMS), device=self.args.device)
+        # A TeacherEnsemble has no LM head of its own, so ensembles take the dense path.
         self._chunked_loss_ok = args.loss_chunk_size > 0 and all(
             supports_hidden_states(self.accelerator.unwrap_model(m))
             for m in (self.model, self.teacher_model)
@@ -91,13 +115,17 @@ class DistillTrainer(Trainer):
             self.add_callback(MetricsCSVCallback(self.target_tokens_seen, self._sample_log))
 
     @staticmethod
-    def _load_teacher(teacher_model: PreTrainedModel | str | None, args: DistillConfig) -> nn.Module:
+    def _load_teacher(
+        teacher_model: PreTrainedModel | str | list[PreTrainedModel | str] | None, args: DistillConfig
+    ) -> nn.Module | list[nn.Module]:
         teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
-        if teacher_model is None:
+        if teacher_model is None or (isinstance(teacher_model, list | tuple) and not teacher_model):
             raise ValueError(
                 f"alpha={args.alpha} needs a teacher: pass teacher_model or set teacher_model_name_or_path "
                 "(or set alpha=1.0 for plain fine-tuning)"
             )
+        if isinstance(teacher_model, list | tuple):
+            return [DistillTrainer._load_teacher(t, args) for t in teacher_model]
         if isinstance(teacher_model, str):
             init_kwargs = parse_init_kwargs(args.teacher_model_init_kwargs, "teacher_model_init_kwargs")
             return load_causal_lm(teacher_model, "teacher_model_name_or_path", **init_kwargs)
@@ -129,9 +157,10 @@ class DistillTrainer(Trainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        # Our collator carries example ids through to the per-example statistics; other collators never see them.
+        # Our collator carries example ids through to the per-example statistics, and a cached teacher to the loss;
+        # other collators never see them.
         if isinstance(self.data_collator, DistillDataCollator) and "id" not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, "id"]
+            self._signature_columns = [*self._signature_columns, "id", *CACHE_COLUMNS]
 
     # ---- loss ----
 
@@ -171,16 +200,23 @@ class DistillTrainer(Trainer):
 
         During evaluation (or whenever `num_items_in_batch` is None) the divisor is this micro-batch's own count.
         """
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "id")}
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "id", *CACHE_COLUMNS)}
+        cached = {k: inputs[k] for k in CACHE_COLUMNS if k in inputs}
         # Causal LM: the logits at position i predict the token at position i + 1.
         targets = inputs["labels"][:, 1:]
         mode = "train" if model.training else "eval"
+        if self._cached_teacher and mode == "train" and not cached:
+            raise ValueError(
+                f"teacher_cache_dir={self.args.teacher_cache_dir!r}, but the training batches carry no cached "
+                "teacher: attach the cache to the train dataset (hf_distill.teacher_cache.attach_teacher_cache) and "
+                "use DistillDataCollator"
+            )
         outputs = None
         if self._chunked_loss_for(mode):
-            loss, ce, kd, n_tokens = self._chunked_loss(model, model_inputs, targets)
+            loss, ce, kd, n_tokens = self._chunked_loss(model, model_inputs, targets, cached)
         else:
             outputs = model(**model_inputs)
-            terms = self._loss_terms(outputs.logits[:, :-1], model_inputs, targets)
+            terms = self._loss_terms(outputs.logits[:, :-1], model_inputs, targets, cached)
             ce, kd, n_tokens = terms["ce"].sum(), terms["kd"].sum(), terms["tokens"].sum()
             loss = self._mix(ce, kd)
             if mode in self.args.track_samples:
@@ -204,9 +240,11 @@ class DistillTrainer(Trainer):
         return mode == "train" and self._chunked_loss_ok and "train" not in self.args.track_samples
 
     def _chunked_loss(
-        self, model: nn.Module, model_inputs: dict[str, Any], targets: torch.Tensor
+        self, model: nn.Module, model_inputs: dict[str, Any], targets: torch.Tensor, cached: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, ...]:
-        """The fused path: hidden states and LM-head weights in, chunk by chunk; logits never exist in full."""
+        """The fused path: hidden states and LM-head weights in, chunk by chunk; logits never exist in full.
+
+        `cached` holds a cached teacher's top-k (`CACHE_COLUMNS`), used instead of a teacher model when given."""
         student = self.accelerator.unwrap_model(model)
         hidden = final_hidden_states(model, student, model_inputs)[:, :-1]
         head = lm_head(student)
@@ -217,6 +255,9 @@ class DistillTrainer(Trainer):
                 teacher_hidden = final_hidden_states(self.teacher_model, teacher, model_inputs)[:, :-1]
             teacher_head = lm_head(teacher)
         args = self.args
+        teacher_topk = None
+        if self._cached_teacher:
+            teacher_topk = TopKTeacher(*(cached[name] for name in CACHE_COLUMNS))
         parts = linear_distillation_loss_parts(
             hidden,
             head.weight,
@@ -235,13 +276,22 @@ class DistillTrainer(Trainer):
             teacher_logit_scale=teacher_head.logit_scale if teacher_head else 1.0,
             student_softcap=head.softcap,
             teacher_softcap=teacher_head.softcap if teacher_head else None,
+            teacher_topk=teacher_topk,
+            sparse_mode=args.teacher_cache_mode,
         )
         return parts.loss, parts.ce, parts.kd, parts.n_valid.float()
 
     def _loss_terms(
-        self, student_logits: torch.Tensor, model_inputs: dict[str, Any], targets: torch.Tensor
+        self,
+        student_logits: torch.Tensor,
+        model_inputs: dict[str, Any],
+        targets: torch.Tensor,
+        cached: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Per-example sums over valid tokens `(B,)`: `ce`, `kd`, `agree` (top-1 matches) and `tokens`."""
+        """Per-example sums over valid tokens `(B,)`: `ce`, `kd`, `agree` (top-1 matches) and `tokens`.
+
+        `cached` holds a cached teacher's top-k (`CACHE_COLUMNS`), used instead of a teacher model when given.
+        """
         alpha = self.args.alpha
         with contextlib.nullcontext() if alpha > 0 else torch.no_grad():
             ce = cross_entropy_loss(student_logits, targets, reduction="none").sum(-1)
@@ -262,6 +312,23 @@ class DistillTrainer(Trainer):
             ).sum(-1)
             with torch.no_grad():
                 matches = (student_logits.argmax(-1) == teacher_logits.argmax(-1)) & mask
+                terms["agree"] = matches.sum(-1).float()
+        elif self._cached_teacher and cached:
+            terms["kd"] = sparse_distillation_loss(
+                student_logits,
+                cached["teacher_topk_ids"],
+                cached["teacher_topk_logprobs"],
+                targets,
+                tail_logprob=cached["teacher_tail_logprob"],
+                mode=self.args.teacher_cache_mode,
+                loss_type=self.args.loss_type,
+                temperature=self.args.temperature,
+                beta=self.args.beta,
+                skew_lambda=self.args.skew_lambda,
+                reduction="none",
+            ).sum(-1)
+            with torch.no_grad():
+                matches = (student_logits.argmax(-1) == cached["teacher_topk_ids"][..., 0]) & mask
                 terms["agree"] = matches.sum(-1).float()
         return terms
 
@@ -292,7 +359,7 @@ class DistillTrainer(Trainer):
             steps = max(self.state.global_step - self._train_window_start, 1)
             sums = self.accelerator.reduce(self._train_sums.clone(), reduction="mean") / steps
             logs["ce_loss"] = sums[0].item()
-            if self.teacher_model is not None:
+            if self.teacher_model is not None or self._cached_teacher:
                 logs["kd_loss"] = sums[1].item()
             self._train_sums.zero_()
             self._train_window_start = None
@@ -336,8 +403,13 @@ class DistillTrainer(Trainer):
         if not self.is_world_process_zero():
             return
         teacher = None
-        if self.teacher_model is not None:
-            teacher = self.args.teacher_model_name_or_path or self.teacher_model.config.name_or_path
+        if self.teacher_model is not None or self._cached_teacher:
+            teacher = self.args.teacher_model_name_or_path
+            if teacher is None:
+                members = getattr(self.teacher_model, "members", [self.teacher_model])
+                teacher = [m.config.name_or_path for m in members]
+            if not isinstance(teacher, str):
+                teacher = ", ".join(teacher)
         eval_metrics = next((h for h in reversed(self.state.log_history) if "eval_loss" in h), {})
         card = render_model_card(
             model_name=model_name or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir)),

@@ -1,0 +1,96 @@
+"""Teacher ensembles: several teachers combined into one distribution per position."""
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutput
+
+from .modeling import check_vocab_sizes, output_width
+
+ENSEMBLE_MODES = ("mean_probs", "mean_logprobs")
+
+# Floor for log-probabilities that a zero weight multiplies in `mean_logprobs`: 0 * -inf would be NaN.
+_LOG_FLOOR = -1e30
+
+
+def check_ensemble_mode(mode: str) -> None:
+    if mode not in ENSEMBLE_MODES:
+        raise ValueError(f"teacher_ensemble={mode!r} is not supported; choose one of {', '.join(ENSEMBLE_MODES)}")
+
+
+def teacher_paths(teacher_model_name_or_path: str | Sequence[str] | None) -> list[str]:
+    """The teacher field as a list: one path, an ensemble's paths, or none."""
+    if teacher_model_name_or_path is None:
+        return []
+    if isinstance(teacher_model_name_or_path, str):
+        return [teacher_model_name_or_path]
+    return list(teacher_model_name_or_path)
+
+
+def normalized_weights(weights: Sequence[float] | None, n_teachers: int) -> list[float]:
+    """`weights` scaled to sum to 1 (uniform when None); errors name the `teacher_weights` field."""
+    if weights is None:
+        return [1.0 / n_teachers] * n_teachers
+    weights = list(weights)
+    if len(weights) != n_teachers:
+        raise ValueError(f"teacher_weights={weights} has {len(weights)} entries for {n_teachers} teachers")
+    if any(not w >= 0 for w in weights) or not sum(weights) > 0:
+        raise ValueError(f"teacher_weights={weights} must be >= 0 with a positive sum")
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def combine_log_probs(log_probs: Sequence[torch.Tensor], weights: Sequence[float], mode: str) -> torch.Tensor:
+    """One distribution from the members' log-probabilities `(..., V)`, in log space.
+
+    `mean_probs`: log(sum_i w_i p_i), the mixture. `mean_logprobs`: log_softmax(sum_i w_i log p_i), the
+    renormalised weighted geometric mean.
+    """
+    check_ensemble_mode(mode)
+    if mode == "mean_probs":
+        terms = [lp + math.log(w) for lp, w in zip(log_probs, weights) if w > 0]
+        return torch.logsumexp(torch.stack(terms), dim=0)
+    return F.log_softmax(sum(w * lp.clamp(min=_LOG_FLOOR) for lp, w in zip(log_probs, weights)), dim=-1)
+
+
+def check_member_vocabularies(members: Sequence[nn.Module]) -> None:
+    """Members must share one vocabulary: their logit widths may differ only by embedding padding."""
+    widths = [output_width(m) for m in members]
+    for i, width in enumerate(widths[1:], start=1):
+        try:
+            check_vocab_sizes(widths[0], width, None)
+        except ValueError:
+            raise ValueError(
+                f"teacher ensemble vocabulary mismatch: teacher 0 has {widths[0]} logits and teacher {i} has "
+                f"{width}, more than embedding padding apart; ensemble members need one shared tokenizer"
+            ) from None
+
+
+class TeacherEnsemble(nn.Module):
+    """Teachers called like one: `forward(**model_inputs).logits` are `temperature * log p_ensemble`, logits whose
+    softmax at `temperature` is the ensemble's distribution, so a loss that softens teacher logits by `temperature`
+    gets exactly the combined distribution.
+
+    Each member's logits are cut to `vocab_size` and softened by `temperature` before they are combined: the
+    ensemble mixes the softened distributions the loss compares, not the raw ones. Members of weight 0 are not run.
+    """
+
+    def __init__(
+        self, members: Sequence[nn.Module], weights: Sequence[float], mode: str, temperature: float, vocab_size: int
+    ):
+        super().__init__()
+        check_ensemble_mode(mode)
+        kept = [(m, w) for m, w in zip(members, weights) if w > 0]
+        self.members = nn.ModuleList([m for m, _ in kept])
+        self.weights = [w for _, w in kept]
+        self.mode, self.temperature, self.vocab_size = mode, temperature, vocab_size
+
+    def forward(self, **model_inputs) -> CausalLMOutput:
+        log_probs = [
+            F.log_softmax(m(**model_inputs).logits[..., : self.vocab_size].float() / self.temperature, dim=-1)
+            for m in self.members
+        ]
+        return CausalLMOutput(logits=combine_log_probs(log_probs, self.weights, self.mode) * self.temperature)

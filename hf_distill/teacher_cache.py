@@ -1,0 +1,203 @@
+"""Offline teachers: the teacher's top-k log-probabilities of every target token, computed once and stored on disk.
+
+`hf-distill cache-teacher RECIPE.yaml --output_dir DIR --top_k K` writes `DIR/manifest.json` and `DIR/shard-NNNNN/`
+(`datasets` datasets saved with `save_to_disk`, one row per training example, in the order of the tokenized train
+split). A row holds, for each position whose next token is a target (labels[1:] != -100), the teacher's `top_k`
+token ids (int32), their log-probabilities at temperature 1 and the log of the remaining mass (`tail_logprob`), over
+the tokenizer's `len(tokenizer)` tokens. Each shard is written under a temporary name and renamed when complete, so
+a killed build leaves only whole shards, and a rerun skips them.
+
+Training with `teacher_cache_dir: DIR` loads no teacher: `attach_teacher_cache` checks the manifest against the
+recipe and adds the cached columns to the train split, `DistillDataCollator` lays them out as `(B, L - 1, K)`
+tensors, and the trainer takes `sparse_distillation_loss`.
+"""
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset, Features, List, Value, concatenate_datasets, load_from_disk
+
+from .arguments import DataArguments, ModelArguments
+from .config import DistillConfig
+from .data import CACHE_COLUMNS, prepare_datasets
+from .ensemble import teacher_paths
+from .losses import IGNORE_INDEX
+from .modeling import load_causal_lm
+
+MANIFEST = "manifest.json"
+# Manifest entries that must equal the recipe's for a cache to be used; top_k and num_examples describe the cache.
+_FEATURES = Features(
+    {
+        "id": Value("string"),
+        "teacher_topk_ids": List(List(Value("int32"))),
+        "teacher_topk_logprobs": List(List(Value("float32"))),
+        "teacher_tail_logprob": List(Value("float32")),
+    }
+)
+# max_length comes before the fingerprint: changing it changes the rows too, and the error should name the cause.
+_CHECKED = ("teacher_model_name_or_path", "tokenizer_vocabulary_sha256", "max_length", "dataset_fingerprint")
+
+
+def vocabulary_hash(tokenizer) -> str:
+    return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+
+
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """A hash of the tokenized rows themselves: unlike `datasets`' own fingerprint it does not depend on how the
+    tokenizing function hashes, only on the ids and labels it produced."""
+    digest = hashlib.sha256()
+    for batch in dataset.select_columns(["id", "input_ids", "labels"]).iter(batch_size=1000):
+        digest.update(json.dumps(batch).encode())
+    return digest.hexdigest()
+
+
+def _expected_manifest(data_args: DataArguments, config: DistillConfig, tokenizer, train_dataset: Dataset) -> dict:
+    return {
+        "teacher_model_name_or_path": teacher_paths(config.teacher_model_name_or_path),
+        "tokenizer_vocabulary_sha256": vocabulary_hash(tokenizer),
+        "dataset_fingerprint": dataset_fingerprint(train_dataset),
+        "max_length": data_args.max_length,
+    }
+
+
+def _check_manifest(found: dict, expected: dict, cache_dir: str) -> None:
+    for key in _CHECKED:
+        if found.get(key) != expected[key]:
+            raise ValueError(
+                f"teacher_cache_dir={cache_dir!r} does not fit this recipe: its {key} is {found.get(key)!r}, the "
+                f"recipe's is {expected[key]!r}; rebuild it with hf-distill cache-teacher"
+            )
+
+
+def _shard_path(cache_dir: str, index: int) -> str:
+    return os.path.join(cache_dir, f"shard-{index:05d}")
+
+
+@torch.no_grad()
+def teacher_topk(teacher, rows: list[dict], top_k: int, vocab_size: int, pad_id: int) -> dict[str, list]:
+    """The cached columns of `rows` (with `input_ids` and `labels`), from one teacher forward pass."""
+    width = max(len(r["input_ids"]) for r in rows)
+    input_ids = torch.tensor([r["input_ids"] + [pad_id] * (width - len(r["input_ids"])) for r in rows])
+    attention = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows])
+    device = next(teacher.parameters()).device
+    logits = teacher(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+    log_p = F.log_softmax(logits[:, :-1, :vocab_size].float(), dim=-1).cpu()
+    columns = {name: [] for name in CACHE_COLUMNS}
+    for row, lp in zip(rows, log_p):
+        valid = torch.tensor(row["labels"][1:]) != IGNORE_INDEX
+        logprobs, ids = lp[: len(valid)][valid].topk(top_k, dim=-1)
+        # The clamp keeps rounding (top-k summing to a hair over 1) from turning the tail into NaN: log(0) = -inf.
+        tail = torch.log1p(-logprobs.exp().sum(-1).clamp(max=1.0))
+        columns["teacher_topk_ids"].append(ids.to(torch.int32).tolist())
+        columns["teacher_topk_logprobs"].append(logprobs.tolist())
+        columns["teacher_tail_logprob"].append(tail.tolist())
+    return columns
+
+
+def build_teacher_cache(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    config: DistillConfig,
+    cache_dir: str,
+    top_k: int,
+    shard_size: int = 1000,
+) -> str:
+    """Write (or finish) the cache of the recipe's train split in `cache_dir`; returns the manifest's path."""
+    # Imported here: the pipeline imports this module to attach a cache to its training data.
+    from .pipeline import check_models_fit, load_tokenizer, teacher_init_kwargs
+
+    if top_k < 1 or shard_size < 1:
+        raise ValueError(f"top_k and shard_size must be >= 1, got top_k={top_k}, shard_size={shard_size}")
+    if not isinstance(config.teacher_model_name_or_path, str):
+        raise ValueError(
+            f"teacher_model_name_or_path={config.teacher_model_name_or_path!r}: cache-teacher caches one teacher"
+        )
+    tokenizer = load_tokenizer(model_args, config)
+    check_models_fit(model_args, config, tokenizer)
+    train_dataset, _ = prepare_datasets(data_args, tokenizer)
+    manifest = {**_expected_manifest(data_args, config, tokenizer, train_dataset), "top_k": top_k}
+    manifest.update(num_examples=len(train_dataset), shard_size=shard_size)
+    manifest_path = os.path.join(cache_dir, MANIFEST)
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            found = json.load(f)
+        _check_manifest(found, manifest, cache_dir)
+        for key in ("top_k", "shard_size"):
+            if found[key] != manifest[key]:
+                raise ValueError(f"{cache_dir!r} was started with {key}={found[key]}; rerun with the same value")
+    else:
+        os.makedirs(cache_dir, exist_ok=True)
+        _write_atomically(manifest_path, lambda tmp: _write_json(tmp, manifest))
+    # Leftovers of a killed build: never renamed, so never part of the cache.
+    for leftover in glob.glob(os.path.join(cache_dir, "*.tmp")):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+    teacher = None
+    batch_size = config.per_device_eval_batch_size
+    for index, start in enumerate(range(0, len(train_dataset), shard_size)):
+        if os.path.isdir(_shard_path(cache_dir, index)):
+            continue
+        if teacher is None:
+            kwargs = teacher_init_kwargs(model_args, config)
+            teacher = load_causal_lm(config.teacher_model_name_or_path, "teacher_model_name_or_path", **kwargs)
+            teacher.eval().to(config.device)
+        rows = train_dataset.select(range(start, min(start + shard_size, len(train_dataset))))
+        columns = {"id": rows["id"], **{name: [] for name in CACHE_COLUMNS}}
+        for b in range(0, len(rows), batch_size):
+            batch = rows.select(range(b, min(b + batch_size, len(rows)))).to_list()
+            for name, values in teacher_topk(teacher, batch, top_k, len(tokenizer), tokenizer.pad_token_id).items():
+                columns[name] += values
+        save_shard(Dataset.from_dict(columns, features=_FEATURES), _shard_path(cache_dir, index))
+    return manifest_path
+
+
+def _write_json(path: str, content: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(content, f, indent=2)
+
+
+def _write_atomically(path: str, write) -> None:
+    tmp = f"{path}.tmp"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_shard(shard: Dataset, path: str) -> None:
+    """`save_to_disk` under a temporary name, then one rename: the shard exists whole or not at all."""
+    tmp = f"{path}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shard.save_to_disk(tmp)
+    os.rename(tmp, path)
+
+
+def load_teacher_cache(cache_dir: str) -> tuple[dict, Dataset]:
+    """The manifest and the cached rows, all shards in order; errors if the build did not finish."""
+    manifest_path = os.path.join(cache_dir, MANIFEST)
+    if not os.path.isfile(manifest_path):
+        raise ValueError(f"teacher_cache_dir={cache_dir!r} has no {MANIFEST}: build it with hf-distill cache-teacher")
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    n_shards = -(-manifest["num_examples"] // manifest["shard_size"])
+    missing = [i for i in range(n_shards) if not os.path.isdir(_shard_path(cache_dir, i))]
+    if missing:
+        raise ValueError(
+            f"teacher_cache_dir={cache_dir!r} is incomplete: {len(missing)} of {n_shards} shards missing; rerun "
+            "hf-distill cache-teacher to finish it"
+        )
+    rows = concatenate_datasets([load_from_disk(_shard_path(cache_dir, i)) for i in range(n_shards)])
+    return manifest, rows
+
+
+def attach_teacher_cache(
+    data_args: DataArguments, config: DistillConfig, tokenizer, train_dataset: Dataset
+) -> Dataset:
+    """`train_dataset` plus the cached columns, after checking that the cache was built for this recipe."""
+    cache_dir = config.teacher_cache_dir
+    manifest, rows = load_teacher_cache(cache_dir)
+    _check_manifest(manifest, _expected_manifest(data_args, config, tokenizer, train_dataset), cache_dir)
+    return concatenate_datasets([train_dataset, rows.remove_columns("id")], axis=1)

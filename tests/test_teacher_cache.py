@@ -1,0 +1,167 @@
+"""`hf-distill cache-teacher` and training from the cache: contents, equivalence with the online teacher, resume
+after a kill, and caches that do not fit the recipe."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import pad_collator, tiny_llama, variable_length_dataset, word_tokenizer
+from datasets import load_from_disk
+from safetensors.torch import load_file
+from test_trainer import make_args
+from transformers import AutoModelForCausalLM
+
+import hf_distill.pipeline
+from hf_distill import DistillTrainer
+from hf_distill.arguments import DataArguments
+from hf_distill.cli import main
+from hf_distill.data import prepare_datasets
+from hf_distill.teacher_cache import MANIFEST, load_teacher_cache
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def build(recipe, cache_dir, top_k=8, shard_size=10, *overrides):
+    args = ["cache-teacher", recipe, "--output_dir", str(cache_dir), "--top_k", str(top_k)]
+    main([*args, "--shard_size", str(shard_size), *overrides])
+
+
+def train_logs(out_dir):
+    state = json.loads((out_dir / "trainer_state.json").read_text())
+    return [{k: v for k, v in log.items() if k in ("loss", "ce_loss", "kd_loss")} for log in state["log_history"]]
+
+
+def test_cache_holds_the_teachers_topk(workspace):
+    tmp_path, recipe = workspace
+    build(recipe, tmp_path / "cache")
+    manifest, rows = load_teacher_cache(str(tmp_path / "cache"))
+    assert manifest["top_k"] == 8 and manifest["num_examples"] == 32 and manifest["max_length"] == 1024
+    assert manifest["teacher_model_name_or_path"] == [str(tmp_path / "teacher")]
+    assert sorted(os.listdir(tmp_path / "cache")) == [MANIFEST, *(f"shard-0000{i}" for i in range(4))]
+    assert rows.features["teacher_topk_ids"].feature.feature.dtype == "int32"
+
+    train, _ = prepare_datasets(DataArguments(dataset_name=str(tmp_path / "data")), word_tokenizer())
+    teacher = AutoModelForCausalLM.from_pretrained(tmp_path / "teacher")
+    example, cached = train[5], rows[5]
+    assert cached["id"] == example["id"]
+    with torch.no_grad():
+        log_p = F.log_softmax(teacher(input_ids=torch.tensor([example["input_ids"]])).logits[0, :-1], dim=-1)
+    valid = torch.tensor(example["labels"][1:]) != -100
+    logprobs, ids = log_p[valid].topk(8, dim=-1)
+    assert torch.equal(torch.tensor(cached["teacher_topk_ids"]), ids)
+    torch.testing.assert_close(torch.tensor(cached["teacher_topk_logprobs"]), logprobs, rtol=1e-5, atol=1e-5)
+    tail = torch.tensor(cached["teacher_tail_logprob"])
+    torch.testing.assert_close(tail.exp() + logprobs.exp().sum(-1), torch.ones(len(ids)), rtol=0, atol=1e-5)
+
+
+def test_full_vocabulary_cache_trains_like_the_online_teacher(workspace, monkeypatch):
+    """top_k = the whole vocabulary (64) makes the renormalised sparse loss the dense one: same logged losses."""
+    tmp_path, recipe = workspace
+    build(recipe, tmp_path / "cache", 64)
+    main(["train", recipe, "--output_dir", str(tmp_path / "online"), "--max_steps", "3", "--logging_steps", "1"])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a teacher was loaded")
+
+    monkeypatch.setattr(hf_distill.pipeline, "load_causal_lm", refuse)
+    cached = ["--output_dir", str(tmp_path / "cached"), "--teacher_cache_dir", str(tmp_path / "cache")]
+    main(["train", recipe, *cached, "--max_steps", "3", "--logging_steps", "1"])
+    online, offline = train_logs(tmp_path / "online"), train_logs(tmp_path / "cached")
+    assert [log for log in online if log] and len(online) == len(offline)
+    for a, b in zip(online, offline):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-5), key
+
+
+@pytest.mark.parametrize("mode", ["renormalized", "tail_bucket"])
+def test_train_from_a_topk_cache(workspace, mode):
+    tmp_path, recipe = workspace
+    build(recipe, tmp_path / "cache", 4)
+    main(["train", recipe, "--teacher_cache_dir", str(tmp_path / "cache"), "--teacher_cache_mode", mode])
+    logs = train_logs(tmp_path / "out")
+    assert any("kd_loss" in log and log["kd_loss"] > 0 for log in logs)
+    assert str(tmp_path / "teacher") in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("mode", ["renormalized", "tail_bucket"])
+def test_cached_training_is_the_same_chunked_and_dense(workspace, mode):
+    """The cached top-k through the fused chunked loss (chunks of 5 target tokens) and through full logits."""
+    tmp_path, recipe = workspace
+    build(recipe, tmp_path / "cache", 4)
+    common = ["--teacher_cache_dir", str(tmp_path / "cache"), "--teacher_cache_mode", mode, "--max_steps", "3"]
+    for name, chunk in (("chunked", "5"), ("dense", "0")):
+        main(["train", recipe, *common, "--loss_chunk_size", chunk, "--output_dir", str(tmp_path / name)])
+    chunked = load_file(tmp_path / "chunked" / "model.safetensors")
+    dense = load_file(tmp_path / "dense" / "model.safetensors")
+    assert chunked.keys() == dense.keys()
+    assert any("kd_loss" in log and log["kd_loss"] > 0 for log in train_logs(tmp_path / "chunked"))
+    for key in chunked:
+        torch.testing.assert_close(chunked[key], dense[key], rtol=1e-5, atol=1e-5)
+
+
+def test_killed_build_resumes_to_the_same_cache(workspace):
+    tmp_path, recipe = workspace
+    build(recipe, tmp_path / "whole")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+    script = os.path.join(TESTS, "cache_fault_run.py")
+    run = subprocess.run([sys.executable, script, recipe, str(tmp_path / "resumed"), "8", "10"], env=env)
+    assert run.returncode == -signal.SIGKILL
+    assert sorted(os.listdir(tmp_path / "resumed")) == [MANIFEST, "shard-00000", "shard-00001.tmp"]
+    first = load_from_disk(str(tmp_path / "resumed" / "shard-00000")).to_dict()
+    build(recipe, tmp_path / "resumed")
+    assert sorted(os.listdir(tmp_path / "resumed")) == sorted(os.listdir(tmp_path / "whole"))
+    assert load_from_disk(str(tmp_path / "resumed" / "shard-00000")).to_dict() == first
+    for name in sorted(os.listdir(tmp_path / "whole")):
+        if name == MANIFEST:
+            assert (tmp_path / "resumed" / name).read_text() == (tmp_path / "whole" / name).read_text()
+        else:
+            assert load_from_disk(str(tmp_path / "resumed" / name)).to_dict() == (
+                load_from_disk(str(tmp_path / "whole" / name)).to_dict()
+            ), name
+
+
+def error_line(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_caches_that_do_not_fit_are_refused(workspace, capsys):
+    tmp_path, recipe = workspace
+    cache = str(tmp_path / "cache")
+    build(recipe, cache, 4)
+    train = ["train", recipe, "--teacher_cache_dir", cache]
+    line = error_line(capsys, [*train, "--max_length", "8"])
+    assert f"teacher_cache_dir={cache!r} does not fit this recipe: its max_length is 1024, the recipe's is 8" in line
+    line = error_line(capsys, [*train, "--max_train_samples", "16"])
+    assert "does not fit this recipe: its dataset_fingerprint is" in line
+    shutil.copytree(tmp_path / "teacher", tmp_path / "other")
+    line = error_line(capsys, [*train, "--teacher_model_name_or_path", str(tmp_path / "other")])
+    assert "does not fit this recipe: its teacher_model_name_or_path is" in line
+    line = error_line(capsys, ["cache-teacher", recipe, "--output_dir", cache, "--top_k", "5"])
+    assert "was started with top_k=4; rerun with the same value" in line
+    os.rename(os.path.join(cache, "shard-00001"), os.path.join(cache, "gone"))
+    line = error_line(capsys, train)
+    assert "is incomplete: 1 of 4 shards missing; rerun hf-distill cache-teacher to finish it" in line
+    line = error_line(capsys, [*train[:3], str(tmp_path / "nowhere")])
+    assert "has no manifest.json: build it with hf-distill cache-teacher" in line
+
+
+def test_cache_dir_without_cached_batches_is_an_error(tmp_path):
+    trainer = DistillTrainer(
+        model=tiny_llama(seed=1),
+        args=make_args(tmp_path, teacher_cache_dir=str(tmp_path / "cache")),
+        train_dataset=variable_length_dataset(),
+        data_collator=pad_collator,
+    )
+    assert trainer.teacher_model is None
+    with pytest.raises(ValueError, match="but the training batches carry no cached teacher"):
+        trainer.train()
