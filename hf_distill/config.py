@@ -48,8 +48,11 @@ class DistillConfig(TrainingArguments):
         teacher_cache_dir (`str`, *optional*, defaults to `None`):
             Folder written by `hf-distill cache-teacher`: the teacher's top-k log-probabilities of every target token
             of the train split. Training then loads and runs no teacher; the cache's manifest must match the recipe
-            (teacher, tokenizer vocabulary, tokenized train split, `max_length`), else training stops before it
-            starts with an error naming the field. Evaluation, which has no cache, reports the CE only.
+            (teacher or ensemble, tokenizer vocabulary, tokenized train split, `max_length`), else training stops
+            before it starts with an error naming the field. The cached top-k runs through the chunked loss like a
+            live teacher (`loss_chunk_size`). An ensemble is cached as its combination at temperature 1, which
+            training then softens by `temperature` (a live ensemble combines the softened members instead; the two
+            agree at `temperature=1`). Evaluation, which has no cache, reports the CE only.
         teacher_cache_mode (`str`, *optional*, defaults to `"renormalized"`):
             How a cached top-k becomes a distribution (`hf_distill.losses.sparse_distillation_loss`):
             `renormalized` compares teacher and student restricted to the teacher's top-k tokens, `tail_bucket` adds

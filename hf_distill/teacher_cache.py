@@ -4,8 +4,10 @@
 (`datasets` datasets saved with `save_to_disk`, one row per training example, in the order of the tokenized train
 split). A row holds, for each position whose next token is a target (labels[1:] != -100), the teacher's `top_k`
 token ids (int32), their log-probabilities at temperature 1 and the log of the remaining mass (`tail_logprob`), over
-the tokenizer's `len(tokenizer)` tokens. Each shard is written under a temporary name and renamed when complete, so
-a killed build leaves only whole shards, and a rerun skips them.
+the tokenizer's `len(tokenizer)` tokens. An ensemble of teachers is cached as its combined distribution at
+temperature 1. Each shard is written under a temporary name and renamed when complete, so a killed build leaves only
+whole shards, and a rerun skips them. Under `accelerate launch` with N processes, process i writes shards i, i + N,
+i + 2N, ..., each with its own copy of the teacher.
 
 Training with `teacher_cache_dir: DIR` loads no teacher: `attach_teacher_cache` checks the manifest against the
 recipe and adds the cached columns to the train split, `DistillDataCollator` lays them out as `(B, L - 1, K)`
@@ -18,6 +20,7 @@ import json
 import os
 import shutil
 
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from datasets import Dataset, Features, List, Value, concatenate_datasets, load_from_disk
@@ -25,7 +28,7 @@ from datasets import Dataset, Features, List, Value, concatenate_datasets, load_
 from .arguments import DataArguments, ModelArguments
 from .config import DistillConfig
 from .data import CACHE_COLUMNS, prepare_datasets
-from .ensemble import teacher_paths
+from .ensemble import TeacherEnsemble, check_member_vocabularies, normalized_weights, teacher_paths
 from .losses import IGNORE_INDEX
 from .modeling import load_causal_lm
 
@@ -40,7 +43,14 @@ _FEATURES = Features(
     }
 )
 # max_length comes before the fingerprint: changing it changes the rows too, and the error should name the cause.
-_CHECKED = ("teacher_model_name_or_path", "tokenizer_vocabulary_sha256", "max_length", "dataset_fingerprint")
+_CHECKED = (
+    "teacher_model_name_or_path",
+    "teacher_ensemble",
+    "teacher_weights",
+    "tokenizer_vocabulary_sha256",
+    "max_length",
+    "dataset_fingerprint",
+)
 
 
 def vocabulary_hash(tokenizer) -> str:
@@ -57,8 +67,12 @@ def dataset_fingerprint(dataset: Dataset) -> str:
 
 
 def _expected_manifest(data_args: DataArguments, config: DistillConfig, tokenizer, train_dataset: Dataset) -> dict:
+    teachers = teacher_paths(config.teacher_model_name_or_path)
+    ensemble = len(teachers) > 1
     return {
-        "teacher_model_name_or_path": teacher_paths(config.teacher_model_name_or_path),
+        "teacher_model_name_or_path": teachers,
+        "teacher_ensemble": config.teacher_ensemble if ensemble else None,
+        "teacher_weights": normalized_weights(config.teacher_weights, len(teachers)) if ensemble else None,
         "tokenizer_vocabulary_sha256": vocabulary_hash(tokenizer),
         "dataset_fingerprint": dataset_fingerprint(train_dataset),
         "max_length": data_args.max_length,
@@ -107,22 +121,28 @@ def build_teacher_cache(
     top_k: int,
     shard_size: int = 1000,
 ) -> str:
-    """Write (or finish) the cache of the recipe's train split in `cache_dir`; returns the manifest's path."""
+    """Write (or finish) the cache of the recipe's train split in `cache_dir`, this process's share of its shards.
+
+    Returns a one-line report: the process's shards and, from the main process, the cache's size on disk."""
     # Imported here: the pipeline imports this module to attach a cache to its training data.
-    from .pipeline import check_models_fit, load_tokenizer, teacher_init_kwargs
+    from .pipeline import check_models_fit, load_tokenizer
 
     if top_k < 1 or shard_size < 1:
         raise ValueError(f"top_k and shard_size must be >= 1, got top_k={top_k}, shard_size={shard_size}")
-    if not isinstance(config.teacher_model_name_or_path, str):
+    teachers = teacher_paths(config.teacher_model_name_or_path)
+    if config.alpha == 1.0 or not teachers:
         raise ValueError(
-            f"teacher_model_name_or_path={config.teacher_model_name_or_path!r}: cache-teacher caches one teacher"
+            f"cache-teacher needs a teacher: alpha={config.alpha}, "
+            f"teacher_model_name_or_path={config.teacher_model_name_or_path!r}"
         )
     tokenizer = load_tokenizer(model_args, config)
     check_models_fit(model_args, config, tokenizer)
-    train_dataset, _ = prepare_datasets(data_args, tokenizer)
+    with config.main_process_first(desc="tokenizing the dataset"):
+        train_dataset, _ = prepare_datasets(data_args, tokenizer)
     manifest = {**_expected_manifest(data_args, config, tokenizer, train_dataset), "top_k": top_k}
     manifest.update(num_examples=len(train_dataset), shard_size=shard_size)
     manifest_path = os.path.join(cache_dir, MANIFEST)
+    # Every process checks a manifest that is already there, so a mismatch stops all of them alike.
     if os.path.exists(manifest_path):
         with open(manifest_path) as f:
             found = json.load(f)
@@ -130,30 +150,67 @@ def build_teacher_cache(
         for key in ("top_k", "shard_size"):
             if found[key] != manifest[key]:
                 raise ValueError(f"{cache_dir!r} was started with {key}={found[key]}; rerun with the same value")
-    else:
-        os.makedirs(cache_dir, exist_ok=True)
-        _write_atomically(manifest_path, lambda tmp: _write_json(tmp, manifest))
-    # Leftovers of a killed build: never renamed, so never part of the cache.
-    for leftover in glob.glob(os.path.join(cache_dir, "*.tmp")):
-        shutil.rmtree(leftover, ignore_errors=True)
+    state = config.distributed_state
+    if state.is_main_process:
+        if not os.path.exists(manifest_path):
+            os.makedirs(cache_dir, exist_ok=True)
+            _write_atomically(manifest_path, lambda tmp: _write_json(tmp, manifest))
+        # Leftovers of a killed build: never renamed, so never part of the cache.
+        for leftover in glob.glob(os.path.join(cache_dir, "*.tmp")):
+            shutil.rmtree(leftover, ignore_errors=True)
+    # No process starts a shard before the leftovers are gone.
+    state.wait_for_everyone()
 
-    teacher = None
-    batch_size = config.per_device_eval_batch_size
-    for index, start in enumerate(range(0, len(train_dataset), shard_size)):
-        if os.path.isdir(_shard_path(cache_dir, index)):
-            continue
-        if teacher is None:
-            kwargs = teacher_init_kwargs(model_args, config)
-            teacher = load_causal_lm(config.teacher_model_name_or_path, "teacher_model_name_or_path", **kwargs)
-            teacher.eval().to(config.device)
-        rows = train_dataset.select(range(start, min(start + shard_size, len(train_dataset))))
-        columns = {"id": rows["id"], **{name: [] for name in CACHE_COLUMNS}}
-        for b in range(0, len(rows), batch_size):
-            batch = rows.select(range(b, min(b + batch_size, len(rows)))).to_list()
-            for name, values in teacher_topk(teacher, batch, top_k, len(tokenizer), tokenizer.pad_token_id).items():
-                columns[name] += values
-        save_shard(Dataset.from_dict(columns, features=_FEATURES), _shard_path(cache_dir, index))
-    return manifest_path
+    n_shards = -(-len(train_dataset) // shard_size)
+    mine = range(state.process_index, n_shards, state.num_processes)
+    todo = [index for index in mine if not os.path.isdir(_shard_path(cache_dir, index))]
+    if todo:
+        teacher = _load_teacher(model_args, config, len(tokenizer))
+        for index in todo:
+            rows = train_dataset.select(range(index * shard_size, min((index + 1) * shard_size, len(train_dataset))))
+            _write_shard(teacher, rows, top_k, config.per_device_eval_batch_size, tokenizer, cache_dir, index)
+    report = f"process {state.process_index} of {state.num_processes}: shards {list(mine)}, {len(todo)} written"
+    state.wait_for_everyone()
+    if state.is_main_process:
+        report += f"; {cache_size_report(cache_dir)}"
+    return report
+
+
+def _load_teacher(model_args: ModelArguments, config: DistillConfig, vocab_size: int):
+    from .pipeline import teacher_init_kwargs
+
+    kwargs = teacher_init_kwargs(model_args, config)
+    paths = teacher_paths(config.teacher_model_name_or_path)
+    members = [load_causal_lm(path, "teacher_model_name_or_path", **kwargs) for path in paths]
+    if len(members) == 1:
+        teacher = members[0]
+    else:
+        check_member_vocabularies(members)
+        weights = normalized_weights(config.teacher_weights, len(members))
+        # At temperature 1 the ensemble's logits are its log-probabilities; training softens them by its own T.
+        teacher = TeacherEnsemble(members, weights, config.teacher_ensemble, 1.0, vocab_size)
+    return teacher.eval().to(config.device)
+
+
+def _write_shard(teacher, rows: Dataset, top_k: int, batch_size: int, tokenizer, cache_dir: str, index: int) -> None:
+    columns = {"id": rows["id"], **{name: [] for name in CACHE_COLUMNS}}
+    for b in range(0, len(rows), batch_size):
+        batch = rows.select(range(b, min(b + batch_size, len(rows)))).to_list()
+        for name, values in teacher_topk(teacher, batch, top_k, len(tokenizer), tokenizer.pad_token_id).items():
+            columns[name] += values
+    save_shard(Dataset.from_dict(columns, features=_FEATURES), _shard_path(cache_dir, index))
+
+
+def cache_size_report(cache_dir: str) -> str:
+    """Size on disk of a finished cache: bytes in all, and per cached target token."""
+    manifest, rows = load_teacher_cache(cache_dir)
+    tokens = pc.sum(pc.list_value_length(rows.data.column("teacher_tail_logprob"))).as_py() or 0
+    size = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(cache_dir) for name in names)
+    per_token = size / max(tokens, 1)
+    return (
+        f"cache {cache_dir}: {manifest['num_examples']} examples, {tokens} target tokens, top_k={manifest['top_k']}, "
+        f"{size} bytes on disk ({per_token:.0f} bytes per target token)"
+    )
 
 
 def _write_json(path: str, content: dict) -> None:

@@ -1,4 +1,5 @@
-"""Property tests of `distillation_loss` and `linear_distillation_loss` on adversarial logits.
+"""Property tests of `distillation_loss`, `linear_distillation_loss` and `sparse_distillation_loss` on adversarial
+logits.
 
 Hypothesis draws the shapes, magnitudes (|logit| up to 1e4), temperatures, masks and a seed; the tensors are built
 from the seed with torch, which keeps every example cheap. Float32 rounding of a log-probability grows with its
@@ -12,7 +13,15 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_distill.losses import IGNORE_INDEX, LOSS_TYPES, distillation_loss, linear_distillation_loss
+from hf_distill.losses import (
+    IGNORE_INDEX,
+    LOSS_TYPES,
+    SPARSE_MODES,
+    TopKTeacher,
+    distillation_loss,
+    linear_distillation_loss,
+    sparse_distillation_loss,
+)
 
 SETTINGS = settings(max_examples=50, deadline=None)
 # Loss types that stay finite when the teacher gives zero probability to entries the student does not: every one
@@ -178,3 +187,52 @@ def test_linear_non_negative_and_zero_against_itself(case):
     same = {**inputs, "teacher_hidden": inputs["student_hidden"]}
     same.update(teacher_weight=inputs["student_weight"], teacher_bias=inputs["student_bias"])
     assert linear_distillation_loss(**same, **options).abs() <= atol
+
+
+def full_topk(teacher_logits: torch.Tensor) -> TopKTeacher:
+    """The teacher's whole distribution as a top-k with K = V, and an empty tail."""
+    logprobs, ids = F.log_softmax(teacher_logits.float(), dim=-1).topk(teacher_logits.shape[-1], dim=-1)
+    return TopKTeacher(ids, logprobs, torch.full(teacher_logits.shape[:-1], float("-inf")))
+
+
+@SETTINGS
+@given(case=logit_pairs(), loss_type=st.sampled_from(LOSS_TYPES), mode=st.sampled_from(SPARSE_MODES))
+def test_sparse_with_full_vocabulary_matches_dense(case, loss_type, mode):
+    student, teacher, labels, temperature, magnitude = case
+    topk = full_topk(teacher)
+    options = {"loss_type": loss_type, "temperature": temperature, "reduction": "none"}
+    sparse = sparse_distillation_loss(
+        student, topk.ids, topk.logprobs, labels, tail_logprob=topk.tail, mode=mode, **options
+    )
+    dense = distillation_loss(student, teacher, labels, **options)
+    assert torch.isfinite(sparse).all()
+    assert (sparse >= -tolerance(temperature, magnitude)).all()
+    torch.testing.assert_close(sparse, dense, rtol=1e-4, atol=tolerance(temperature, magnitude))
+
+
+@SETTINGS
+@given(case=linear_cases(), mode=st.sampled_from(SPARSE_MODES))
+def test_dense_chunked_and_chunked_sparse_agree(case, mode):
+    """dense == chunked == chunked with the teacher as a top-k of K = V, in value and student gradients."""
+    inputs, options, magnitude = case
+    n_valid = int((inputs["labels"] != IGNORE_INDEX).sum())
+    atol = tolerance(options["temperature"], magnitude) * max(n_valid, 1)
+    teacher_logits = inputs["teacher_hidden"] @ inputs["teacher_weight"].T + inputs["teacher_bias"]
+    student_only = {k: v for k, v in inputs.items() if not k.startswith("teacher")}
+    sparse_inputs, dense_inputs = with_student_grad(student_only), with_student_grad(inputs)
+    sparse = linear_distillation_loss(
+        **sparse_inputs, teacher_hidden=None, teacher_weight=None, teacher_topk=full_topk(teacher_logits),
+        sparse_mode=mode, **options,
+    )  # fmt: skip
+    chunked = linear_distillation_loss(**with_student_grad(inputs), **options)
+    options.pop("chunk_size")
+    dense = dense_reference(dense_inputs, **options)
+    assert torch.isfinite(sparse)
+    torch.testing.assert_close(chunked, dense, rtol=1e-4, atol=atol)
+    torch.testing.assert_close(sparse, dense, rtol=1e-4, atol=atol)
+    sparse.backward()
+    dense.backward()
+    for name in ("student_hidden", "student_weight", "student_bias"):
+        got, want = sparse_inputs[name].grad, dense_inputs[name].grad
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * (1 + want.abs().max().item()))

@@ -134,6 +134,76 @@ def error_line(capsys, argv):
     return capsys.readouterr().err.strip().splitlines()[-1]
 
 
+def error_line_of(argv):
+    """The CLI's one-line error for `argv`, as a separate process prints it."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-m", "hf_distill.cli", *argv], env=env, capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr[-2000:]
+    return run.stderr.strip().splitlines()[-1]
+
+
+def ensemble_recipe(tmp_path, recipe, mode="mean_probs"):
+    """The workspace recipe with a second, different teacher: members weighted 3 : 1."""
+    second = tmp_path / "teacher2"
+    tiny_llama(seed=3, hidden=32, layers=1).save_pretrained(second)
+    word_tokenizer().save_pretrained(second)
+    text = (
+        open(recipe)
+        .read()
+        .replace(
+            f"teacher_model_name_or_path: {tmp_path / 'teacher'}\n",
+            f"teacher_model_name_or_path: [{tmp_path / 'teacher'}, {second}]\nteacher_weights: [3, 1]\n"
+            f"teacher_ensemble: {mode}\n",
+        )
+    )
+    path = tmp_path / f"ensemble_{mode}.yaml"
+    path.write_text(text)
+    return str(path), second
+
+
+@pytest.mark.parametrize("mode", ["mean_probs", "mean_logprobs"])
+def test_ensemble_cache_holds_the_combined_distribution(workspace, mode):
+    tmp_path, recipe = workspace
+    recipe, second = ensemble_recipe(tmp_path, recipe, mode)
+    build(recipe, tmp_path / "cache")
+    manifest, rows = load_teacher_cache(str(tmp_path / "cache"))
+    assert manifest["teacher_model_name_or_path"] == [str(tmp_path / "teacher"), str(second)]
+    assert manifest["teacher_ensemble"] == mode and manifest["teacher_weights"] == [0.75, 0.25]
+
+    train, _ = prepare_datasets(DataArguments(dataset_name=str(tmp_path / "data")), word_tokenizer())
+    members = [AutoModelForCausalLM.from_pretrained(path) for path in (tmp_path / "teacher", second)]
+    example = train[3]
+    with torch.no_grad():
+        log_p = [F.log_softmax(m(input_ids=torch.tensor([example["input_ids"]])).logits[0, :-1], -1) for m in members]
+    if mode == "mean_probs":
+        combined = (0.75 * log_p[0].exp() + 0.25 * log_p[1].exp()).log()
+    else:
+        combined = F.log_softmax(0.75 * log_p[0] + 0.25 * log_p[1], dim=-1)
+    valid = torch.tensor(example["labels"][1:]) != -100
+    logprobs, ids = combined[valid].topk(8, dim=-1)
+    assert torch.equal(torch.tensor(rows[3]["teacher_topk_ids"]), ids)
+    torch.testing.assert_close(torch.tensor(rows[3]["teacher_topk_logprobs"]), logprobs, rtol=1e-5, atol=1e-5)
+
+    main(["train", recipe, "--teacher_cache_dir", str(tmp_path / "cache"), "--max_steps", "2"])
+    assert any("kd_loss" in log for log in train_logs(tmp_path / "out"))
+    line = error_line_of(["train", recipe, "--teacher_cache_dir", str(tmp_path / "cache"), "--teacher_weights", "1"])
+    assert "teacher_weights" in line
+
+
+def test_build_reports_its_size_on_disk(workspace, capsys):
+    tmp_path, recipe = workspace
+    build(recipe, tmp_path / "cache", 8)
+    out = capsys.readouterr().out
+    _, rows = load_teacher_cache(str(tmp_path / "cache"))
+    tokens = sum(len(tail) for tail in rows["teacher_tail_logprob"])
+    size = sum(f.stat().st_size for f in (tmp_path / "cache").rglob("*") if f.is_file())
+    assert "process 0 of 1: shards [0, 1, 2, 3], 4 written" in out
+    assert f"32 examples, {tokens} target tokens, top_k=8, {size} bytes on disk" in out
+    per_token = float(out.split("(")[-1].split(" bytes per target token")[0])
+    # 8 ids (int32) and 8 log-probabilities (float32) per token, plus its tail: at least 68 bytes.
+    assert per_token == pytest.approx(size / tokens, abs=0.5) and per_token >= 68
+
+
 def test_caches_that_do_not_fit_are_refused(workspace, capsys):
     tmp_path, recipe = workspace
     cache = str(tmp_path / "cache")

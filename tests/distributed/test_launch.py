@@ -1,4 +1,4 @@
-"""The shipped CPU config through `accelerate launch ... train.py RECIPE`: a real 2-process run, as users start it."""
+"""The shipped CPU config through `accelerate launch`: real 2-process runs (training, teacher cache)."""
 
 import json
 import os
@@ -6,6 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from datasets import load_from_disk
+
+from hf_distill.cli import main
 
 pytestmark = pytest.mark.distributed
 
@@ -26,3 +29,25 @@ def test_accelerate_launch_cpu_config_trains_with_two_processes(workspace):
     assert state["global_step"] == 2
     assert state["epoch"] == pytest.approx(0.5)
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_cache_teacher_with_two_processes_equals_one(workspace):
+    """Each process writes its own shards (0, 2 and 1, 3); together they are the cache one process builds."""
+    tmp_path, recipe = workspace
+    cache = ["--top_k", "8", "--shard_size", "10"]
+    main(["cache-teacher", recipe, "--output_dir", str(tmp_path / "one"), *cache])
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", os.path.join(ROOT, "accelerate_configs", "cpu_2proc.yaml"),
+        "-m", "hf_distill.cli", "cache-teacher", recipe, "--output_dir", str(tmp_path / "two"), *cache,
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "process 0 of 2: shards [0, 2], 2 written" in result.stdout
+    assert "process 1 of 2: shards [1, 3], 2 written" in result.stdout
+    assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one"))
+    assert (tmp_path / "two" / "manifest.json").read_text() == (tmp_path / "one" / "manifest.json").read_text()
+    for name in sorted(os.listdir(tmp_path / "one")):
+        if name.startswith("shard-"):
+            two = load_from_disk(str(tmp_path / "two" / name)).to_dict()
+            assert two == load_from_disk(str(tmp_path / "one" / name)).to_dict(), name
