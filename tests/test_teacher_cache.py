@@ -18,6 +18,7 @@ from test_trainer import make_args
 from transformers import AutoModelForCausalLM
 
 import hf_distill.pipeline
+import hf_distill.teacher_cache
 from hf_distill import DistillTrainer
 from hf_distill.arguments import DataArguments
 from hf_distill.cli import main
@@ -134,14 +135,6 @@ def error_line(capsys, argv):
     return capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def error_line_of(argv):
-    """The CLI's one-line error for `argv`, as a separate process prints it."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, "-m", "hf_distill.cli", *argv], env=env, capture_output=True, text=True)
-    assert run.returncode == 2, run.stderr[-2000:]
-    return run.stderr.strip().splitlines()[-1]
-
-
 def ensemble_recipe(tmp_path, recipe, mode="mean_probs"):
     """The workspace recipe with a second, different teacher: members weighted 3 : 1."""
     second = tmp_path / "teacher2"
@@ -162,7 +155,7 @@ def ensemble_recipe(tmp_path, recipe, mode="mean_probs"):
 
 
 @pytest.mark.parametrize("mode", ["mean_probs", "mean_logprobs"])
-def test_ensemble_cache_holds_the_combined_distribution(workspace, mode):
+def test_ensemble_cache_holds_the_combined_distribution(workspace, mode, capsys):
     tmp_path, recipe = workspace
     recipe, second = ensemble_recipe(tmp_path, recipe, mode)
     build(recipe, tmp_path / "cache")
@@ -186,8 +179,10 @@ def test_ensemble_cache_holds_the_combined_distribution(workspace, mode):
 
     main(["train", recipe, "--teacher_cache_dir", str(tmp_path / "cache"), "--max_steps", "2"])
     assert any("kd_loss" in log for log in train_logs(tmp_path / "out"))
-    line = error_line_of(["train", recipe, "--teacher_cache_dir", str(tmp_path / "cache"), "--teacher_weights", "1"])
-    assert "teacher_weights" in line
+    line = error_line(
+        capsys, ["train", recipe, "--teacher_cache_dir", str(tmp_path / "cache"), "--teacher_weights", "1", "1"]
+    )
+    assert "its teacher_weights is [0.75, 0.25], the recipe's is [0.5, 0.5]" in line
 
 
 def test_build_reports_its_size_on_disk(workspace, capsys):
@@ -223,6 +218,25 @@ def test_caches_that_do_not_fit_are_refused(workspace, capsys):
     assert "is incomplete: 1 of 4 shards missing; rerun hf-distill cache-teacher to finish it" in line
     line = error_line(capsys, [*train[:3], str(tmp_path / "nowhere")])
     assert "has no manifest.json: build it with hf-distill cache-teacher" in line
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--top_k", "0"], "top_k and shard_size must be >= 1, got top_k=0, shard_size=1000"),
+        (["--top_k", "4", "--alpha", "1.0"], "cache-teacher needs a teacher: alpha=1.0"),
+    ],
+)
+def test_cache_teacher_bad_arguments(workspace, capsys, monkeypatch, flags, message):
+    tmp_path, recipe = workspace
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(hf_distill.teacher_cache, "load_causal_lm", refuse)
+    line = error_line(capsys, ["cache-teacher", recipe, "--output_dir", str(tmp_path / "cache"), *flags])
+    assert line.startswith(f"hf-distill: error: {message}")
+    assert not (tmp_path / "cache").exists()
 
 
 def test_cache_dir_without_cached_batches_is_an_error(tmp_path):
