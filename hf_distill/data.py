@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
@@ -16,8 +17,9 @@ from .losses import IGNORE_INDEX
 logger = logging.getLogger(__name__)
 
 FORMAT_COLUMNS = {"text": ("text",), "prompt_completion": ("prompt", "completion"), "messages": ("messages",)}
-# Columns of a train split with a cached teacher (`hf_distill.teacher_cache`), one entry per target token, and the
-# batch keys the collator lays them out under, `(B, L - 1, K)` and `(B, L - 1)`, aligned with `labels[:, 1:]`.
+# Columns of a train split with a cached teacher (`hf_distill.teacher_cache`): per example, n * K top-k ids, n * K
+# log-probabilities and n tails for its n target tokens; and the batch keys the collator lays them out under,
+# `(B, L - 1, K)` and `(B, L - 1)`, aligned with `labels[:, 1:]`.
 CACHE_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_tail_logprob")
 # Extension -> datasets builder, for local files.
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
@@ -182,27 +184,32 @@ def prepare_datasets(args: DataArguments, tokenizer: PreTrainedTokenizerBase) ->
 
 
 def layout_cached_teacher(labels: torch.Tensor, features: list[dict[str, Any]], ids: list | None) -> dict:
-    """The cached top-k of each example (one entry per target token) scattered onto the padded `labels[:, 1:]`;
-    positions that are no target hold zeros, which the loss never reads."""
+    """The cached top-k of each example (K ids and log-probabilities, flat, and one tail per target token) scattered
+    onto the padded `labels[:, 1:]`; positions that are no target hold zeros, which the loss never reads.
+
+    The features' cached columns may be lists or numpy arrays (the numpy format `attach_teacher_cache` sets, which
+    skips building Python lists); either way the whole batch is laid out with one masked assignment per column.
+    """
     targets = labels[:, 1:] != IGNORE_INDEX
-    k = next((len(f["teacher_topk_ids"][0]) for f in features if f["teacher_topk_ids"]), 1)
-    out = {
-        "teacher_topk_ids": torch.zeros(*targets.shape, k, dtype=torch.long),
-        "teacher_topk_logprobs": torch.zeros(*targets.shape, k),
-        "teacher_tail_logprob": torch.zeros(targets.shape),
-    }
-    for row, feature in enumerate(features):
-        mask = targets[row]
-        n = int(mask.sum())
-        if len(feature["teacher_topk_ids"]) != n:
+    counts = targets.sum(-1).tolist()
+    k = next((len(f["teacher_topk_ids"]) // n for f, n in zip(features, counts) if n), 1)
+    for row, (feature, n) in enumerate(zip(features, counts)):
+        if len(feature["teacher_tail_logprob"]) != n or len(feature["teacher_topk_ids"]) != n * k:
             name = ids[row] if ids is not None else row
             raise ValueError(
-                f"example {name}: the teacher cache holds {len(feature['teacher_topk_ids'])} target tokens but its "
-                f"labels have {n}; the cache was built for other data"
+                f"example {name}: the teacher cache holds {len(feature['teacher_tail_logprob'])} target tokens but "
+                f"its labels have {n}; the cache was built for other data"
             )
-        for key, values in out.items():
-            # The reshape gives an example without targets (an empty list) the (0, K) shape its slot has.
-            values[row][mask] = torch.tensor(feature[key], dtype=values.dtype).reshape(n, *values.shape[2:])
+    out = {}
+    for key, dtype, trailing in (
+        ("teacher_topk_ids", torch.long, (k,)),
+        ("teacher_topk_logprobs", torch.float32, (k,)),
+        ("teacher_tail_logprob", torch.float32, ()),
+    ):
+        np_dtype = np.float32 if dtype.is_floating_point else np.int64
+        values = np.concatenate([np.asarray(f[key], dtype=np_dtype) for f in features]).reshape(-1, *trailing)
+        out[key] = torch.zeros(*targets.shape, *trailing, dtype=dtype)
+        out[key][targets] = torch.from_numpy(values)
     return out
 
 

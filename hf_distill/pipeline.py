@@ -4,7 +4,7 @@ import logging
 import os
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
 
 from .arguments import DataArguments, ModelArguments
 from .checkpoints import last_complete_checkpoint
@@ -82,8 +82,13 @@ def check_models_fit(model_args: ModelArguments, config: DistillConfig, tokenize
         check_vocab_sizes(student.get_text_config().vocab_size, teacher.get_text_config().vocab_size, len(tokenizer))
 
 
-def run_training(model_args: ModelArguments, data_args: DataArguments, config: DistillConfig) -> dict:
-    """Train, evaluate and save as the HF example scripts do; returns the final metrics."""
+def build_trainer(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    config: DistillConfig,
+    callbacks: list[TrainerCallback] | None = None,
+) -> DistillTrainer:
+    """Checks, tokenizer, data (with the teacher cache when set), teacher and student, and the trainer over them."""
     set_seed(config.seed)
     tokenizer = load_tokenizer(model_args, config)
     check_models_fit(model_args, config, tokenizer)
@@ -103,7 +108,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         teacher = teachers if isinstance(config.teacher_model_name_or_path, list) else teachers[0]
     student = load_student(model_args, config)
 
-    trainer = DistillTrainer(
+    return DistillTrainer(
         model=student,
         teacher_model=teacher,
         args=config,
@@ -111,8 +116,14 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         data_collator=DistillDataCollator(tokenizer),
+        callbacks=callbacks,
     )
 
+
+def run_training(model_args: ModelArguments, data_args: DataArguments, config: DistillConfig) -> dict:
+    """Train, evaluate and save as the HF example scripts do; returns the final metrics."""
+    trainer = build_trainer(model_args, data_args, config)
+    eval_dataset = trainer.eval_dataset
     checkpoint = config.resume_from_checkpoint
     if checkpoint is None and os.path.isdir(config.output_dir):
         checkpoint = last_complete_checkpoint(config.output_dir)

@@ -4,7 +4,9 @@
 (`datasets` datasets saved with `save_to_disk`, one row per training example, in the order of the tokenized train
 split). A row holds, for each position whose next token is a target (labels[1:] != -100), the teacher's `top_k`
 token ids (int32), their log-probabilities at temperature 1 and the log of the remaining mass (`tail_logprob`), over
-the tokenizer's `len(tokenizer)` tokens. An ensemble of teachers is cached as its combined distribution at
+the tokenizer's `len(tokenizer)` tokens. The ids and log-probabilities of a row's n targets are stored flat, n * top_k
+values in target order: flat lists convert from Arrow to numpy in one piece, nested ones element by element, which
+cost more than a training step. An ensemble of teachers is cached as its combined distribution at
 temperature 1. Each shard is written under a temporary name and renamed when complete, so a killed build leaves only
 whole shards, and a rerun skips them. Under `accelerate launch` with N processes, process i writes shards i, i + N,
 i + 2N, ..., each with its own copy of the teacher.
@@ -37,8 +39,8 @@ MANIFEST = "manifest.json"
 _FEATURES = Features(
     {
         "id": Value("string"),
-        "teacher_topk_ids": List(List(Value("int32"))),
-        "teacher_topk_logprobs": List(List(Value("float32"))),
+        "teacher_topk_ids": List(Value("int32")),
+        "teacher_topk_logprobs": List(Value("float32")),
         "teacher_tail_logprob": List(Value("float32")),
     }
 )
@@ -107,8 +109,8 @@ def teacher_topk(teacher, rows: list[dict], top_k: int, vocab_size: int, pad_id:
         logprobs, ids = lp[: len(valid)][valid].topk(top_k, dim=-1)
         # The clamp keeps rounding (top-k summing to a hair over 1) from turning the tail into NaN: log(0) = -inf.
         tail = torch.log1p(-logprobs.exp().sum(-1).clamp(max=1.0))
-        columns["teacher_topk_ids"].append(ids.to(torch.int32).tolist())
-        columns["teacher_topk_logprobs"].append(logprobs.tolist())
+        columns["teacher_topk_ids"].append(ids.to(torch.int32).flatten().tolist())
+        columns["teacher_topk_logprobs"].append(logprobs.flatten().tolist())
         columns["teacher_tail_logprob"].append(tail.tolist())
     return columns
 
@@ -201,15 +203,21 @@ def _write_shard(teacher, rows: Dataset, top_k: int, batch_size: int, tokenizer,
     save_shard(Dataset.from_dict(columns, features=_FEATURES), _shard_path(cache_dir, index))
 
 
-def cache_size_report(cache_dir: str) -> str:
-    """Size on disk of a finished cache: bytes in all, and per cached target token."""
-    manifest, rows = load_teacher_cache(cache_dir)
+def cache_size(cache_dir: str) -> tuple[int, int]:
+    """Bytes on disk of a finished cache and the number of target tokens it holds."""
+    _, rows = load_teacher_cache(cache_dir)
     tokens = pc.sum(pc.list_value_length(rows.data.column("teacher_tail_logprob"))).as_py() or 0
     size = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(cache_dir) for name in names)
-    per_token = size / max(tokens, 1)
+    return size, tokens
+
+
+def cache_size_report(cache_dir: str) -> str:
+    with open(os.path.join(cache_dir, MANIFEST)) as f:
+        manifest = json.load(f)
+    size, tokens = cache_size(cache_dir)
     return (
         f"cache {cache_dir}: {manifest['num_examples']} examples, {tokens} target tokens, top_k={manifest['top_k']}, "
-        f"{size} bytes on disk ({per_token:.0f} bytes per target token)"
+        f"{size} bytes on disk ({size / max(tokens, 1):.0f} bytes per target token)"
     )
 
 
@@ -257,4 +265,6 @@ def attach_teacher_cache(
     cache_dir = config.teacher_cache_dir
     manifest, rows = load_teacher_cache(cache_dir)
     _check_manifest(manifest, _expected_manifest(data_args, config, tokenizer, train_dataset), cache_dir)
-    return concatenate_datasets([train_dataset, rows.remove_columns("id")], axis=1)
+    attached = concatenate_datasets([train_dataset, rows.remove_columns("id")], axis=1)
+    # Numpy arrays straight from Arrow: building nested Python lists of every row's top-k costs more than the step.
+    return attached.with_format("numpy", columns=list(CACHE_COLUMNS), output_all_columns=True)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ import hf_distill.teacher_cache
 from hf_distill import DistillTrainer
 from hf_distill.arguments import DataArguments
 from hf_distill.cli import main
-from hf_distill.data import prepare_datasets
+from hf_distill.data import layout_cached_teacher, prepare_datasets
 from hf_distill.teacher_cache import MANIFEST, load_teacher_cache
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -45,7 +46,7 @@ def test_cache_holds_the_teachers_topk(workspace):
     assert manifest["top_k"] == 8 and manifest["num_examples"] == 32 and manifest["max_length"] == 1024
     assert manifest["teacher_model_name_or_path"] == [str(tmp_path / "teacher")]
     assert sorted(os.listdir(tmp_path / "cache")) == [MANIFEST, *(f"shard-0000{i}" for i in range(4))]
-    assert rows.features["teacher_topk_ids"].feature.feature.dtype == "int32"
+    assert rows.features["teacher_topk_ids"].feature.dtype == "int32"
 
     train, _ = prepare_datasets(DataArguments(dataset_name=str(tmp_path / "data")), word_tokenizer())
     teacher = AutoModelForCausalLM.from_pretrained(tmp_path / "teacher")
@@ -55,8 +56,9 @@ def test_cache_holds_the_teachers_topk(workspace):
         log_p = F.log_softmax(teacher(input_ids=torch.tensor([example["input_ids"]])).logits[0, :-1], dim=-1)
     valid = torch.tensor(example["labels"][1:]) != -100
     logprobs, ids = log_p[valid].topk(8, dim=-1)
-    assert torch.equal(torch.tensor(cached["teacher_topk_ids"]), ids)
-    torch.testing.assert_close(torch.tensor(cached["teacher_topk_logprobs"]), logprobs, rtol=1e-5, atol=1e-5)
+    assert torch.equal(torch.tensor(cached["teacher_topk_ids"]).view(-1, 8), ids)
+    cached_logprobs = torch.tensor(cached["teacher_topk_logprobs"]).view(-1, 8)
+    torch.testing.assert_close(cached_logprobs, logprobs, rtol=1e-5, atol=1e-5)
     tail = torch.tensor(cached["teacher_tail_logprob"])
     torch.testing.assert_close(tail.exp() + logprobs.exp().sum(-1), torch.ones(len(ids)), rtol=0, atol=1e-5)
 
@@ -174,8 +176,9 @@ def test_ensemble_cache_holds_the_combined_distribution(workspace, mode, capsys)
         combined = F.log_softmax(0.75 * log_p[0] + 0.25 * log_p[1], dim=-1)
     valid = torch.tensor(example["labels"][1:]) != -100
     logprobs, ids = combined[valid].topk(8, dim=-1)
-    assert torch.equal(torch.tensor(rows[3]["teacher_topk_ids"]), ids)
-    torch.testing.assert_close(torch.tensor(rows[3]["teacher_topk_logprobs"]), logprobs, rtol=1e-5, atol=1e-5)
+    assert torch.equal(torch.tensor(rows[3]["teacher_topk_ids"]).view(-1, 8), ids)
+    cached_logprobs = torch.tensor(rows[3]["teacher_topk_logprobs"]).view(-1, 8)
+    torch.testing.assert_close(cached_logprobs, logprobs, rtol=1e-5, atol=1e-5)
 
     main(["train", recipe, "--teacher_cache_dir", str(tmp_path / "cache"), "--max_steps", "2"])
     assert any("kd_loss" in log for log in train_logs(tmp_path / "out"))
@@ -249,3 +252,24 @@ def test_cache_dir_without_cached_batches_is_an_error(tmp_path):
     assert trainer.teacher_model is None
     with pytest.raises(ValueError, match="but the training batches carry no cached teacher"):
         trainer.train()
+
+
+def test_collator_lays_the_cache_onto_the_targets():
+    """Flat per-example rows (lists, or numpy arrays as the cache's format gives them) land on the target positions
+    of the padded batch; an example whose cache holds another number of targets is refused."""
+    labels = torch.tensor([[-100, 5, -100, 7, -100], [-100, -100, 9, -100, -100]])
+    features = [
+        {"teacher_topk_ids": [1, 2, 3, 4], "teacher_topk_logprobs": [-0.1, -0.2, -0.3, -0.4],
+         "teacher_tail_logprob": [-5.0, -6.0]},
+        {"teacher_topk_ids": np.array([8, 9]), "teacher_topk_logprobs": np.array([-0.5, -0.6]),
+         "teacher_tail_logprob": np.array([-7.0])},
+    ]  # fmt: skip
+    out = layout_cached_teacher(labels, features, ["a", "b"])
+    assert out["teacher_topk_ids"].shape == (2, 4, 2)
+    assert out["teacher_topk_ids"][0, 0].tolist() == [1, 2] and out["teacher_topk_ids"][0, 2].tolist() == [3, 4]
+    assert out["teacher_topk_ids"][1, 1].tolist() == [8, 9]
+    torch.testing.assert_close(out["teacher_topk_logprobs"][0, 2], torch.tensor([-0.3, -0.4]))
+    assert out["teacher_tail_logprob"].tolist() == [[-5.0, 0.0, -6.0, 0.0], [0.0, -7.0, 0.0, 0.0]]
+    features[1]["teacher_tail_logprob"] = np.array([-7.0, -8.0])
+    with pytest.raises(ValueError, match="example b: the teacher cache holds 2 target tokens but its labels have 1"):
+        layout_cached_teacher(labels, features, ["a", "b"])
