@@ -38,7 +38,17 @@ def supports_hidden_states(model: nn.Module) -> bool:
 
 def _full(tensor: torch.Tensor | None) -> torch.Tensor | None:
     # An FSDP2 parameter read outside its module's forward may still be a shard; the loss needs the whole matrix.
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+    if isinstance(tensor, DTensor):
+        return tensor.full_tensor()
+    # A DeepSpeed ZeRO-3 one is an empty partition there, and gathering it would leave its gradient no partition to
+    # land in: the trainer takes the dense path under ZeRO-3, and anything else reading the head fails here, loudly.
+    full_shape = getattr(tensor, "ds_shape", None)
+    if full_shape is not None and tensor.shape != full_shape:
+        raise ValueError(
+            f"the LM head holds a DeepSpeed ZeRO-3 partition of shape {tuple(tensor.shape)} (full shape "
+            f"{tuple(full_shape)}), which the chunked loss cannot read; set loss_chunk_size=0 under ZeRO-3"
+        )
+    return tensor
 
 
 def lm_head(model: nn.Module) -> LMHead:

@@ -63,7 +63,9 @@ def output_width(model: PreTrainedModel) -> int:
     """Number of logits the model produces per position."""
     head = model.get_output_embeddings()
     if head is not None and getattr(head, "weight", None) is not None:
-        return head.weight.shape[0]
+        # A DeepSpeed ZeRO-3 parameter outside its module's forward is an empty partition (`shape` [0]); `ds_shape`
+        # keeps the full one.
+        return getattr(head.weight, "ds_shape", head.weight.shape)[0]
     return model.config.get_text_config().vocab_size
 
 

@@ -1,8 +1,13 @@
 """Skipping optimizer steps whose gradients hold NaN or inf, and stopping a run that keeps producing them."""
 
+import logging
+
 import torch
+from accelerate.utils import DistributedType
 from torch.distributed.tensor import DTensor
 from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -24,14 +29,26 @@ class NonFiniteGuard(TrainerCallback):
     its examples.
 
     The decision is reduced over processes, so every rank skips (or raises) together and none waits on the others.
+
+    Not under DeepSpeed, which it says once when built: the engine owns the gradients (`p.grad` stays None) and
+    takes the optimizer step inside `backward`, before any callback runs, so there is nothing to inspect or skip.
     """
 
     def __init__(self, trainer, max_steps: int):
         self.trainer = trainer
         self.max_steps = max_steps
         self.consecutive = 0
+        self.enforced = trainer.accelerator.distributed_type != DistributedType.DEEPSPEED
+        if not self.enforced and trainer.accelerator.is_main_process:
+            logger.warning(
+                f"max_nonfinite_steps={max_steps} is not enforced under DeepSpeed: the engine owns the gradients and "
+                "steps inside backward, so hf_distill neither skips nor counts steps with NaN or inf gradients "
+                "(DeepSpeed's fp16 dynamic loss scaling skips steps whose gradients overflow)"
+            )
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if not self.enforced:
+            return
         accelerator = self.trainer.accelerator
         bad = (~_all_finite(self.trainer.model)).to(accelerator.device).float()
         if accelerator.num_processes > 1:

@@ -19,11 +19,12 @@ def deepspeed_inference_config(train_config: dict[str, Any], hidden_size: int | 
     zero = config.setdefault("zero_optimization", {})
     stage = zero.get("stage", 0)
     if stage == 3 and hidden_size is not None:
-        config.update(
+        # DeepSpeed reads these inside the `zero_optimization` block only; a dotted top-level key is ignored.
+        zero.update(
             {
-                "zero_optimization.reduce_bucket_size": hidden_size * hidden_size,
-                "zero_optimization.stage3_param_persistence_threshold": 10 * hidden_size,
-                "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
+                "reduce_bucket_size": hidden_size * hidden_size,
+                "stage3_param_persistence_threshold": 10 * hidden_size,
+                "stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
             }
         )
     config.pop("optimizer", None)
@@ -32,6 +33,13 @@ def deepspeed_inference_config(train_config: dict[str, Any], hidden_size: int | 
     if stage != 3:
         zero["stage"] = 0
     return config
+
+
+def is_deepspeed_zero3(accelerator: Accelerator) -> bool:
+    """Whether the engine is DeepSpeed ZeRO-3, whose parameters outside their module's forward are empty partitions."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return False
+    return accelerator.state.deepspeed_plugin.zero_stage == 3
 
 
 def _hidden_size(model: nn.Module) -> int | None:

@@ -1,6 +1,7 @@
 """A training process that a test kills with SIGKILL at a chosen point; used by test_faults.py.
 
-python tests/fault_run.py OUT_DIR MAX_STEPS {none,after_checkpoint,mid_checkpoint,mid_final_save} [KILL_STEP]
+python tests/fault_run.py OUT_DIR MAX_STEPS {none,after_checkpoint,mid_checkpoint,before_marker,mid_final_save}
+    [KILL_STEP] [SAVE_TOTAL_LIMIT]
 """
 
 import os
@@ -11,6 +12,7 @@ import torch
 from conftest import pad_collator, tiny_llama, variable_length_dataset
 from test_trainer import make_args
 
+import hf_distill.trainer
 from hf_distill import DistillTrainer
 
 
@@ -18,12 +20,17 @@ def kill_self():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def main(out_dir: str, max_steps: int, mode: str, kill_step: int) -> None:
+def main(out_dir: str, max_steps: int, mode: str, kill_step: int, save_total_limit: int | None) -> None:
     trainer = DistillTrainer(
         model=tiny_llama(seed=1, hidden=32, layers=1),
         teacher_model=tiny_llama(seed=2, hidden=48, layers=2),
         args=make_args(
-            out_dir, max_steps=max_steps, per_device_train_batch_size=2, save_strategy="steps", save_steps=1
+            out_dir,
+            max_steps=max_steps,
+            per_device_train_batch_size=2,
+            save_strategy="steps",
+            save_steps=1,
+            save_total_limit=save_total_limit,
         ),
         train_dataset=variable_length_dataset(),
         data_collator=pad_collator,
@@ -49,6 +56,16 @@ def main(out_dir: str, max_steps: int, mode: str, kill_step: int) -> None:
             save_optimizer(*args, **kwargs)
 
         trainer._save_optimizer_and_scheduler = die_before_optimizer
+    elif mode == "before_marker":
+        # Every file of the checkpoint is written, the marker is not: Trainer's own rotation has run by now.
+        mark_complete = hf_distill.trainer.mark_complete
+
+        def die_before_marker(checkpoint_dir, step):
+            if step == kill_step:
+                kill_self()
+            mark_complete(checkpoint_dir, step)
+
+        hf_distill.trainer.mark_complete = die_before_marker
     elif mode == "mid_final_save":
 
         def die_in_final_save(output_dir=None, *args, **kwargs):
@@ -67,4 +84,10 @@ def main(out_dir: str, max_steps: int, mode: str, kill_step: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else -1)
+    main(
+        sys.argv[1],
+        int(sys.argv[2]),
+        sys.argv[3],
+        int(sys.argv[4]) if len(sys.argv) > 4 else -1,
+        int(sys.argv[5]) if len(sys.argv) > 5 else None,
+    )

@@ -1,14 +1,18 @@
 """Faults: NaN/inf steps are skipped and a run that keeps producing them stops with the step and example ids."""
 
+import logging
+import types
+
 import pytest
 import torch
+from accelerate.utils import DistributedType
 from conftest import tiny_llama, variable_length_dataset, word_tokenizer
 from test_trainer import assert_same_weights, make_args, weights
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerState
 
 from hf_distill import DistillTrainer
 from hf_distill.data import DistillDataCollator
-from hf_distill.nonfinite_guard import NonFiniteLossError
+from hf_distill.nonfinite_guard import NonFiniteGuard, NonFiniteLossError
 
 
 class WeightRecorder(TrainerCallback):
@@ -63,3 +67,33 @@ def test_max_nonfinite_steps_zero_stops_at_the_first(tmp_path):
     trainer = nan_trainer(tmp_path, bad_steps={1}, max_nonfinite_steps=0)
     with pytest.raises(NonFiniteLossError, match="step 1"):
         trainer.train()
+
+
+def guard_on(distributed_type, max_steps=0):
+    """A NonFiniteGuard on a fake trainer whose model holds a NaN gradient."""
+    model = tiny_llama(seed=1)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    accelerator = types.SimpleNamespace(
+        distributed_type=distributed_type, is_main_process=True, num_processes=1, device=torch.device("cpu")
+    )
+    trainer = types.SimpleNamespace(accelerator=accelerator, model=model, step_example_ids=lambda: ["ex-0"])
+    return NonFiniteGuard(trainer, max_steps), model
+
+
+def test_guard_says_it_is_not_enforced_under_deepspeed(caplog):
+    # DeepSpeed steps inside backward and keeps the gradients itself: the guard must not pretend to skip anything.
+    with caplog.at_level(logging.WARNING, logger="hf_distill.nonfinite_guard"):
+        guard, model = guard_on(DistributedType.DEEPSPEED)
+    assert "max_nonfinite_steps=0 is not enforced under DeepSpeed" in caplog.text
+    guard.on_pre_optimizer_step(None, TrainerState(), None)
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_guard_acts_without_deepspeed(caplog):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.nonfinite_guard"):
+        guard, model = guard_on(DistributedType.NO)
+    assert "not enforced" not in caplog.text
+    with pytest.raises(NonFiniteLossError, match=r"step 1: .*examples of step 1: ex-0"):
+        guard.on_pre_optimizer_step(None, TrainerState(), None)
+    assert all(p.grad is None for p in model.parameters())

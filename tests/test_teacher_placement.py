@@ -3,11 +3,17 @@
 import sys
 import types
 
+import pytest
 import torch
 from accelerate.utils import DistributedType
-from conftest import tiny_llama
+from conftest import VOCAB, pad_collator, tiny_llama, variable_length_dataset
+from test_trainer import make_args
 
-from hf_distill.teacher_placement import deepspeed_inference_config, place_teacher
+import hf_distill.trainer
+from hf_distill import DistillTrainer
+from hf_distill.hidden_states import lm_head
+from hf_distill.modeling import check_vocabularies, output_width
+from hf_distill.teacher_placement import deepspeed_inference_config, is_deepspeed_zero3, place_teacher
 
 ZERO3 = {
     "train_micro_batch_size_per_gpu": 4,
@@ -16,6 +22,7 @@ ZERO3 = {
     "scheduler": {"type": "WarmupLR"},
     "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"}},
 }
+SIZED = ("reduce_bucket_size", "stage3_param_persistence_threshold", "stage3_prefetch_bucket_size")
 
 
 def test_zero3_teacher_is_sharded_without_training_blocks():
@@ -24,13 +31,19 @@ def test_zero3_teacher_is_sharded_without_training_blocks():
     assert "optimizer" not in config and "scheduler" not in config
     assert "offload_optimizer" not in config["zero_optimization"]
     assert config["zero_optimization"]["offload_param"] == {"device": "cpu"}
-    assert config["zero_optimization.stage3_param_persistence_threshold"] == 640
+    # DeepSpeed reads the ZeRO settings inside `zero_optimization` only; a dotted top-level key would be ignored.
+    assert {k: config["zero_optimization"][k] for k in SIZED} == {
+        "reduce_bucket_size": 64 * 64,
+        "stage3_param_persistence_threshold": 640,
+        "stage3_prefetch_bucket_size": int(0.9 * 64 * 64),
+    }
+    assert not any("." in key for key in config)
     assert ZERO3["optimizer"] == {"type": "AdamW"}, "the training config must not be modified"
 
 
 def test_zero2_teacher_is_a_full_copy():
     config = deepspeed_inference_config({"zero_optimization": {"stage": 2}}, hidden_size=64)
-    assert config["zero_optimization"]["stage"] == 0
+    assert config["zero_optimization"] == {"stage": 0}
 
 
 def fake_accelerator(distributed_type, **extra):
@@ -66,3 +79,54 @@ def test_ddp_and_single_device_teacher_is_a_frozen_copy_on_the_device():
     placed = place_teacher(teacher, fake_accelerator(DistributedType.MULTI_GPU))
     assert placed is teacher and not placed.training
     assert not any(p.requires_grad for p in placed.parameters())
+
+
+def zero3_accelerator(stage):
+    plugin = types.SimpleNamespace(zero_stage=stage)
+    return fake_accelerator(DistributedType.DEEPSPEED, state=types.SimpleNamespace(deepspeed_plugin=plugin))
+
+
+def test_only_deepspeed_stage_3_counts_as_zero3():
+    assert is_deepspeed_zero3(zero3_accelerator(3))
+    assert not is_deepspeed_zero3(zero3_accelerator(2))
+    assert not is_deepspeed_zero3(fake_accelerator(DistributedType.MULTI_GPU))
+    assert not is_deepspeed_zero3(fake_accelerator(DistributedType.FSDP))
+
+
+def zero3_partitioned_head(model):
+    """The LM head as ZeRO-3 leaves it outside forward: an empty partition, the full shape in `ds_shape`."""
+    full_shape = model.lm_head.weight.shape
+    model.lm_head.weight = torch.nn.Parameter(torch.empty(0))
+    model.lm_head.weight.ds_shape = full_shape
+    return model
+
+
+def test_zero3_partitioned_head_keeps_its_vocabulary_width():
+    student = zero3_partitioned_head(tiny_llama(seed=1))
+    assert output_width(student) == VOCAB
+    assert check_vocabularies(student, tiny_llama(seed=2), tokenizer_size=VOCAB) == VOCAB
+
+
+def test_chunked_loss_refuses_a_zero3_partitioned_head():
+    with pytest.raises(ValueError, match=r"ZeRO-3 partition of shape \(0,\).*set loss_chunk_size=0"):
+        lm_head(zero3_partitioned_head(tiny_llama(seed=1)))
+
+
+@pytest.mark.parametrize("zero3", [False, True])
+def test_zero3_training_takes_the_dense_path(tmp_path, monkeypatch, zero3):
+    decided_on = []
+
+    def fake_is_deepspeed_zero3(accelerator):
+        decided_on.append(accelerator)
+        return zero3
+
+    monkeypatch.setattr(hf_distill.trainer, "is_deepspeed_zero3", fake_is_deepspeed_zero3)
+    trainer = DistillTrainer(
+        model=tiny_llama(seed=1),
+        teacher_model=tiny_llama(seed=2),
+        args=make_args(tmp_path, loss_chunk_size=256),
+        train_dataset=variable_length_dataset(),
+        data_collator=pad_collator,
+    )
+    assert decided_on == [trainer.accelerator]
+    assert trainer._chunked_loss_for("train") is not zero3
