@@ -121,11 +121,12 @@ class _BackgroundCSVWriter:
 class MetricsCSVCallback(TrainerCallback):
     """Appends each log of the main process to `output_dir/metrics.csv` (columns `COLUMNS`, `split` train or eval).
 
-    `DistillTrainer` registers it when `args.metrics_csv` is true. Rows are written by a background thread, so training
-    never waits on the disk, except before each checkpoint and at the end of training, where the files are flushed
-    and fsync'ed: a checkpoint is never ahead of them. When training resumes from checkpoint-N, the rows past step N
-    that the interrupted run left in `metrics.csv` (and in the `samples.csv` of `sample_log`) are dropped first, so the
-    files hold each step once, and `elapsed_seconds` continues from the last row kept.
+    `DistillTrainer` always registers it, with `write_metrics=args.metrics_csv`: `samples.csv` needs its flushes and
+    resume handling even when `metrics.csv` is off. Rows are written by a background thread, so training never waits
+    on the disk, except before each checkpoint and at the end of training, where the files are flushed and fsync'ed:
+    a checkpoint is never ahead of them. When training resumes from checkpoint-N, the rows past step N that the
+    interrupted run left in `metrics.csv` (and in the `samples.csv` of `sample_log`) are dropped first, so the files
+    hold each step once, and `elapsed_seconds` continues from the last row kept.
 
     Args:
         tokens_seen (`Callable[[], int]`, *optional*):
@@ -134,11 +135,19 @@ class MetricsCSVCallback(TrainerCallback):
             saves excluded). Without it the column stays empty.
         sample_log (`SampleLog`, *optional*):
             The trainer's per-example log: flushed at every checkpoint and truncated on resume like `metrics.csv`.
+        write_metrics (`bool`, *optional*, defaults to `True`):
+            Whether to write `metrics.csv`; when false, the callback only keeps `sample_log` in step with checkpoints.
     """
 
-    def __init__(self, tokens_seen: Callable[[], int] | None = None, sample_log: SampleLog | None = None):
+    def __init__(
+        self,
+        tokens_seen: Callable[[], int] | None = None,
+        sample_log: SampleLog | None = None,
+        write_metrics: bool = True,
+    ):
         self.tokens_seen = tokens_seen
         self.sample_log = sample_log
+        self.write_metrics = write_metrics
         self._writer: _BackgroundCSVWriter | None = None
         self._training = False
         self._start: float | None = None
@@ -153,7 +162,9 @@ class MetricsCSVCallback(TrainerCallback):
             return
         self._close()
         # state.global_step is already the checkpoint's step here: Trainer loads the state before this event.
-        last = truncate_csv(os.path.join(args.output_dir, METRICS_FILE), state.global_step)
+        last = None
+        if self.write_metrics:
+            last = truncate_csv(os.path.join(args.output_dir, METRICS_FILE), state.global_step)
         if self.sample_log is not None:
             truncate_csv(self.sample_log.path, state.global_step)
         # Rows are appended in time order: the last one kept carries the clock of the interrupted run.
@@ -170,7 +181,7 @@ class MetricsCSVCallback(TrainerCallback):
         self._flush_if_saving(state, control)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
+        if state.is_world_process_zero and logs and self.write_metrics:
             self._write(args, state, logs)
         self._flush_if_saving(state, control)
 

@@ -14,6 +14,11 @@ class SampleLog:
 
     Values are per-token means over the example's target tokens. Rows are gathered from every process with
     `gather_for_metrics`, which also drops the duplicates that pad an uneven last evaluation batch.
+
+    Examples are named by the batch's `id`s. Evaluation batches without ids are named by their index in the eval
+    dataset: its sampler is sequential and process p's k-th batch is the dataset's batch k * processes + p, so the
+    gathered rows of each round of batches, padding dropped, come in dataset order and a running count is the index.
+    Training batches are shuffled: without ids, no example could be named.
     """
 
     def __init__(self, accelerator: Accelerator, path: str):
@@ -23,18 +28,25 @@ class SampleLog:
         self._unnamed = 0
 
     def add(self, split: str, step: int, ids: list | None, terms: dict[str, torch.Tensor]) -> None:
+        if ids is None and split == "train":
+            raise ValueError(
+                "track_samples includes 'train', but the training batches carry no 'id' field to name their "
+                "examples: give the train dataset an 'id' column and collate it with hf_distill.data."
+                "DistillDataCollator, or remove 'train' from track_samples"
+            )
         stats = torch.stack([terms["tokens"], terms["ce"], terms["kd"], terms["agree"]], dim=-1).detach().float()
+        stats = self.accelerator.gather_for_metrics(stats).cpu()
         if ids is None:
-            # Without an id column, evaluation order (sequential) makes the running position the example's index.
             ids = [str(self._unnamed + i) for i in range(len(stats))]
             self._unnamed += len(stats)
-        stats = self.accelerator.gather_for_metrics(stats).cpu()
-        ids = self.accelerator.gather_for_metrics(list(ids))
+        else:
+            ids = self.accelerator.gather_for_metrics(list(ids))
         for example_id, (tokens, ce, kd, agree) in zip(ids, stats.tolist()):
             n = max(tokens, 1.0)
             self.rows.append((step, split, example_id, int(tokens), ce / n, kd / n, agree / n))
 
     def flush(self) -> None:
+        # An evaluation ends with a flush: the next one numbers its examples from 0 again.
         self._unnamed = 0
         if not self.rows:
             return

@@ -1,6 +1,7 @@
 """`DistillTrainer`: `transformers.Trainer` with a teacher and a distillation loss."""
 
 import contextlib
+import inspect
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -10,7 +11,7 @@ from accelerate.utils import gather_object
 from torch import nn
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer
 
-from .checkpoints import last_complete_checkpoint, mark_complete
+from .checkpoints import last_complete_checkpoint, mark_complete, rotate_checkpoints
 from .config import DistillConfig
 from .data import CACHE_COLUMNS, DistillDataCollator
 from .ensemble import TeacherEnsemble, check_member_vocabularies, normalized_weights
@@ -28,7 +29,7 @@ from .model_card import render_model_card
 from .modeling import check_vocabularies, load_causal_lm, parse_init_kwargs
 from .nonfinite_guard import NonFiniteGuard
 from .sample_log import SampleLog
-from .teacher_placement import place_teacher
+from .teacher_placement import is_deepspeed_zero3, place_teacher
 
 # Order of the per-token sums accumulated during evaluation.
 _EVAL_SUMS = ("ce", "kd", "agree", "tokens")
@@ -67,12 +68,17 @@ class DistillTrainer(Trainer):
         if not isinstance(args, DistillConfig):
             raise TypeError(f"args must be a DistillConfig, got {type(args).__name__}")
         if args.early_stop_patience is not None:
-            eval_dataset = trainer_args[3] if len(trainer_args) > 3 else trainer_kwargs.get("eval_dataset")
-            if eval_dataset is None:
+            # Trainer's own signature tells which argument is which, however a drop-in script passes them
+            # (positionally, by keyword, or both); they then all go on by keyword.
+            bound = inspect.signature(Trainer.__init__).bind(self, model, args, *trainer_args, **trainer_kwargs)
+            if bound.arguments.get("eval_dataset") is None:
                 raise ValueError(f"early_stop_patience={args.early_stop_patience} needs an eval_dataset")
-            callbacks = list(trainer_kwargs.get("callbacks") or [])
-            callbacks.append(EarlyStoppingCallback(args.early_stop_patience, args.early_stop_min_delta))
-            trainer_kwargs["callbacks"] = callbacks
+            trainer_args = ()
+            trainer_kwargs = {k: v for k, v in bound.arguments.items() if k not in ("self", "model", "args")}
+            trainer_kwargs["callbacks"] = [
+                *(trainer_kwargs.get("callbacks") or []),
+                EarlyStoppingCallback(args.early_stop_patience, args.early_stop_min_delta),
+            ]
 
         self._cached_teacher = args.alpha < 1.0 and args.teacher_cache_dir is not None
         teacher = self._load_teacher(teacher_model, args) if args.alpha < 1.0 and not self._cached_teacher else None
@@ -101,18 +107,23 @@ class DistillTrainer(Trainer):
         self._train_sums = torch.zeros(2, device=self.args.device)
         self._train_window_start: int | None = None
         self._eval_sums = torch.zeros(len(_EVAL_SUMS), device=self.args.device)
-        # A TeacherEnsemble has no LM head of its own, so ensembles take the dense path.
-        self._chunked_loss_ok = args.loss_chunk_size > 0 and all(
-            supports_hidden_states(self.accelerator.unwrap_model(m))
-            for m in (self.model, self.teacher_model)
-            if m is not None
+        # A TeacherEnsemble has no LM head of its own, so ensembles take the dense path. So does DeepSpeed ZeRO-3: the
+        # chunked loss reads the LM head's weight outside its module's forward, where ZeRO-3 holds an empty partition,
+        # and a weight gathered there would leave the gradient the loss computes for it no partition to land in.
+        self._chunked_loss_ok = (
+            args.loss_chunk_size > 0
+            and not is_deepspeed_zero3(self.accelerator)
+            and all(
+                supports_hidden_states(self.accelerator.unwrap_model(m))
+                for m in (self.model, self.teacher_model)
+                if m is not None
+            )
         )
         self._step_ids: list = []
         self.add_callback(NonFiniteGuard(self, self.args.max_nonfinite_steps))
         self._sample_log = SampleLog(self.accelerator, os.path.join(self.args.output_dir, "samples.csv"))
         self._target_tokens_seen = torch.zeros((), dtype=torch.long, device=self.args.device)
-        if args.metrics_csv:
-            self.add_callback(MetricsCSVCallback(self.target_tokens_seen, self._sample_log))
+        self.add_callback(MetricsCSVCallback(self.target_tokens_seen, self._sample_log, args.metrics_csv))
 
     @staticmethod
     def _load_teacher(
@@ -134,12 +145,21 @@ class DistillTrainer(Trainer):
     # ---- checkpoints ----
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        # Trainer rotates at the end of its own save, before the new checkpoint is complete: a crash there could
+        # leave no complete checkpoint, and rank 0 could delete the old one while other ranks still write the new one.
+        # Rotation waits until the new checkpoint is marked complete, and counts complete checkpoints only.
+        save_total_limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = save_total_limit
         # Every process has written its part (model shards, RNG state) before the checkpoint is declared complete.
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            path = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            run_dir = self._get_output_dir(trial=trial)
+            path = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
             mark_complete(path, self.state.global_step)
+            rotate_checkpoints(run_dir, save_total_limit, path, self.state.best_model_checkpoint)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """`Trainer.train`; `resume_from_checkpoint=True` takes the last *complete* checkpoint in `output_dir`."""
@@ -222,8 +242,10 @@ class DistillTrainer(Trainer):
             if mode in self.args.track_samples:
                 self._sample_log.add(mode, self.state.global_step + model.training, inputs.get("id"), terms)
             if mode == "eval":
-                sums = torch.stack([ce.detach(), kd.detach(), terms["agree"].sum(), n_tokens])
-                self._eval_sums += sums.to(self._eval_sums.device)
+                # Summed after gather_for_metrics, which drops the duplicates that pad an uneven last batch across
+                # processes: the sums are global and count each example once.
+                per_example = torch.stack([terms[name] for name in _EVAL_SUMS], dim=-1).detach()
+                self._eval_sums += self.accelerator.gather_for_metrics(per_example).sum(0).to(self._eval_sums.device)
 
         if model.training and num_items_in_batch is not None:
             # Each process holds its share of the step's tokens; DDP averages gradients over processes, so
@@ -379,7 +401,7 @@ class DistillTrainer(Trainer):
         self._eval_sums.zero_()
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         self._sample_log.flush()
-        sums = self.accelerator.reduce(self._eval_sums.clone(), reduction="sum")
+        sums = self._eval_sums  # already summed over processes, batch by batch
         ce, kd, agree, tokens = (sums / sums[-1].clamp(min=1)).tolist()
         if sums[-1] > 0:
             prefix = metric_key_prefix

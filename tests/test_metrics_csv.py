@@ -7,11 +7,12 @@ import time
 import types
 
 import pytest
-from conftest import pad_collator, tiny_llama, variable_length_dataset
+from conftest import tiny_llama, variable_length_dataset, word_tokenizer
 from transformers import TrainerControl, TrainerState
 
 from hf_distill import DistillConfig, DistillTrainer
 from hf_distill import metrics_csv as metrics_csv_module
+from hf_distill.data import DistillDataCollator
 from hf_distill.metrics_csv import COLUMNS, EVAL_COLUMNS, TRAIN_COLUMNS, MetricsCSVCallback
 
 N_EVAL = 6
@@ -39,10 +40,15 @@ def make_trainer(output_dir, eval_steps=2, **overrides):
         model=tiny_llama(seed=1, hidden=32, layers=1),
         teacher_model=tiny_llama(seed=2, hidden=48, layers=2),
         args=DistillConfig(**args),
-        train_dataset=variable_length_dataset(),
-        eval_dataset=variable_length_dataset(N_EVAL, seed=3),
-        data_collator=pad_collator,
+        train_dataset=with_ids(variable_length_dataset()),
+        eval_dataset=with_ids(variable_length_dataset(N_EVAL, seed=3)),
+        # Carries the ids through, as in the recipe pipeline: track_samples "train" needs them.
+        data_collator=DistillDataCollator(word_tokenizer()),
     )
+
+
+def with_ids(dataset):
+    return dataset.map(lambda _, i: {"id": str(i)}, with_indices=True)
 
 
 def read_csv(path):
@@ -241,3 +247,19 @@ def test_tensorboard_receives_the_distillation_metrics(tmp_path, monkeypatch):
         assert [s.value for s in scalars] == pytest.approx([value for _, value in logged], rel=1e-6)
     assert len(events.Scalars("train/kd_loss")) == 3
     assert os.listdir(logdir)
+
+
+def test_resume_drops_the_samples_past_the_checkpoint_without_metrics_csv(tmp_path):
+    """`metrics_csv: false` turns off metrics.csv only: a resumed run still writes each step of samples.csv once."""
+    common = dict(save_strategy="steps", save_steps=2, track_samples=["eval", "train"], metrics_csv=False)
+    make_trainer(tmp_path, **common).train()
+    first = read_csv(tmp_path / "samples.csv")[1]
+    assert sorted({int(r["step"]) for r in first}) == [1, 2, 3, 4]
+
+    make_trainer(tmp_path, **common).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert not (tmp_path / "metrics.csv").exists()
+    samples = read_csv(tmp_path / "samples.csv")[1]
+    # Steps 3 and 4 were written by both runs; the resumed run replaced them rather than appending a second copy.
+    assert [(r["step"], r["split"], r["id"]) for r in samples] == [(r["step"], r["split"], r["id"]) for r in first]
+    for resumed, original in zip(samples, first):
+        assert float(resumed["kd_loss"]) == pytest.approx(float(original["kd_loss"]), rel=1e-4)

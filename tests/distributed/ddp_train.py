@@ -1,6 +1,7 @@
 """Train a tiny student under 2 processes and save its weights (rank 0); used by test_ddp.py.
 
 torchrun --nproc_per_node 2 tests/distributed/ddp_train.py OUT_DIR [--per_device_train_batch_size 4 ...]
+torchrun --nproc_per_node 2 tests/distributed/ddp_train.py OUT_DIR --evaluate   # evaluate instead of training
 """
 
 import argparse
@@ -47,7 +48,13 @@ class SyncCounter(TrainerCallback):
         ddp.register_comm_hook(None, hook)
 
 
-def main() -> None:
+# Evaluation: 6 examples at 4 per process, so the second process's only batch holds 2 examples and 2 duplicates
+# that Accelerate pads in (even_batches).
+EVAL_EXAMPLES = 6
+EVAL_BATCH_SIZE = 4
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("output_dir")
     parser.add_argument("--per_device_train_batch_size", type=int, default=4)
@@ -58,11 +65,17 @@ def main() -> None:
     parser.add_argument("--half_masked", action="store_true")
     parser.add_argument("--count_syncs", action="store_true")
     parser.add_argument("--loss_chunk_size", type=int, default=1024)
-    opts = parser.parse_args()
+    parser.add_argument("--evaluate", action="store_true")
+    return parser.parse_args(argv)
+
+
+def build_trainer(opts: argparse.Namespace) -> DistillTrainer:
+    """The run of `opts`; test_ddp.py builds the same one in a single process to compare with."""
     args = DistillConfig(
         output_dir=opts.output_dir,
         use_cpu=True,
         per_device_train_batch_size=opts.per_device_train_batch_size,
+        per_device_eval_batch_size=EVAL_BATCH_SIZE,
         gradient_accumulation_steps=opts.gradient_accumulation_steps,
         max_steps=opts.max_steps,
         learning_rate=1e-3,
@@ -77,20 +90,30 @@ def main() -> None:
         temperature=2.0,
         loss_chunk_size=opts.loss_chunk_size,
     )
-    trainer = DistillTrainer(
+    return DistillTrainer(
         model=tiny_llama(seed=1, hidden=32, layers=1),
         teacher_model=tiny_llama(seed=2, hidden=48, layers=2),
         args=args,
         train_dataset=half_masked_dataset() if opts.half_masked else variable_length_dataset(),
+        eval_dataset=variable_length_dataset(EVAL_EXAMPLES, seed=3) if opts.evaluate else None,
         data_collator=pad_collator,
     )
+
+
+def main() -> None:
+    opts = parse_args()
+    trainer = build_trainer(opts)
     syncs = SyncCounter(trainer)
     if opts.count_syncs:
         trainer.add_callback(syncs)
     # The trap this guards against: two processes that each train alone also finish without an error.
     assert dist.is_initialized() and dist.get_world_size() == 2, "no 2-process group was formed"
     assert trainer.accelerator.num_processes == 2
-    trainer.train(resume_from_checkpoint=opts.resume_from_checkpoint)
+    metrics = None
+    if opts.evaluate:
+        metrics = trainer.evaluate()
+    else:
+        trainer.train(resume_from_checkpoint=opts.resume_from_checkpoint)
 
     flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
     gathered = [torch.empty_like(flat) for _ in range(2)]
@@ -104,6 +127,7 @@ def main() -> None:
             "log_history": trainer.state.log_history,
             "world_size": dist.get_world_size(),
             "syncs": syncs.calls,
+            "metrics": metrics,
         }
         torch.save(result, os.path.join(opts.output_dir, "result.pt"))
     # Both ranks leave together: a rank exiting while the other still talks to gloo aborts ("terminate called").

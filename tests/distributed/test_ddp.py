@@ -1,5 +1,6 @@
 """DDP with 2 CPU processes over gloo: the same weights as one process with the same global batch."""
 
+import csv
 import math
 import os
 import subprocess
@@ -7,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from ddp_train import EVAL_EXAMPLES, build_trainer, parse_args
 from test_trainer import assert_same_weights, train, weights
 
 pytestmark = pytest.mark.distributed
@@ -85,3 +87,26 @@ def test_gradients_sync_only_on_the_last_micro_batch(tmp_path):
     # Twice the micro-batches, the same number of all-reduces: no sync inside an accumulation step.
     assert accumulated["syncs"] == plain["syncs"]
     assert_same_weights(plain["weights"], accumulated["weights"])
+
+
+def test_ddp_evaluation_with_an_uneven_last_batch_equals_single_process(tmp_path):
+    """6 examples at 4 per process: the second process's batch is padded with 2 duplicates, which must not count.
+
+    Metrics and samples.csv (ids named by dataset index, values per example) equal one process evaluating alone."""
+    ddp = run_two_processes(tmp_path / "ddp", "--evaluate")
+    single = build_trainer(parse_args([str(tmp_path / "single"), "--evaluate"]))
+    assert single.accelerator.num_processes == 1
+    metrics = single.evaluate()
+    for key in ("eval_loss", "eval_ce_loss", "eval_kd_loss", "eval_teacher_agreement"):
+        assert ddp["metrics"][key] == pytest.approx(metrics[key], rel=0, abs=1e-6), key
+
+    def samples(run):
+        with open(tmp_path / run / "samples.csv", newline="") as f:
+            return list(csv.DictReader(f))
+
+    ddp_rows, single_rows = samples("ddp"), samples("single")
+    assert [r["id"] for r in ddp_rows] == [r["id"] for r in single_rows] == [str(i) for i in range(EVAL_EXAMPLES)]
+    for ddp_row, single_row in zip(ddp_rows, single_rows):
+        assert ddp_row["tokens"] == single_row["tokens"]
+        for column in ("ce_loss", "kd_loss", "teacher_agreement"):
+            assert float(ddp_row[column]) == pytest.approx(float(single_row[column]), rel=0, abs=1e-6), column

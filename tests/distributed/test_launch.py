@@ -31,6 +31,22 @@ def test_accelerate_launch_cpu_config_trains_with_two_processes(workspace):
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
+def test_accelerate_launch_cpu_config_synchronises_the_two_replicas(workspace):
+    """The recipe's trainer under the same launch, asserting inside the run (launch_train.py, on both ranks) a
+    2-process group and identical student weights on both ranks after training."""
+    tmp_path, recipe = workspace
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", os.path.join(ROOT, "accelerate_configs", "cpu_2proc.yaml"),
+        os.path.join(ROOT, "tests", "distributed", "launch_train.py"), recipe, "--max_steps", "2",
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Printed by each rank only after its checks passed.
+    for rank in (0, 1):
+        assert f"rank {rank} of 2: 2 steps, replicas identical" in result.stdout, result.stdout[-3000:]
+
+
 def test_cache_teacher_with_two_processes_equals_one(workspace):
     """Each process writes its own shards (0, 2 and 1, 3); together they are the cache one process builds."""
     tmp_path, recipe = workspace
