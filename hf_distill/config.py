@@ -29,8 +29,9 @@ class DistillConfig(TrainingArguments):
         teacher_weights (`list[float]`, *optional*, defaults to `None`):
             Weight of each ensemble member, one per teacher, >= 0 with a positive sum, normalised to sum to 1 (`[2,
             1]` is `[2/3, 1/3]`); members of weight 0 are not run. `None` weighs them equally.
-        teacher_model_init_kwargs (`dict`, *optional*, defaults to `{}`):
-            Keyword arguments for loading the teacher, e.g. `{"dtype": "bfloat16"}`.
+        teacher_model_init_kwargs (`dict` or `str`, *optional*, defaults to `None`):
+            Keyword arguments for loading the teacher, e.g. `{"dtype": "bfloat16"}`, or the same as a JSON string (on
+            the command line). `None` passes none.
         alpha (`float`, *optional*, defaults to `0.5`):
             Weight of the cross-entropy term, in [0, 1]. `1.0` is plain fine-tuning: no teacher is loaded or run.
             `0.0` trains on the divergence alone.
@@ -69,15 +70,18 @@ class DistillConfig(TrainingArguments):
             `(chunk, vocab)` buffers) while the matmuls stay large; `benchmarks/loss_memory.py` measured it at
             0.06-0.17x the dense memory and 0.3-0.6x its time on CPU. `0` uses the dense path (full logits, as the
             model returns them). Evaluation is always dense, and so is training with a teacher ensemble (its members'
-            distributions are combined from their full logits).
+            distributions are combined from their full logits) or under DeepSpeed ZeRO-3 (the chunked loss reads the
+            LM head's weight outside the module's forward, where ZeRO-3 holds only an empty partition of it).
         max_nonfinite_steps (`int`, *optional*, defaults to `3`):
             An optimizer step whose gradients hold NaN or inf is skipped (no weight changes); after this many
             consecutive skipped steps training stops with an error naming the step and its example ids. `0` stops at
-            the first.
+            the first. Not enforced under DeepSpeed, which owns the gradients and steps inside backward (a warning
+            says so when the trainer is built; DeepSpeed's fp16 dynamic loss scaling skips overflowing steps itself).
         track_samples (`list[str]`, *optional*, defaults to `["eval"]`):
             When to write per-example CE, KD and teacher agreement to `output_dir/samples.csv`: any of `eval` and
             `train` (every training micro-batch; costs a gather per micro-batch across processes), or `[]` for never.
-            Examples are named by the dataset's `id` column, else by their index.
+            Examples are named by the dataset's `id` column (brought to the batches by `DistillDataCollator`), else,
+            in evaluation, by their index; `train` needs the ids (shuffled batches have no meaningful index).
         metrics_csv (`bool`, *optional*, defaults to `True`):
             Append every training and evaluation log (losses, learning rate, gradient norm, target tokens per second,
             elapsed seconds) to `output_dir/metrics.csv`, from a background thread of the main process. A run resumed

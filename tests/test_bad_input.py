@@ -124,18 +124,40 @@ def test_missing_dataset_path(workspace, capsys, no_weights):
         (["--temperature", "0"], "temperature must be > 0, got temperature=0.0"),
         (["--loss_type", "jsd", "--beta", "1"], "beta must be in (0, 1) for loss_type='jsd', got beta=1.0"),
         (["--skew_lambda", "1"], "skew_lambda must be in [0, 1), got skew_lambda=1.0"),
-        (["--early_stop_patience", "2"], "early_stop_patience=2 needs evaluation"),
-        (["--max_nonfinite_steps", "-1"], "max_nonfinite_steps=-1"),
+        (
+            ["--early_stop_patience", "2"],
+            "early_stop_patience=2 needs evaluation: set eval_strategy to 'steps' or 'epoch' (it is 'no')",
+        ),
+        (["--max_nonfinite_steps", "-1"], "max_nonfinite_steps must be >= 0, got max_nonfinite_steps=-1"),
+        (["--loss_chunk_size", "-1"], "loss_chunk_size must be >= 0 (0 = dense), got loss_chunk_size=-1"),
+        (["--track_samples", "foo"], "track_samples=['foo'] may only hold 'eval' and 'train'"),
+        (
+            ["--teacher_cache_mode", "dense"],
+            "argument --teacher_cache_mode/--teacher-cache-mode: invalid choice: 'dense' (choose from "
+            "'renormalized', 'tail_bucket')",
+        ),
         (["--temperture", "2"], "unknown key 'temperture' in the command line; did you mean 'temperature'?"),
     ],
 )
 def test_bad_config_values(workspace, capsys, no_weights, override, message):
     _, recipe = workspace
-    assert message in error_line(capsys, ["train", recipe, *override])
+    assert error_line(capsys, ["train", recipe, *override]) == f"hf-distill: error: {message}"
+
+
+def test_bad_list_value_in_the_recipe(workspace, capsys, no_weights):
+    """A YAML list reaches the config as a list, not through argparse: the same one line as `--track_samples foo`."""
+    _, recipe = workspace
+    with open(recipe, "a") as f:
+        f.write("track_samples: [foo]\n")
+    line = error_line(capsys, ["train", recipe])
+    assert line == "hf-distill: error: track_samples=['foo'] may only hold 'eval' and 'train'"
 
 
 def test_yaml_syntax_error_names_the_line(workspace, capsys, no_weights):
     tmp_path, _ = workspace
     recipe = tmp_path / "broken.yaml"
     recipe.write_text("alpha: 0.5\nteacher: [a, b\nmax_steps: 3\n")
-    assert "YAML syntax error at line" in error_line(capsys, ["train", str(recipe)])
+    # PyYAML reports where the unclosed flow sequence of line 2 breaks: the ':' after `max_steps` on line 3.
+    assert error_line(capsys, ["train", str(recipe)]) == (
+        f"hf-distill: error: {recipe}: YAML syntax error at line 3, column 10: expected ',' or ']', but got ':'"
+    )

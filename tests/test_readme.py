@@ -36,3 +36,14 @@ def test_readme_test_command_is_what_ci_runs():
     assert command in README and command in ci
     assert 'pip install torch==2.13.0 && pip install -e ".[test]"' in README
     assert "pip install torch==2.13.0" in ci and 'pip install -e ".[test]"' in ci
+    # The environment the tests run under: CI's export line, and the line right above the command in the README.
+    (ci_env,) = re.findall(r"^export .*$", ci, re.M)
+    tests_block = README.split("## Tests", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    assert tests_block.splitlines() == [ci_env, command]
+
+
+def test_layout_lists_every_module():
+    layout = README.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    modules = [name for name in os.listdir(os.path.join(ROOT, "hf_distill")) if name.endswith(".py")]
+    missing = [name for name in modules if name != "__init__.py" and f"`{name}`" not in layout]
+    assert len(modules) > 1 and not missing, missing

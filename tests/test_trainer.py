@@ -8,7 +8,7 @@ import torch
 from conftest import pad_collator, tiny_llama, variable_length_dataset
 from datasets import Dataset
 from safetensors.torch import load_file
-from transformers import PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_distill import DistillConfig, DistillTrainer
@@ -59,11 +59,14 @@ def assert_same_weights(a, b, atol=1e-5):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=key)
 
 
+@pytest.mark.parametrize("loss_chunk_size", [0, 256])
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
-def test_batch_split_invariance(tmp_path, alpha):
-    """8 x 1 and 2 x 4 micro-batches of sequences with different token counts reach the same weights."""
-    whole = train(tmp_path / "a", alpha=alpha, per_device_train_batch_size=8, gradient_accumulation_steps=1)
-    split = train(tmp_path / "b", alpha=alpha, per_device_train_batch_size=2, gradient_accumulation_steps=4)
+def test_batch_split_invariance(tmp_path, alpha, loss_chunk_size):
+    """8 x 1 and 2 x 4 micro-batches of sequences with different token counts reach the same weights, on the dense
+    path (0) and the chunked one."""
+    common = dict(alpha=alpha, loss_chunk_size=loss_chunk_size)
+    whole = train(tmp_path / "a", per_device_train_batch_size=8, gradient_accumulation_steps=1, **common)
+    split = train(tmp_path / "b", per_device_train_batch_size=2, gradient_accumulation_steps=4, **common)
     initial = tiny_llama(seed=1, hidden=32, layers=1).state_dict()
     assert any(not torch.equal(initial[k], v) for k, v in weights(whole).items()), "training changed nothing"
     assert_same_weights(weights(whole), weights(split))
@@ -97,6 +100,23 @@ def test_logged_losses_match_independent_computation(tmp_path):
     assert log["ce_loss"] == pytest.approx(ce.item(), rel=1e-5)
     assert log["kd_loss"] == pytest.approx(kd.item(), rel=1e-5)
     assert log["loss"] == pytest.approx(0.5 * ce.item() + 0.5 * kd.item(), rel=1e-5)
+
+
+def test_logged_losses_are_averaged_over_the_logging_window(tmp_path):
+    """With logging_steps=3, ce_loss and kd_loss are the means of the three steps' values, as loss is, so the logged
+    loss stays alpha * ce_loss + (1 - alpha) * kd_loss; the per-step values come from an identical run logging every
+    step."""
+    alpha = 0.3
+    per_step = train(tmp_path / "every", alpha=alpha, logging_steps=1)
+    windowed = train(tmp_path / "window", alpha=alpha, logging_steps=3)
+    steps = [h for h in per_step.state.log_history if "loss" in h]
+    (window,) = [h for h in windowed.state.log_history if "loss" in h]
+    assert len(steps) == 3 and window["step"] == 3
+    for key in ("loss", "ce_loss", "kd_loss"):
+        values = [h[key] for h in steps]
+        assert len(set(values)) == 3, f"{key} is the same at every step: a window mean would not tell sum from mean"
+        assert window[key] == pytest.approx(sum(values) / 3, rel=1e-5), key
+    assert window["loss"] == pytest.approx(alpha * window["ce_loss"] + (1 - alpha) * window["kd_loss"], rel=1e-5)
 
 
 def test_alpha_one_never_loads_or_calls_teacher(tmp_path):
@@ -218,23 +238,52 @@ def _word_tokenizer(size):
 
 
 def test_evaluation_reports_distillation_metrics(tmp_path):
+    """eval_loss, eval_ce_loss, eval_kd_loss and eval_teacher_agreement are token-weighted means over the eval set,
+    checked against explicit forward passes of both models over the whole set at once. Batches of 3, 3 and 1
+    sequences hold different token counts, so a mean of per-batch means would differ (asserted below)."""
     student = tiny_llama(seed=1)
+    # The student with a perturbed LM head: a teacher that agrees with it on some tokens, not all, nor none.
+    teacher = tiny_llama(seed=1)
+    with torch.no_grad():
+        teacher.lm_head.weight.add_(
+            0.05 * torch.randn(teacher.lm_head.weight.shape, generator=torch.Generator().manual_seed(5))
+        )
+    eval_rows = variable_length_dataset(7, seed=4)
     trainer = DistillTrainer(
         model=student,
-        teacher_model=student,  # the student as its own teacher: zero divergence, full agreement
-        args=make_args(tmp_path, per_device_eval_batch_size=3),
-        eval_dataset=variable_length_dataset(7, seed=4),
+        teacher_model=teacher,
+        args=make_args(tmp_path, per_device_eval_batch_size=3, alpha=0.3),
+        eval_dataset=eval_rows,
         data_collator=pad_collator,
     )
     metrics = trainer.evaluate()
-    assert metrics["eval_kd_loss"] == pytest.approx(0.0, abs=1e-6)
-    assert metrics["eval_teacher_agreement"] == pytest.approx(1.0)
-    batch = pad_collator(list(variable_length_dataset(7, seed=4)))
-    with torch.no_grad():
-        logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    expected_ce = cross_entropy_loss(logits, batch["labels"][:, 1:], reduction="mean")
-    assert metrics["eval_ce_loss"] == pytest.approx(expected_ce.item(), rel=1e-5)
-    assert metrics["eval_loss"] == pytest.approx(0.5 * expected_ce.item(), rel=1e-5)
+
+    def per_token(rows):
+        """CE, forward KL at T = 2 (times T**2), top-1 agreement at each target token of `rows`."""
+        batch = pad_collator(list(rows))
+        with torch.no_grad():
+            s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+            t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        targets = batch["labels"][:, 1:]
+        mask = targets != -100
+        s, t, targets = s[mask].double(), t[mask].double(), targets[mask]
+        ce = torch.nn.functional.cross_entropy(s, targets, reduction="none")
+        log_s, log_t = torch.log_softmax(s / 2.0, dim=-1), torch.log_softmax(t / 2.0, dim=-1)
+        kd = 4.0 * torch.nn.functional.kl_div(log_s, log_t, log_target=True, reduction="none").sum(-1)
+        return ce, kd, (s.argmax(-1) == t.argmax(-1)).double()
+
+    ce, kd, agree = per_token(eval_rows)
+    assert 0 < agree.mean() < 1 and (kd > 0).all()
+    assert metrics["eval_ce_loss"] == pytest.approx(ce.mean().item(), rel=1e-5)
+    assert metrics["eval_kd_loss"] == pytest.approx(kd.mean().item(), rel=1e-5)
+    assert metrics["eval_teacher_agreement"] == pytest.approx(agree.mean().item(), rel=1e-6)
+    assert metrics["eval_loss"] == pytest.approx(0.3 * ce.mean().item() + 0.7 * kd.mean().item(), rel=1e-5)
+    batches = [per_token(eval_rows.select(range(i, min(i + 3, 7)))) for i in (0, 3, 6)]
+    assert len({len(b[0]) for b in batches}) == 3, "the eval batches should hold different token counts"
+    for term, whole in ((0, ce), (1, kd)):
+        # At least 10x the tolerance above: a mean of per-batch means would fail those checks.
+        mean_of_means = sum(b[term].mean().item() for b in batches) / 3
+        assert mean_of_means != pytest.approx(whole.mean().item(), rel=1e-4)
 
 
 def test_early_stopping(tmp_path):
@@ -340,6 +389,37 @@ def test_chunked_path_trains_to_the_dense_weights(tmp_path, loss_type):
         torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-6)
 
 
+def test_chunked_path_trains_to_the_dense_weights_with_tied_embeddings(tmp_path):
+    """A student whose LM head is its input embedding, as in the real recipes' students: the chunked path's head
+    gradient and the embedding's own gradient land on one tensor, as on the dense path."""
+
+    def run(output_dir, loss_chunk_size):
+        config = tiny_llama(seed=1, hidden=32, layers=1).config
+        config.tie_word_embeddings = True
+        torch.manual_seed(1)
+        student = LlamaForCausalLM(config)
+        assert student.lm_head.weight is student.model.embed_tokens.weight
+        trainer = DistillTrainer(
+            model=student,
+            teacher_model=tiny_llama(seed=2, hidden=48, layers=2),
+            args=make_args(output_dir, loss_chunk_size=loss_chunk_size, per_device_train_batch_size=4),
+            train_dataset=variable_length_dataset(),
+            data_collator=pad_collator,
+        )
+        before = student.lm_head.weight.detach().clone()
+        trainer.train()
+        assert trainer.model.lm_head.weight is trainer.model.model.embed_tokens.weight
+        assert not torch.equal(before, trainer.model.lm_head.weight), "training left the tied head unchanged"
+        return trainer
+
+    dense, chunked = run(tmp_path / "dense", 0), run(tmp_path / "chunked", 5)
+    assert_same_weights(weights(dense), weights(chunked))
+    for key in ("loss", "ce_loss", "kd_loss"):
+        a = [h[key] for h in dense.state.log_history if key in h]
+        b = [h[key] for h in chunked.state.log_history if key in h]
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-6)
+
+
 def test_chunked_path_never_projects_all_positions(tmp_path):
     student, teacher = tiny_llama(seed=1, hidden=32, layers=1), tiny_llama(seed=2, hidden=48, layers=2)
     projected = []
@@ -354,3 +434,37 @@ def test_chunked_path_never_projects_all_positions(tmp_path):
     )
     trainer.train()
     assert len(projected) == 4 and all(shape[1] == 0 for shape in projected), projected
+
+
+def test_early_stopping_with_positional_arguments(tmp_path):
+    """Trainer's positional order (data_collator, train_dataset, eval_dataset, ..., callbacks) finds the eval set, and
+    a callback passed positionally runs beside the early stopping."""
+    from transformers import EarlyStoppingCallback, TrainerCallback
+
+    class CountEvaluations(TrainerCallback):
+        def __init__(self):
+            self.calls = 0
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.calls += 1
+
+    counter = CountEvaluations()
+    args = make_args(
+        tmp_path,
+        early_stop_patience=2,
+        eval_strategy="steps",
+        eval_steps=1,
+        max_steps=10,
+        learning_rate=0.0,  # eval_loss never improves: patience 2 stops after the third evaluation
+        per_device_train_batch_size=2,
+    )
+    # model, args, data_collator, train_dataset, eval_dataset, processing_class, model_init, compute_loss_func,
+    # compute_metrics, callbacks
+    positional = [pad_collator, variable_length_dataset(), variable_length_dataset(4, seed=9), None, None, None, None]
+    trainer = DistillTrainer(tiny_llama(seed=1), args, *positional, [counter], teacher_model=tiny_llama(seed=2))
+    assert sum(isinstance(c, EarlyStoppingCallback) for c in trainer.callback_handler.callbacks) == 1
+    trainer.train()
+    assert trainer.state.global_step == 3
+    assert counter.calls == 3
+    with pytest.raises(ValueError, match="early_stop_patience=2 needs an eval_dataset"):
+        DistillTrainer(tiny_llama(seed=1), args, pad_collator, variable_length_dataset(), None)
