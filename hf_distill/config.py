@@ -68,7 +68,9 @@ class DistillConfig(TrainingArguments):
             recomputing nothing in backward: the `(tokens x vocabulary)` logits of student and teacher never exist in
             full. 256 keeps a chunk's buffers near 1.3 GB at a 128k vocabulary (peak about ten float32
             `(chunk, vocab)` buffers) while the matmuls stay large; `benchmarks/loss_memory.py` measured it at
-            0.06-0.17x the dense memory and 0.3-0.6x its time on CPU. `0` uses the dense path (full logits, as the
+            0.06-0.17x the dense memory and 0.3-0.6x its time on CPU (float32). Besides the chunk buffers it holds a
+            float32 gradient of the student's head and, for bf16/fp16 heads, float32 copies of both heads (for a
+            128k x 4096 head, 2 GB each). `0` uses the dense path (full logits, as the
             model returns them). Evaluation is always dense, and so is training with a teacher ensemble (its members'
             distributions are combined from their full logits) or under DeepSpeed ZeRO-3 (the chunked loss reads the
             LM head's weight outside the module's forward, where ZeRO-3 holds only an empty partition of it).

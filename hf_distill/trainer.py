@@ -67,14 +67,18 @@ class DistillTrainer(Trainer):
     ):
         if not isinstance(args, DistillConfig):
             raise TypeError(f"args must be a DistillConfig, got {type(args).__name__}")
+        # Trainer's own signature tells which argument is which, however a drop-in script passes them (positionally,
+        # by keyword, or both); they then all go on by keyword.
+        bound = inspect.signature(Trainer.__init__).bind(self, model, args, *trainer_args, **trainer_kwargs)
+        trainer_kwargs = {k: v for k, v in bound.arguments.items() if k not in ("self", "model", "args")}
+        if trainer_kwargs.get("compute_loss_func") is not None:
+            raise ValueError(
+                "compute_loss_func is not used by DistillTrainer, whose loss is alpha * CE + (1 - alpha) * KD; "
+                "subclass DistillTrainer and override compute_loss to change it"
+            )
         if args.early_stop_patience is not None:
-            # Trainer's own signature tells which argument is which, however a drop-in script passes them
-            # (positionally, by keyword, or both); they then all go on by keyword.
-            bound = inspect.signature(Trainer.__init__).bind(self, model, args, *trainer_args, **trainer_kwargs)
-            if bound.arguments.get("eval_dataset") is None:
+            if trainer_kwargs.get("eval_dataset") is None:
                 raise ValueError(f"early_stop_patience={args.early_stop_patience} needs an eval_dataset")
-            trainer_args = ()
-            trainer_kwargs = {k: v for k, v in bound.arguments.items() if k not in ("self", "model", "args")}
             trainer_kwargs["callbacks"] = [
                 *(trainer_kwargs.get("callbacks") or []),
                 EarlyStoppingCallback(args.early_stop_patience, args.early_stop_min_delta),
@@ -82,7 +86,7 @@ class DistillTrainer(Trainer):
 
         self._cached_teacher = args.alpha < 1.0 and args.teacher_cache_dir is not None
         teacher = self._load_teacher(teacher_model, args) if args.alpha < 1.0 and not self._cached_teacher else None
-        super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        super().__init__(model, args, **trainer_kwargs)
 
         self.teacher_model = None
         self.kd_vocab_size = None

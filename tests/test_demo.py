@@ -1,5 +1,6 @@
 """The shipped offline demo, end to end with a few steps: train, reload the student, generate."""
 
+import importlib.util
 import os
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
@@ -37,3 +38,15 @@ def test_demo_recipe_runs_and_the_student_generates(tmp_path, monkeypatch):
     assert isinstance(text, str) and len(tokenizer(text)["input_ids"]) > 0
     card = (out / "README.md").read_text()
     assert "recipes/demo/teacher" in card and "forward_kl" in card
+
+
+def test_demo_data_regenerates_byte_for_byte(tmp_path, monkeypatch):
+    """The committed data is what `recipes/demo/make_data.py` writes: the demo's numbers can be reproduced."""
+    spec = importlib.util.spec_from_file_location("make_data", os.path.join(DEMO, "make_data.py"))
+    make_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_data)
+    monkeypatch.setattr(make_data, "OUT_DIR", str(tmp_path))
+    make_data.main()
+    for name in ("train.jsonl", "eval.jsonl"):
+        with open(os.path.join(DEMO, "data", name), "rb") as shipped:
+            assert (tmp_path / name).read_bytes() == shipped.read(), name

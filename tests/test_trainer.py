@@ -468,3 +468,15 @@ def test_early_stopping_with_positional_arguments(tmp_path):
     assert counter.calls == 3
     with pytest.raises(ValueError, match="early_stop_patience=2 needs an eval_dataset"):
         DistillTrainer(tiny_llama(seed=1), args, pad_collator, variable_length_dataset(), None)
+
+
+def test_compute_loss_func_is_refused(tmp_path):
+    """A drop-in script's `compute_loss_func` would be silently unused: the trainer says so instead."""
+    with pytest.raises(ValueError, match="compute_loss_func is not used by DistillTrainer"):
+        DistillTrainer(
+            model=tiny_llama(seed=1),
+            teacher_model=tiny_llama(seed=2),
+            args=make_args(tmp_path),
+            train_dataset=variable_length_dataset(),
+            compute_loss_func=lambda outputs, labels, num_items_in_batch: outputs.loss,
+        )
