@@ -5,8 +5,8 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .ensemble import ENSEMBLE_MODES, check_ensemble_mode, normalized_weights
-from .losses import LOSS_TYPES, SPARSE_MODES
+from .ensemble import normalized_weights
+from .losses import ENSEMBLE_MODES, LOSS_TYPES, SPARSE_MODES, check_ensemble_mode
 
 
 @dataclass
@@ -70,10 +70,10 @@ class DistillConfig(TrainingArguments):
             `(chunk, vocab)` buffers) while the matmuls stay large; `benchmarks/loss_memory.py` measured it at
             0.06-0.17x the dense memory and 0.3-0.6x its time on CPU (float32). Besides the chunk buffers it holds a
             float32 gradient of the student's head and, for bf16/fp16 heads, float32 copies of both heads (for a
-            128k x 4096 head, 2 GB each). `0` uses the dense path (full logits, as the
-            model returns them). Evaluation is always dense, and so is training with a teacher ensemble (its members'
-            distributions are combined from their full logits) or under DeepSpeed ZeRO-3 (the chunked loss reads the
-            LM head's weight outside the module's forward, where ZeRO-3 holds only an empty partition of it).
+            128k x 4096 head, 2 GB each). `0` uses the dense path (full logits, as the model returns them).
+            Evaluation is always dense (it needs per-example values), and so is training under DeepSpeed ZeRO-3. A
+            teacher ensemble runs chunked too: each member is kept to hidden states and their softened distributions
+            are combined chunk by chunk.
         max_nonfinite_steps (`int`, *optional*, defaults to `3`):
             An optimizer step whose gradients hold NaN or inf is skipped (no weight changes); after this many
             consecutive skipped steps training stops with an error naming the step and its example ids. `0` stops at

@@ -1,24 +1,13 @@
 """Teacher ensembles: several teachers combined into one distribution per position."""
 
-import math
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutput
 
+from .losses import check_ensemble_mode, combine_log_probs
 from .modeling import check_vocab_sizes, output_width
-
-ENSEMBLE_MODES = ("mean_probs", "mean_logprobs")
-
-# Floor for log-probabilities that a zero weight multiplies in `mean_logprobs`: 0 * -inf would be NaN.
-_LOG_FLOOR = -1e30
-
-
-def check_ensemble_mode(mode: str) -> None:
-    if mode not in ENSEMBLE_MODES:
-        raise ValueError(f"teacher_ensemble={mode!r} is not supported; choose one of {', '.join(ENSEMBLE_MODES)}")
 
 
 def teacher_paths(teacher_model_name_or_path: str | Sequence[str] | None) -> list[str]:
@@ -41,19 +30,6 @@ def normalized_weights(weights: Sequence[float] | None, n_teachers: int) -> list
         raise ValueError(f"teacher_weights={weights} must be >= 0 with a positive sum")
     total = sum(weights)
     return [w / total for w in weights]
-
-
-def combine_log_probs(log_probs: Sequence[torch.Tensor], weights: Sequence[float], mode: str) -> torch.Tensor:
-    """One distribution from the members' log-probabilities `(..., V)`, in log space.
-
-    `mean_probs`: log(sum_i w_i p_i), the mixture. `mean_logprobs`: log_softmax(sum_i w_i log p_i), the
-    renormalised weighted geometric mean.
-    """
-    check_ensemble_mode(mode)
-    if mode == "mean_probs":
-        terms = [lp + math.log(w) for lp, w in zip(log_probs, weights) if w > 0]
-        return torch.logsumexp(torch.stack(terms), dim=0)
-    return F.log_softmax(sum(w * lp.clamp(min=_LOG_FLOOR) for lp, w in zip(log_probs, weights)), dim=-1)
 
 
 def check_member_vocabularies(members: Sequence[nn.Module]) -> None:

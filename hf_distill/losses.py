@@ -10,6 +10,7 @@ Conventions shared by every function here:
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -256,7 +257,50 @@ def sparse_distillation_loss(
     return _reduce(values, mask, reduction)
 
 
+# ---- teacher ensembles: several teacher distributions combined into one ----
+
+ENSEMBLE_MODES = ("mean_probs", "mean_logprobs")
+
+
+def check_ensemble_mode(mode: str) -> None:
+    if mode not in ENSEMBLE_MODES:
+        raise ValueError(f"teacher_ensemble={mode!r} is not supported; choose one of {', '.join(ENSEMBLE_MODES)}")
+
+
+def combine_log_probs(log_probs: Sequence[torch.Tensor], weights: Sequence[float], mode: str) -> torch.Tensor:
+    """One distribution from the members' log-probabilities `(..., V)`, in log space.
+
+    `mean_probs`: log(sum_i w_i p_i), the mixture. `mean_logprobs`: log_softmax(sum_i w_i log p_i), the
+    renormalised weighted geometric mean. Members of weight 0 do not count.
+    """
+    check_ensemble_mode(mode)
+    if mode == "mean_probs":
+        terms = [lp + math.log(w) for lp, w in zip(log_probs, weights) if w > 0]
+        return torch.logsumexp(torch.stack(terms), dim=0)
+    # The floor keeps 0 * -inf (a zero weight on a masked entry) from becoming NaN.
+    return F.log_softmax(sum(w * lp.clamp(min=_LOG_FLOOR) for lp, w in zip(log_probs, weights)), dim=-1)
+
+
 # ---- fused linear + divergence: the (tokens x vocab) logits never exist in full ----
+
+
+class TeacherHead(NamedTuple):
+    """One teacher of `EnsembleTeacher`: final hidden states `(B, L, H)`, LM-head weight `(V, H)` and bias `(V,)`,
+    logit scale and final-logit soft-cap, as `linear_distillation_loss_parts` takes them for a single teacher."""
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+    logit_scale: float = 1.0
+    softcap: float | None = None
+
+
+class EnsembleTeacher(NamedTuple):
+    """Teachers combined per position after each is softened by the temperature (`combine_log_probs`)."""
+
+    heads: Sequence[TeacherHead]
+    weights: Sequence[float]
+    mode: str = "mean_probs"
 
 
 class LinearDistillationParts(NamedTuple):
@@ -282,11 +326,14 @@ class _LinearSpec:
     skew_lambda: float
     chunk_size: int
     student_logit_scale: float
-    teacher_logit_scale: float
     student_softcap: float | None
-    teacher_softcap: float | None
     kd_vocab: int
-    # None: the teacher is hidden states and an LM head. Otherwise a cached top-k (`TopKTeacher`) in this mode.
+    # Per teacher head (one, or an ensemble's members): logit scale and soft-cap, and how their distributions combine.
+    teacher_logit_scales: tuple[float, ...] = (1.0,)
+    teacher_softcaps: tuple[float | None, ...] = (None,)
+    ensemble_weights: tuple[float, ...] = (1.0,)
+    ensemble_mode: str = "mean_probs"
+    # None: the teacher is hidden states and LM heads. Otherwise a cached top-k (`TopKTeacher`) in this mode.
     sparse_mode: str | None = None
 
 
@@ -352,6 +399,18 @@ def _chunk_values_and_grad(
     return ce.detach(), None if kd is None else kd.detach(), grad_raw
 
 
+def _teacher_log_probs(heads: list[tuple], rows: slice, spec: _LinearSpec) -> torch.Tensor:
+    """Softened teacher log-probabilities `(chunk, kd_vocab)` of one chunk: one head's, or its heads' combination."""
+    log_probs = []
+    for (hidden, weight32, bias32), scale, softcap in zip(heads, spec.teacher_logit_scales, spec.teacher_softcaps):
+        logits = _scale_and_cap(F.linear(hidden[rows].to(torch.float32), weight32, bias32), scale, softcap)
+        log_probs.append(_soften(logits, spec.temperature))
+        del logits
+    if len(log_probs) == 1:
+        return log_probs[0]
+    return combine_log_probs(log_probs, spec.ensemble_weights, spec.ensemble_mode)
+
+
 def _chunked_pass(
     s_hidden: torch.Tensor,
     s_weight: torch.Tensor,
@@ -364,8 +423,9 @@ def _chunked_pass(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Per-position CE and divergence of the `(N, H)` valid rows, `spec.chunk_size` rows at a time.
 
-    `teacher` holds, per valid row, `(hidden, weight, bias)` of a teacher model, or with `spec.sparse_mode` its cached
-    `(topk_ids, topk_logprobs, tail_logprob)` (tail None in renormalized mode), or `(None, None, None)`.
+    `teacher` holds `(hidden, weight, bias)` of each teacher head, hidden states per valid row, or with
+    `spec.sparse_mode` the cached `(topk_ids, topk_logprobs, tail_logprob)` per valid row (tail None in renormalized
+    mode), or `(None, None, None)`.
 
     With any of `needs` (hidden, weight, bias) set, also returns the float32 gradients of
     `sum(w * (alpha * ce + (1 - alpha) * kd))` with w = `grad_scale` (N,), or 1 when it is None.
@@ -379,9 +439,10 @@ def _chunked_pass(
     has_teacher = teacher[0] is not None
     dense_teacher = has_teacher and spec.sparse_mode is None
     if dense_teacher:
-        t_hidden, t_weight, t_bias = teacher
-        t_weight32 = t_weight[: spec.kd_vocab].to(f32)
-        t_bias32 = None if t_bias is None else t_bias[: spec.kd_vocab].to(f32)
+        heads = [
+            (hidden, weight[: spec.kd_vocab].to(f32), None if bias is None else bias[: spec.kd_vocab].to(f32))
+            for hidden, weight, bias in zip(teacher[::3], teacher[1::3], teacher[2::3])
+        ]
     ce_values = torch.zeros(n, dtype=f32, device=s_hidden.device)
     kd_values = torch.zeros_like(ce_values)
     grad_hidden = s_hidden.new_empty(s_hidden.shape, dtype=f32) if needs[0] else None
@@ -392,11 +453,7 @@ def _chunked_pass(
         rows = slice(start, min(start + spec.chunk_size, n))
         chunk_teacher = None
         if dense_teacher:
-            t_logits = F.linear(t_hidden[rows].to(f32), t_weight32, t_bias32)
-            t_logits = _scale_and_cap(t_logits, spec.teacher_logit_scale, spec.teacher_softcap)
-            chunk_teacher = _soften(t_logits, spec.temperature)
-            # Dropped as soon as possible, here and below, so that one chunk's buffers are alive at a time.
-            del t_logits
+            chunk_teacher = _teacher_log_probs(heads, rows, spec)
         elif has_teacher:
             chunk_teacher = tuple(None if t is None else t[rows] for t in teacher)
         hidden = s_hidden[rows].to(f32)
@@ -404,6 +461,7 @@ def _chunked_pass(
         ce, kd, grad_raw = _chunk_values_and_grad(
             hidden, s_weight32, s_bias32, chunk_teacher, targets[rows], weights, spec, with_grad
         )
+        # Dropped as soon as possible, here and below, so that one chunk's buffers are alive at a time.
         del chunk_teacher
         ce_values[rows] = ce
         if kd is not None:
@@ -439,7 +497,7 @@ class _FusedLinearDistillation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s_hidden, s_weight, s_bias, targets, spec, per_position, *teacher):
         needs = tuple(ctx.needs_input_grad[:3])
-        ctx.spec, ctx.per_position = spec, per_position
+        ctx.spec, ctx.per_position, ctx.n_teacher = spec, per_position, len(teacher)
         ctx.dtypes = (s_hidden.dtype, s_weight.dtype, None if s_bias is None else s_bias.dtype)
         if per_position:
             ce, kd, *_ = _chunked_pass(s_hidden, s_weight, s_bias, teacher, targets, spec, (False,) * 3)
@@ -474,22 +532,21 @@ class _FusedLinearDistillation(torch.autograd.Function):
             if not torch.equal(grad_out, torch.ones_like(grad_out)):
                 grads = [None if g is None else g.mul_(grad_out.float()) for g in grads]
         grads = [None if g is None else g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)]
-        # No gradient for targets, spec, per_position and the teacher's three tensors.
-        return (*grads, *[None] * 6)
+        # No gradient for targets, spec, per_position and the teacher's tensors.
+        return (*grads, None, None, None, *[None] * ctx.n_teacher)
 
 
 def _check_linear_args(
-    student_hidden,
-    student_weight,
-    student_bias,
-    teacher_hidden,
-    teacher_weight,
-    teacher_bias,
-    labels,
-    alpha,
-    chunk_size,
-    teacher_topk,
-    sparse_mode,
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    student_bias: torch.Tensor | None,
+    student_softcap: float | None,
+    labels: torch.Tensor,
+    alpha: float,
+    chunk_size: int,
+    ensemble: EnsembleTeacher | None,
+    teacher_topk: TopKTeacher | None,
+    sparse_mode: str,
 ) -> None:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got chunk_size={chunk_size!r}")
@@ -497,19 +554,27 @@ def _check_linear_args(
         raise ValueError(f"alpha must be in [0, 1], got alpha={alpha}")
     if labels.is_floating_point() or labels.is_complex():
         raise ValueError(f"labels must hold integer token ids, got labels.dtype={labels.dtype}")
-    heads = [("student", student_hidden, student_weight, student_bias)]
-    if teacher_topk is not None and teacher_hidden is not None:
+    heads = [("student", TeacherHead(student_hidden, student_weight, student_bias, softcap=student_softcap))]
+    if teacher_topk is not None and ensemble is not None:
         raise ValueError("give the teacher as teacher_hidden and teacher_weight, or as teacher_topk, not both")
     if alpha < 1.0 and teacher_topk is not None:
         _check_topk(teacher_topk, labels, student_weight.shape[0], sparse_mode)
     elif alpha < 1.0:
-        if teacher_hidden is None or teacher_weight is None:
+        if ensemble is None:
             raise ValueError(
                 f"alpha={alpha} < 1 needs teacher_hidden and teacher_weight, or teacher_topk (only alpha=1.0 skips "
                 "them)"
             )
-        heads.append(("teacher", teacher_hidden, teacher_weight, teacher_bias))
-    for name, hidden, weight, bias in heads:
+        check_ensemble_mode(ensemble.mode)
+        if len(ensemble.weights) != len(ensemble.heads) or not ensemble.heads:
+            raise ValueError(
+                f"teacher_ensemble has {len(ensemble.heads)} heads and {len(ensemble.weights)} weights; give one "
+                "weight per head"
+            )
+        names = ["teacher"] if len(ensemble.heads) == 1 else [f"teacher {i}" for i in range(len(ensemble.heads))]
+        heads += zip(names, ensemble.heads)
+    for name, head in heads:
+        hidden, weight, bias = head.hidden, head.weight, head.bias
         if hidden.dim() < 2 or hidden.shape[:-1] != labels.shape:
             raise ValueError(
                 f"{name}_hidden {tuple(hidden.shape)} must be labels {tuple(labels.shape)} plus a hidden dimension"
@@ -521,6 +586,8 @@ def _check_linear_args(
             )
         if bias is not None and bias.shape != weight.shape[:1]:
             raise ValueError(f"{name}_bias {tuple(bias.shape)} must be ({weight.shape[0]},) to match {name}_weight")
+        if head.softcap is not None and not head.softcap > 0:
+            raise ValueError(f"{name}_softcap must be > 0 or None, got {name}_softcap={head.softcap}")
 
 
 def _linear_distillation(
@@ -545,31 +612,33 @@ def _linear_distillation(
     teacher_softcap: float | None,
     teacher_topk: TopKTeacher | None,
     sparse_mode: str,
+    teacher_ensemble: EnsembleTeacher | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns the mixed loss (scalar sum, or `(N,)` for `reduction="none"`), the per-valid-position CE and
     divergence `(N,)` (detached) and the `(B, L)` mask of valid positions."""
     _check_options(loss_type, reduction, beta, skew_lambda, temperature)
+    # One teacher is an ensemble of one: a single code path projects and softens every teacher head.
+    ensemble = teacher_ensemble
+    if teacher_hidden is not None and teacher_weight is not None:
+        if ensemble is not None:
+            raise ValueError("give the teacher as teacher_hidden and teacher_weight, or as teacher_ensemble, not both")
+        head = TeacherHead(teacher_hidden, teacher_weight, teacher_bias, teacher_logit_scale, teacher_softcap)
+        ensemble = EnsembleTeacher([head], [1.0])
     _check_linear_args(
         student_hidden,
         student_weight,
         student_bias,
-        teacher_hidden,
-        teacher_weight,
-        teacher_bias,
+        student_softcap,
         labels,
         alpha,
         chunk_size,
+        ensemble,
         teacher_topk,
         sparse_mode,
     )
-    for side, softcap in (("student", student_softcap), ("teacher", teacher_softcap)):
-        if softcap is not None and not softcap > 0:
-            raise ValueError(f"{side}_softcap must be > 0 or None, got {side}_softcap={softcap}")
     with_kd = alpha < 1.0
     sparse = with_kd and teacher_topk is not None
-    kd_vocab = student_weight.shape[0]
-    if with_kd and not sparse:
-        kd_vocab = min(kd_vocab, teacher_weight.shape[0])
+    heads = ensemble.heads if with_kd and not sparse else []
     spec = _LinearSpec(
         alpha=alpha,
         loss_type=loss_type,
@@ -578,10 +647,12 @@ def _linear_distillation(
         skew_lambda=skew_lambda,
         chunk_size=chunk_size,
         student_logit_scale=student_logit_scale,
-        teacher_logit_scale=teacher_logit_scale,
         student_softcap=student_softcap,
-        teacher_softcap=teacher_softcap,
-        kd_vocab=kd_vocab,
+        kd_vocab=min([student_weight.shape[0], *(head.weight.shape[0] for head in heads)]),
+        teacher_logit_scales=tuple(head.logit_scale for head in heads),
+        teacher_softcaps=tuple(head.softcap for head in heads),
+        ensemble_weights=tuple(ensemble.weights) if heads else (),
+        ensemble_mode=ensemble.mode if heads else "mean_probs",
         sparse_mode=sparse_mode if sparse else None,
     )
     per_position = reduction == "none"
@@ -594,11 +665,15 @@ def _linear_distillation(
         ids, logprobs, tail = teacher_topk
         tail = tail[mask] if sparse_mode == "tail_bucket" else None
         teacher = (ids[mask].long(), logprobs[mask].float(), tail)
-    elif with_kd:
-        teacher = (
-            teacher_hidden.detach()[mask],
-            teacher_weight.detach(),
-            None if teacher_bias is None else teacher_bias.detach(),
+    elif heads:
+        teacher = tuple(
+            t
+            for head in heads
+            for t in (
+                head.hidden.detach()[mask],
+                head.weight.detach(),
+                None if head.bias is None else head.bias.detach(),
+            )
         )
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in student):
         out, ce, kd = _FusedLinearDistillation.apply(*student, targets, spec, per_position, *teacher)
@@ -629,6 +704,7 @@ def linear_distillation_loss_parts(
     teacher_softcap: float | None = None,
     teacher_topk: TopKTeacher | None = None,
     sparse_mode: str = "renormalized",
+    teacher_ensemble: EnsembleTeacher | None = None,
 ) -> LinearDistillationParts:
     """`alpha * CE + (1 - alpha) * T**2 * D` summed over valid positions, from hidden states and LM-head weights.
 
@@ -654,6 +730,10 @@ def linear_distillation_loss_parts(
         teacher_topk / sparse_mode: a teacher known only by its top-k (a `TopKTeacher`, e.g. from a teacher cache),
             given instead of `teacher_hidden` and `teacher_weight`: the divergence is then that of
             `sparse_distillation_loss` with `mode=sparse_mode`, chunk by chunk like the rest.
+        teacher_ensemble: several teachers (an `EnsembleTeacher` of `TeacherHead`s), given instead of the `teacher_*`
+            tensors: each head's chunk is projected and softened by `temperature`, and the chunk's teacher
+            distribution is their combination (`combine_log_probs`), as `hf_distill.ensemble.TeacherEnsemble` forms it
+            from full logits. The divergence uses the vocabulary entries all heads and the student have.
 
     Returns `LinearDistillationParts(loss, ce, kd, n_valid)`. Only `loss` carries gradients (to the student's hidden
     states, weight and bias, returned in their dtypes; the maths runs in float32). A trainer divides `loss` by its
@@ -681,6 +761,7 @@ def linear_distillation_loss_parts(
         teacher_softcap=teacher_softcap,
         teacher_topk=teacher_topk,
         sparse_mode=sparse_mode,
+        teacher_ensemble=teacher_ensemble,
     )
     return LinearDistillationParts(loss, ce.sum(), kd.sum(), mask.sum())
 
@@ -707,6 +788,7 @@ def linear_distillation_loss(
     teacher_softcap: float | None = None,
     teacher_topk: TopKTeacher | None = None,
     sparse_mode: str = "renormalized",
+    teacher_ensemble: EnsembleTeacher | None = None,
 ) -> torch.Tensor:
     """`alpha * cross_entropy_loss + (1 - alpha) * distillation_loss` of the logits `hidden @ weight.T`, chunked.
 
@@ -736,6 +818,7 @@ def linear_distillation_loss(
         teacher_softcap=teacher_softcap,
         teacher_topk=teacher_topk,
         sparse_mode=sparse_mode,
+        teacher_ensemble=teacher_ensemble,
     )
     if reduction == "none":
         return _reduce(loss, mask, "none")

@@ -18,6 +18,8 @@ from .ensemble import TeacherEnsemble, check_member_vocabularies, normalized_wei
 from .hidden_states import final_hidden_states, lm_head, supports_hidden_states
 from .losses import (
     IGNORE_INDEX,
+    EnsembleTeacher,
+    TeacherHead,
     TopKTeacher,
     cross_entropy_loss,
     distillation_loss,
@@ -111,17 +113,13 @@ class DistillTrainer(Trainer):
         self._train_sums = torch.zeros(2, device=self.args.device)
         self._train_window_start: int | None = None
         self._eval_sums = torch.zeros(len(_EVAL_SUMS), device=self.args.device)
-        # A TeacherEnsemble has no LM head of its own, so ensembles take the dense path. So does DeepSpeed ZeRO-3: the
-        # chunked loss reads the LM head's weight outside its module's forward, where ZeRO-3 holds an empty partition,
-        # and a weight gathered there would leave the gradient the loss computes for it no partition to land in.
+        # DeepSpeed ZeRO-3 takes the dense path: the chunked loss reads the LM head's weight outside its module's
+        # forward, where ZeRO-3 holds an empty partition, and a weight gathered there would leave the gradient the loss
+        # computes for it no partition to land in.
         self._chunked_loss_ok = (
             args.loss_chunk_size > 0
             and not is_deepspeed_zero3(self.accelerator)
-            and all(
-                supports_hidden_states(self.accelerator.unwrap_model(m))
-                for m in (self.model, self.teacher_model)
-                if m is not None
-            )
+            and all(supports_hidden_states(self.accelerator.unwrap_model(m)) for m in (self.model, *self._teachers()))
         )
         self._step_ids: list = []
         self.add_callback(NonFiniteGuard(self, self.args.max_nonfinite_steps))
@@ -265,6 +263,12 @@ class DistillTrainer(Trainer):
         # Evaluation and per-example training statistics need per-example values, which only the dense path has.
         return mode == "train" and self._chunked_loss_ok and "train" not in self.args.track_samples
 
+    def _teachers(self) -> list[nn.Module]:
+        """The teacher models: an ensemble's members, the one teacher, or none."""
+        if isinstance(self.teacher_model, TeacherEnsemble):
+            return list(self.teacher_model.members)
+        return [] if self.teacher_model is None else [self.teacher_model]
+
     def _chunked_loss(
         self, model: nn.Module, model_inputs: dict[str, Any], targets: torch.Tensor, cached: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, ...]:
@@ -274,12 +278,21 @@ class DistillTrainer(Trainer):
         student = self.accelerator.unwrap_model(model)
         hidden = final_hidden_states(model, student, model_inputs)[:, :-1]
         head = lm_head(student)
-        teacher_hidden = teacher_head = None
+        teacher_ensemble = None
         if self.teacher_model is not None:
-            teacher = self.accelerator.unwrap_model(self.teacher_model)
-            with torch.no_grad(), self.accelerator.autocast():
-                teacher_hidden = final_hidden_states(self.teacher_model, teacher, model_inputs)[:, :-1]
-            teacher_head = lm_head(teacher)
+            teacher_heads = []
+            for teacher in self._teachers():
+                unwrapped = self.accelerator.unwrap_model(teacher)
+                with torch.no_grad(), self.accelerator.autocast():
+                    teacher_hidden = final_hidden_states(teacher, unwrapped, model_inputs)[:, :-1]
+                t_head = lm_head(unwrapped)
+                teacher_heads.append(
+                    TeacherHead(teacher_hidden, t_head.weight, t_head.bias, t_head.logit_scale, t_head.softcap)
+                )
+            if isinstance(self.teacher_model, TeacherEnsemble):
+                teacher_ensemble = EnsembleTeacher(teacher_heads, self.teacher_model.weights, self.teacher_model.mode)
+            else:
+                teacher_ensemble = EnsembleTeacher(teacher_heads, [1.0])
         args = self.args
         teacher_topk = None
         if self._cached_teacher:
@@ -287,11 +300,10 @@ class DistillTrainer(Trainer):
         parts = linear_distillation_loss_parts(
             hidden,
             head.weight,
-            teacher_hidden,
-            teacher_head.weight if teacher_head else None,
+            None,
+            None,
             targets,
             student_bias=head.bias,
-            teacher_bias=teacher_head.bias if teacher_head else None,
             alpha=args.alpha,
             loss_type=args.loss_type,
             temperature=args.temperature,
@@ -299,11 +311,10 @@ class DistillTrainer(Trainer):
             skew_lambda=args.skew_lambda,
             chunk_size=args.loss_chunk_size,
             student_logit_scale=head.logit_scale,
-            teacher_logit_scale=teacher_head.logit_scale if teacher_head else 1.0,
             student_softcap=head.softcap,
-            teacher_softcap=teacher_head.softcap if teacher_head else None,
             teacher_topk=teacher_topk,
             sparse_mode=args.teacher_cache_mode,
+            teacher_ensemble=teacher_ensemble,
         )
         return parts.loss, parts.ce, parts.kd, parts.n_valid.float()
 

@@ -10,7 +10,8 @@ from test_trainer import assert_same_weights, make_args, train, weights
 
 from hf_distill import DistillTrainer
 from hf_distill.cli import main
-from hf_distill.ensemble import ENSEMBLE_MODES, TeacherEnsemble
+from hf_distill.ensemble import TeacherEnsemble
+from hf_distill.losses import ENSEMBLE_MODES
 
 
 def logged(trainer, key):
@@ -116,3 +117,24 @@ def test_recipe_with_a_list_of_teachers(workspace):
 def test_bad_ensemble_config(tmp_path, fields, message):
     with pytest.raises(ValueError, match=message):
         make_args(tmp_path, **{"teacher_model_name_or_path": ["a", "b"], **fields})
+
+
+@pytest.mark.parametrize("mode", ENSEMBLE_MODES)
+def test_ensemble_trains_the_same_chunked_and_dense(tmp_path, mode):
+    """A live ensemble through the fused chunked loss (each member kept to hidden states, chunks of 5 target tokens)
+    reaches the weights of the dense path (each member's full logits combined by TeacherEnsemble)."""
+    pair = [tiny_llama(seed=2, hidden=48, layers=2), tiny_llama(seed=5, hidden=32, layers=1)]
+    projected = []
+    for member in pair:
+        member.register_forward_pre_hook(
+            lambda module, args, kwargs: projected.append(kwargs.get("logits_to_keep", 0)), with_kwargs=True
+        )
+    chunked = train(
+        tmp_path / "chunked", teacher=pair, teacher_ensemble=mode, teacher_weights=[1, 3], loss_chunk_size=5
+    )
+    # The members ran to hidden states only: no position was projected to logits.
+    assert projected and all(isinstance(k, torch.Tensor) and k.numel() == 0 for k in projected)
+    projected.clear()
+    dense = train(tmp_path / "dense", teacher=pair, teacher_ensemble=mode, teacher_weights=[1, 3], loss_chunk_size=0)
+    assert projected and all(k == 0 for k in projected)
+    assert_same_run(chunked, dense)

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from hf_distill.losses import (
     IGNORE_INDEX,
     LOSS_TYPES,
+    EnsembleTeacher,
+    TeacherHead,
     distillation_loss,
     linear_distillation_loss,
     linear_distillation_loss_parts,
@@ -284,3 +286,42 @@ def test_shape_and_argument_errors(change, message):
 def test_option_errors(options, message):
     with pytest.raises(ValueError, match=message):
         linear_distillation_loss(**make_inputs(), **options)
+
+
+@pytest.mark.parametrize("mode", ["mean_probs", "mean_logprobs"])
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_teacher_ensemble_matches_dense(mode, loss_type):
+    """Two teacher heads of other widths, vocabularies, biases and soft-caps, weighted 1 : 3, against explicit
+    probability tables: mean of probabilities or renormalised geometric mean of the softened members."""
+    inputs = make_inputs(5)
+    gen = torch.Generator().manual_seed(11)
+    second = TeacherHead(torch.randn(B, L, 8, generator=gen), torch.randn(V + 3, 8, generator=gen), None, 1.0, 3.0)
+    first = TeacherHead(inputs.pop("teacher_hidden"), inputs.pop("teacher_weight"), inputs.pop("teacher_bias"))
+    temperature = 1.5
+    options = dict(alpha=0.4, loss_type=loss_type, temperature=temperature, beta=0.3, skew_lambda=0.2)
+    chunked = linear_distillation_loss(
+        **inputs, teacher_hidden=None, teacher_weight=None, chunk_size=4,
+        teacher_ensemble=EnsembleTeacher([first, second], [0.25, 0.75], mode), **options,
+    )  # fmt: skip
+    chunked_grads = torch.autograd.grad(chunked, [inputs[k] for k in ("student_hidden", "student_weight")])
+
+    labels = inputs["labels"]
+    student = logits(inputs["student_hidden"], inputs["student_weight"], inputs["student_bias"])
+    probs = [
+        torch.softmax(logits(head.hidden, head.weight, head.bias, softcap=head.softcap)[..., :V] / temperature, -1)
+        for head in (first, second)
+    ]
+    if mode == "mean_probs":
+        combined = 0.25 * probs[0] + 0.75 * probs[1]
+    else:
+        combined = probs[0] ** 0.25 * probs[1] ** 0.75
+        combined = combined / combined.sum(-1, keepdim=True)
+    mask = labels != IGNORE_INDEX
+    ce = F.cross_entropy(student[mask], labels[mask], reduction="sum")
+    kd_options = {k: v for k, v in options.items() if k != "alpha"}
+    kd = distillation_loss(student, temperature * combined.log(), labels, **kd_options)
+    dense = 0.4 * ce + 0.6 * kd
+    dense_grads = torch.autograd.grad(dense, [inputs[k] for k in ("student_hidden", "student_weight")])
+    torch.testing.assert_close(chunked, dense, **TOL)
+    for got, expected in zip(chunked_grads, dense_grads):
+        torch.testing.assert_close(got, expected, **TOL)
