@@ -161,3 +161,35 @@ def test_yaml_syntax_error_names_the_line(workspace, capsys, no_weights):
     assert error_line(capsys, ["train", str(recipe)]) == (
         f"hf-distill: error: {recipe}: YAML syntax error at line 3, column 10: expected ',' or ']', but got ':'"
     )
+
+
+@pytest.mark.parametrize("command", ["train", "check"])
+def test_recipe_file_that_does_not_exist(tmp_path, monkeypatch, capsys, no_weights, command):
+    monkeypatch.chdir(tmp_path)
+    assert error_line(capsys, [command, "nowhere.yaml"]) == "hf-distill: error: recipe file not found: nowhere.yaml"
+
+
+@pytest.mark.parametrize("teachers", ["t5", "ensemble"])
+@pytest.mark.parametrize("tokenizer_source", ["teacher folder", "recipe"])
+def test_teacher_that_is_not_a_causal_lm(workspace, capsys, no_weights, teachers, tokenizer_source):
+    tmp_path, recipe = workspace
+    t5 = tmp_path / "t5"
+    T5Config(vocab_size=64, d_model=16, num_layers=1, num_heads=2).save_pretrained(t5)
+    word_tokenizer().save_pretrained(t5)  # as a real model folder has: the from_config student's default tokenizer
+    if teachers == "ensemble":
+        teacher, text = tmp_path / "teacher", open(recipe).read()
+        with open(recipe, "w") as f:
+            f.write(
+                text.replace(
+                    f"teacher_model_name_or_path: {teacher}\n", f"teacher_model_name_or_path: [{teacher}, {t5}]\n"
+                )
+            )
+        overrides = []
+    else:
+        overrides = ["--teacher_model_name_or_path", str(t5)]
+    if tokenizer_source == "recipe":
+        overrides += ["--tokenizer_name_or_path", str(tmp_path / "teacher")]
+    line = error_line(capsys, ["train", recipe, *overrides])
+    assert line == (
+        f"hf-distill: error: teacher_model_name_or_path='{t5}' is a 't5' model, which is not a causal language model"
+    )

@@ -1,6 +1,7 @@
 """Dataset formats and their loss masks, local file layouts, and the errors bad data gets."""
 
 import json
+import shutil
 
 import pytest
 from conftest import word_tokenizer
@@ -8,6 +9,7 @@ from datasets import Dataset
 
 from hf_distill.arguments import DataArguments
 from hf_distill.data import detect_format, load_raw_dataset, prepare_datasets, tokenize_dataset
+from hf_distill.recipe import parse_recipe
 
 IDS = {f"w{i}": i + 6 for i in range(58)}
 
@@ -122,3 +124,77 @@ def test_single_file_and_missing_path(tmp_path, tokenizer):
     assert len(train) == 2 and evaluation is None
     with pytest.raises(ValueError, match="no such file or folder"):
         load_raw_dataset(DataArguments(dataset_name=str(tmp_path / "nope.jsonl")))
+
+
+def recipe_datasets(recipe, tokenizer, *overrides):
+    """Train and eval datasets as `hf-distill train RECIPE --key value ...` prepares them."""
+    _, data_args, _ = parse_recipe(recipe, list(overrides))
+    return prepare_datasets(data_args, tokenizer)
+
+
+def rows(dataset):
+    return dataset.to_list() if dataset is not None else None
+
+
+def test_parquet_split_files_through_a_recipe(workspace, tokenizer):
+    tmp_path, recipe = workspace
+    folder = tmp_path / "parquet"
+    folder.mkdir()
+    for split in ("train", "eval"):
+        Dataset.from_json(str(tmp_path / "data" / f"{split}.jsonl")).to_parquet(str(folder / f"{split}.parquet"))
+    from_jsonl = recipe_datasets(recipe, tokenizer)
+    from_parquet = recipe_datasets(recipe, tokenizer, "--dataset_name", str(folder))
+    assert (len(from_parquet[0]), len(from_parquet[1])) == (32, 8)
+    assert rows(from_parquet[0]) == rows(from_jsonl[0]) and rows(from_parquet[1]) == rows(from_jsonl[1])
+
+
+TEXT_LINES = ["w1 w2 w3", "", "w4 w5", "w6"]
+
+
+@pytest.mark.parametrize("layout", ["file", "folder"])
+def test_txt_files_are_the_text_format_one_example_per_line(workspace, tokenizer, layout):
+    tmp_path, recipe = workspace
+    folder = tmp_path / "txt"
+    folder.mkdir()
+    for split in ("train", "eval"):
+        (folder / f"{split}.txt").write_text("\n".join(TEXT_LINES) + "\n")
+    if layout == "file":
+        train, evaluation = recipe_datasets(
+            recipe, tokenizer, "--dataset_name", str(folder / "train.txt"), "--dataset_eval_split", "train"
+        )
+    else:
+        train, evaluation = recipe_datasets(recipe, tokenizer, "--dataset_name", str(folder))
+    # The empty line is an example without a target (only EOS, which is never predicted): dropped, ids kept.
+    expected = [
+        {"id": "0", "input_ids": [IDS["w1"], IDS["w2"], IDS["w3"], 2], "labels": [IDS["w1"], IDS["w2"], IDS["w3"], 2]},
+        {"id": "2", "input_ids": [IDS["w4"], IDS["w5"], 2], "labels": [IDS["w4"], IDS["w5"], 2]},
+        {"id": "3", "input_ids": [IDS["w6"], 2], "labels": [IDS["w6"], 2]},
+    ]
+    assert rows(train) == expected and rows(evaluation) == expected
+
+
+@pytest.mark.parametrize("fmt", ["messages", "text"])
+def test_two_tokenizing_processes_give_the_same_rows_as_one(workspace, tokenizer, fmt):
+    tmp_path, recipe = workspace
+    if fmt == "text":  # no `id` column: ids come from the example's index, which each process must offset
+        source = tmp_path / "text"
+        source.mkdir()
+        for split in ("train", "eval"):
+            lines = [" ".join(f"w{(i * 7 + j) % 50}" for j in range(i % 5)) for i in range(31)]
+            (source / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    else:
+        source = tmp_path / "data"
+    # One copy per run: a second run over the same files would load the first one's results from the datasets cache.
+    results = {}
+    for num_proc in (1, 2):
+        copy = shutil.copytree(source, tmp_path / f"copy-{num_proc}")
+        overrides = ["--dataset_name", str(copy), "--dataset_num_proc", str(num_proc)]
+        results[num_proc] = recipe_datasets(recipe, tokenizer, *overrides)
+    train, evaluation = results[2]
+    # The rows really come from two processes: each wrote its own shard of the result.
+    assert any(f["filename"].endswith("_00001_of_00002.arrow") for f in train.cache_files)
+    assert rows(train) == rows(results[1][0]) and rows(evaluation) == rows(results[1][1])
+    if fmt == "text":  # every fifth line is empty, so dropped
+        assert train["id"] == [str(i) for i in range(31) if i % 5]
+    else:
+        assert train["id"] == [f"train-{i}" for i in range(32)]

@@ -7,10 +7,14 @@ import os
 import types
 
 import pytest
+import torch
 import transformers.trainer
-from transformers import AutoModelForCausalLM, pipeline
+from conftest import tiny_llama, word_tokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from hf_distill.cli import main
+from hf_distill.pipeline import build_trainer
+from hf_distill.recipe import parse_recipe
 
 
 def test_train_writes_a_usable_student(workspace):
@@ -97,3 +101,64 @@ def test_final_evaluation_is_not_repeated(workspace):
     assert [h["step"] for h in state["log_history"] if "eval_loss" in h] == [2, 4]
     eval_results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     assert eval_results["eval_loss"] == state["log_history"][-2]["eval_loss"]
+
+
+def save_pretrained_student(tmp_path):
+    """A student folder with weights and tokenizer, for `student_init: pretrained`."""
+    folder = tmp_path / "student"
+    tiny_llama(seed=1, hidden=32, layers=1).save_pretrained(folder)
+    word_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("student_init", ["from_config", "pretrained"])
+def test_student_model_arguments_reach_the_loaded_models(workspace, monkeypatch, student_init):
+    tmp_path, recipe = workspace
+    # trust_remote_code leaves no trace on a model that ships no code: the loaders' arguments are recorded instead.
+    calls = []
+    loaders = [(AutoModelForCausalLM, "from_pretrained"), (AutoModelForCausalLM, "from_config")]
+    for cls, name in [*loaders, (AutoTokenizer, "from_pretrained")]:
+        original = getattr(cls, name)
+
+        def spy(what, *args, _original=original, _name=f"{cls.__name__}.{name}", **kwargs):
+            calls.append((_name, what, kwargs))
+            return _original(what, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, spy)
+    overrides = ["--dtype", "bfloat16", "--attn_implementation", "eager", "--trust_remote_code", "true"]
+    if student_init == "pretrained":
+        overrides += ["--model_name_or_path", save_pretrained_student(tmp_path), "--student_init", "pretrained"]
+    trainer = build_trainer(*parse_recipe(recipe, overrides))
+
+    student, teacher = trainer.model, trainer.teacher_model
+    assert {p.dtype for p in student.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in teacher.parameters()} == {torch.float32}  # dtype is the student's alone
+    assert student.config._attn_implementation == teacher.config._attn_implementation == "eager"
+    models = sorted(
+        (name, what if isinstance(what, str) else type(what).__name__)
+        for name, what, _ in calls
+        if name.startswith("AutoModelForCausalLM")
+    )
+    if student_init == "pretrained":
+        student_load = ("AutoModelForCausalLM.from_pretrained", str(tmp_path / "student"))
+    else:
+        student_load = ("AutoModelForCausalLM.from_config", "LlamaConfig")
+    assert models == sorted([student_load, ("AutoModelForCausalLM.from_pretrained", str(tmp_path / "teacher"))])
+    assert any(name == "AutoTokenizer.from_pretrained" for name, _, _ in calls)
+    assert all(kwargs.get("trust_remote_code") is True for _, _, kwargs in calls), calls
+
+
+@pytest.mark.parametrize("student_init", ["from_config", "pretrained"])
+def test_model_card_names_the_student_base(workspace, student_init):
+    tmp_path, recipe = workspace
+    overrides = ["--max_steps", "1"]
+    if student_init == "pretrained":
+        student = save_pretrained_student(tmp_path)
+        overrides += ["--model_name_or_path", student, "--student_init", "pretrained"]
+    main(["train", recipe, *overrides])
+    card = (tmp_path / "out" / "README.md").read_text()
+    if student_init == "pretrained":
+        assert f"| Student base | `{student}` |" in card
+        assert f"base_model: {student}\n" in card  # the hub links the student to the model it started from
+    else:
+        assert "| Student base | trained from scratch |" in card and "base_model" not in card
