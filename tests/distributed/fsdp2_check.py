@@ -1,7 +1,10 @@
 """FSDP2 on CPU under 2 processes (gloo), with the Accelerate FSDP2 plugin driving `fully_shard` directly: Accelerate
 itself only enables FSDP on GPU-like devices, so a CPU run through `accelerate launch` would silently be DDP.
 
-    torchrun --nproc_per_node 2 tests/distributed/fsdp2_check.py OUT_DIR [--chunked]
+    torchrun --nproc_per_node 2 tests/distributed/fsdp2_check.py OUT_DIR [--chunked] [--accumulate]
+
+`--accumulate` trains with 2 micro-batches per process and step through `DistillTrainer`'s own `get_batch_samples` and
+`compute_loss`, syncing gradients only on the last micro-batch as Accelerate's `accumulate` does under FSDP2.
 """
 
 import os
@@ -13,11 +16,13 @@ import torch.distributed as dist
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from conftest import pad_collator, tiny_llama, variable_length_dataset  # noqa: E402
 
+from hf_distill import DistillConfig, DistillTrainer  # noqa: E402
 from hf_distill.hidden_states import final_hidden_states, lm_head  # noqa: E402
 from hf_distill.losses import cross_entropy_loss, distillation_loss, linear_distillation_loss_parts  # noqa: E402
 from hf_distill.teacher_placement import place_teacher  # noqa: E402
@@ -39,7 +44,8 @@ def fsdp2_accelerator() -> types.SimpleNamespace:
 
 
 def chunked_step_loss(student, teacher, batch, global_tokens):
-    """The trainer's fused path: final hidden states and the LM head (a DTensor shard outside forward under FSDP2)."""
+    """The trainer's fused path: final hidden states, then the LM head read after the forward, where FSDP2 leaves the
+    root module's parameters (the LM head's among them) unsharded for the backward."""
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     hidden = final_hidden_states(student, student, inputs)[:, :-1]
     with torch.no_grad():
@@ -76,7 +82,96 @@ def train(student, teacher, rank, world_size, steps=3, global_batch=8, loss=step
         optimizer.zero_grad()
 
 
-def main(out_dir: str, chunked: bool) -> None:
+class CollectiveLog(TorchDispatchMode):
+    """The c10d collectives run while active, seen at the dispatcher whatever Python API FSDP2 calls them through."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "c10d":
+            self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+    def reductions(self) -> list[str]:
+        return [op for op in self.ops if "reduce" in op]
+
+
+def full_weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in model.state_dict().items()}
+
+
+def unreduced_gradients(student) -> dict[str, torch.Tensor]:
+    """The gradients FSDP2 accumulates unsharded on this rank while gradient sync is off; they hang on the unsharded
+    parameters, which only `unshard` puts back on the modules."""
+    modules = [m for m in student.modules() if isinstance(m, FSDPModule)]
+    for module in modules:
+        module.unshard()
+    grads = {name: p.grad.clone() for name, p in student.named_parameters()}
+    for module in modules:
+        module.reshard()
+    return grads
+
+
+def assert_grads_close(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert actual.keys() == expected.keys()
+    for name in actual:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def train_accumulating(trainer, student, rank, world_size, steps=3, global_batch=8, micro_batches=2) -> int:
+    """`train` with `micro_batches` per process and step, the loss from the trainer. A plain copy of the student on
+    each rank computes this rank's own gradients, to tell unreduced gradients from reduced ones. Returns the number of
+    micro-batches whose gradient sync was checked."""
+    rows = list(variable_length_dataset())
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.5)
+    mirror = tiny_llama(seed=1, hidden=32, layers=1)
+    share = global_batch // world_size
+    size = share // micro_batches
+    checked = 0
+    for step in range(steps):
+        step_rows = rows[step * global_batch : (step + 1) * global_batch]
+        rank_rows = step_rows[rank * share : (rank + 1) * share]
+        micro = [pad_collator(rank_rows[m * size : (m + 1) * size]) for m in range(micro_batches)]
+        micro, count = trainer.get_batch_samples(iter(micro), micro_batches, torch.device("cpu"))
+        # The divisor is the whole step's target tokens on both processes, not this process's share.
+        assert count == (pad_collator(step_rows)["labels"][:, 1:] != -100).sum(), count
+        mirror.load_state_dict(full_weights(student))
+        mirror.zero_grad()
+        for m, batch in enumerate(micro):
+            last = m == micro_batches - 1
+            student.set_requires_gradient_sync(last)
+            loss = trainer.compute_loss(student, batch, num_items_in_batch=count)
+            with CollectiveLog() as log:
+                loss.backward()
+            trainer.compute_loss(mirror, batch, num_items_in_batch=count).backward()
+            local = {name: p.grad for name, p in mirror.named_parameters()}
+            if not last:
+                # The log saw the backward's parameter all-gathers, so an empty reduction list is not a blind spot.
+                assert log.ops and not log.reductions(), log.ops
+                assert all(p.grad is None for p in student.parameters()), "a sharded gradient exists before the sync"
+                unreduced = unreduced_gradients(student)
+                assert_grads_close(unreduced, local)
+                flat = torch.cat([g.flatten() for g in unreduced.values()])
+                both = [torch.empty_like(flat) for _ in range(world_size)]
+                dist.all_gather(both, flat)
+                assert not torch.allclose(both[0], both[1], rtol=0, atol=1e-6), "the ranks hold the same gradients"
+            else:
+                assert any("reduce_scatter" in op for op in log.reductions()), log.ops
+                # The reduction averages what each rank accumulated over all its micro-batches.
+                for g in local.values():
+                    dist.all_reduce(g)
+                    g /= world_size
+                assert all(isinstance(p.grad, DTensor) for p in student.parameters())
+                assert_grads_close({name: p.grad.full_tensor() for name, p in student.named_parameters()}, local)
+            checked += 1
+        optimizer.step()
+        optimizer.zero_grad()
+    return checked
+
+
+def main(out_dir: str, chunked: bool, accumulate: bool) -> None:
     dist.init_process_group("gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
     assert world_size == 2, "no 2-process group was formed"
@@ -93,17 +188,30 @@ def main(out_dir: str, chunked: bool) -> None:
 
     student = fsdp2_prepare_model(accelerator, tiny_llama(seed=1, hidden=32, layers=1))
     assert all(isinstance(p, DTensor) for p in student.parameters())
-    train(student, teacher, rank, world_size, loss=chunked_step_loss if chunked else step_loss)
-    weights = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in student.state_dict().items()}
+    checked = 0
+    if accumulate:
+        chunk_size = 7 if chunked else 0
+        args = DistillConfig(
+            output_dir=out_dir, use_cpu=True, alpha=0.5, temperature=2.0, loss_chunk_size=chunk_size, report_to=[]
+        )
+        trainer = DistillTrainer(model=student, teacher_model=teacher, args=args, data_collator=pad_collator)
+        # compute_loss scales by the process count to undo the gradient average: it must see both processes.
+        assert trainer.accelerator.num_processes == world_size
+        assert trainer.teacher_model is teacher and trainer._chunked_loss_ok == chunked
+        checked = train_accumulating(trainer, student, rank, world_size)
+    else:
+        train(student, teacher, rank, world_size, loss=chunked_step_loss if chunked else step_loss)
+    weights = full_weights(student)
     if rank == 0:
-        torch.save({"weights": weights, "world_size": world_size}, os.path.join(out_dir, "result.pt"))
+        result = {"weights": weights, "world_size": world_size, "checked_micro_batches": checked}
+        torch.save(result, os.path.join(out_dir, "result.pt"))
     # Both ranks leave together: a rank exiting while the other still talks to gloo aborts ("terminate called").
     dist.barrier()
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], chunked="--chunked" in sys.argv[2:])
+    main(sys.argv[1], chunked="--chunked" in sys.argv[2:], accumulate="--accumulate" in sys.argv[2:])
     # torch 2.13's gloo threads sometimes abort in C++ static destructors at interpreter exit ("terminate called
     # without an active exception", exit -6) after all work is done and saved; leave without running them.
     sys.stdout.flush()
