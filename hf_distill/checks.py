@@ -17,17 +17,17 @@ def _looks_local(name: str) -> bool:
     return os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
-def _check_local(name: str, field_name: str, load: Callable[[str], object], produced_paths: Collection[str]) -> None:
-    """A local folder must exist and `load` (a config or tokenizer reader) must read it; a hub id cannot be checked
-    offline and is accepted, and so is a folder an earlier round of the recipe will write."""
+def _check_local(
+    name: str, field_name: str, load: Callable[[str, str], object], produced_paths: Collection[str]
+) -> None:
+    """A local folder must exist and `load(name, field_name)` (a config or tokenizer reader, which raises a one-line
+    ValueError naming the field) must read it; a hub id cannot be checked offline and is accepted, and so is a folder
+    an earlier round of the recipe will write."""
     if not _looks_local(name) or name in produced_paths:
         return
     if not os.path.isdir(name):
         raise ValueError(f"{field_name}={name!r}: no such folder")
-    try:
-        load(name)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{field_name}={name!r}: cannot be read ({str(err).splitlines()[0]})") from None
+    load(name, field_name)
 
 
 def _check_dataset(args: DataArguments) -> None:
@@ -62,11 +62,14 @@ def check_recipe(
     """
     trust = model_args.trust_remote_code
 
-    def model_config(name):
-        return load_causal_lm_config(name, "model", trust)
+    def model_config(name, field_name):
+        return load_causal_lm_config(name, field_name, trust)
 
-    def tokenizer(name):
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust)
+    def tokenizer(name, field_name):
+        try:
+            return AutoTokenizer.from_pretrained(name, trust_remote_code=trust)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{field_name}={name!r}: cannot be read ({str(err).splitlines()[0]})") from None
 
     _check_local(model_args.model_name_or_path, "model_name_or_path", model_config, produced_paths)
     if model_args.tokenizer_name_or_path is not None:

@@ -189,7 +189,8 @@ def test_teacher_that_is_not_a_causal_lm(workspace, capsys, no_weights, teachers
         overrides = ["--teacher_model_name_or_path", str(t5)]
     if tokenizer_source == "recipe":
         overrides += ["--tokenizer_name_or_path", str(tmp_path / "teacher")]
-    line = error_line(capsys, ["train", recipe, *overrides])
-    assert line == (
+    expected = (
         f"hf-distill: error: teacher_model_name_or_path='{t5}' is a 't5' model, which is not a causal language model"
     )
+    assert error_line(capsys, ["train", recipe, *overrides]) == expected
+    assert error_line(capsys, ["check", recipe, *overrides]) == expected
