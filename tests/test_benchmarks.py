@@ -1,0 +1,41 @@
+"""The benchmark scripts still run end to end (tiny settings) and print the comparisons the README quotes."""
+
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(script, *args):
+    result = subprocess.run(
+        [sys.executable, os.path.join("benchmarks", script), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_loss_memory_quick():
+    out = run("loss_memory.py", "--quick", "--no-trl")
+    for case in ("(1024, 8000)", "(1024, 32000)", "(4096, 8000)"):
+        dense, chunked = re.search(rf"{re.escape(case)}, \d+ valid tokens: dense (\S+), chunked (\S+)", out).groups()
+        assert float(dense) == float(chunked)
+
+
+def test_offline_speed_tiny():
+    out = run(
+        "offline_speed.py", "--max_steps", "6", "--skip_steps", "2", "--repeats", "1", "--max_train_samples", "64"
+    )
+    for name in ("online teacher", "cached teacher (top-64)", "plain fine-tuning (alpha=1)"):
+        assert re.search(rf"^\| {re.escape(name)} \| [\d.]+ \|", out, re.M), name
+    assert re.search(r"bytes for \d+ target tokens \((\d+) bytes/token\)", out)
+    assert re.search(r"^cached distillation / plain fine-tuning: [\d.]+x", out, re.M)
+
+
+def test_distill_vs_finetune_tiny():
+    out = run("distill_vs_finetune.py", "--max_steps", "3")
+    assert re.search(r"^\| distilled \| 0.2 \| [\d.]+ \| [\d.]+ \|", out, re.M)
+    assert re.search(r"^\| fine-tuned \(no teacher\) \| 1.0 \| [\d.]+ \|", out, re.M)
+    assert re.search(r"^distilled / fine-tuned eval CE: [\d.]+", out, re.M)
