@@ -337,16 +337,9 @@ class DistillTrainer(Trainer):
         if self.teacher_model is not None:
             teacher_logits = self._teacher_logits(model_inputs)[:, :-1, : self.kd_vocab_size]
             student_logits = student_logits[..., : self.kd_vocab_size]
-            terms["kd"] = distillation_loss(
-                student_logits,
-                teacher_logits,
-                targets,
-                loss_type=self.args.loss_type,
-                temperature=self.args.temperature,
-                beta=self.args.beta,
-                skew_lambda=self.args.skew_lambda,
-                reduction="none",
-            ).sum(-1)
+            terms["kd"] = distillation_loss(student_logits, teacher_logits, targets, **self._divergence_options()).sum(
+                -1
+            )
             with torch.no_grad():
                 matches = (student_logits.argmax(-1) == teacher_logits.argmax(-1)) & mask
                 terms["agree"] = matches.sum(-1).float()
@@ -358,16 +351,23 @@ class DistillTrainer(Trainer):
                 targets,
                 tail_logprob=cached["teacher_tail_logprob"],
                 mode=self.args.teacher_cache_mode,
-                loss_type=self.args.loss_type,
-                temperature=self.args.temperature,
-                beta=self.args.beta,
-                skew_lambda=self.args.skew_lambda,
-                reduction="none",
+                **self._divergence_options(),
             ).sum(-1)
             with torch.no_grad():
                 matches = (student_logits.argmax(-1) == cached["teacher_topk_ids"][..., 0]) & mask
                 terms["agree"] = matches.sum(-1).float()
         return terms
+
+    def _divergence_options(self) -> dict[str, Any]:
+        """The config's divergence settings, as the dense losses take them, per position."""
+        args = self.args
+        return dict(
+            loss_type=args.loss_type,
+            temperature=args.temperature,
+            beta=args.beta,
+            skew_lambda=args.skew_lambda,
+            reduction="none",
+        )
 
     def _mix(self, ce: torch.Tensor, kd: torch.Tensor) -> torch.Tensor:
         # Dropping a zero-weight term, rather than multiplying it by 0, keeps an inf in that term from becoming NaN.

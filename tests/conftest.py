@@ -134,3 +134,22 @@ def workspace(tmp_path):
         "use_cpu: true\nreport_to: []\nsave_strategy: 'no'\ndisable_tqdm: true\n"
     )
     return tmp_path, str(recipe)
+
+
+def ensemble_recipe(tmp_path, recipe, mode="mean_probs"):
+    """The `workspace` recipe with a second, different teacher (saved to `tmp_path / "teacher2"`), weighted 3 : 1."""
+    second = tmp_path / "teacher2"
+    tiny_llama(seed=3, hidden=32, layers=1).save_pretrained(second)
+    word_tokenizer().save_pretrained(second)
+    text = (
+        open(recipe)
+        .read()
+        .replace(
+            f"teacher_model_name_or_path: {tmp_path / 'teacher'}\n",
+            f"teacher_model_name_or_path: [{tmp_path / 'teacher'}, {second}]\nteacher_weights: [3, 1]\n"
+            f"teacher_ensemble: {mode}\n",
+        )
+    )
+    path = tmp_path / f"ensemble_{mode}.yaml"
+    path.write_text(text)
+    return str(path), second

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_llama, variable_length_dataset, word_tokenizer
+from conftest import ensemble_recipe, tiny_llama, variable_length_dataset
 from test_trainer import assert_same_weights, make_args, train, weights
 
 from hf_distill import DistillTrainer
@@ -83,21 +83,9 @@ def test_weights_must_match_the_teachers(tmp_path):
 
 def test_recipe_with_a_list_of_teachers(workspace):
     tmp_path, recipe = workspace
-    second = tmp_path / "teacher2"
-    tiny_llama(seed=3, hidden=32, layers=1).save_pretrained(second)
-    word_tokenizer().save_pretrained(second)
-    text = (
-        open(recipe)
-        .read()
-        .replace(
-            f"teacher_model_name_or_path: {tmp_path / 'teacher'}\n",
-            f"teacher_model_name_or_path: [{tmp_path / 'teacher'}, {second}]\nteacher_weights: [3, 1]\n",
-        )
-    )
-    ensemble_recipe = tmp_path / "ensemble.yaml"
-    ensemble_recipe.write_text(text)
-    main(["check", str(ensemble_recipe)])
-    main(["train", str(ensemble_recipe), "--max_steps", "2"])
+    recipe, second = ensemble_recipe(tmp_path, recipe)
+    main(["check", recipe])
+    main(["train", recipe, "--max_steps", "2"])
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and any("kd_loss" in entry for entry in state["log_history"])
     card = (tmp_path / "out" / "README.md").read_text()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import pad_collator, tiny_llama, variable_length_dataset, word_tokenizer
+from conftest import ensemble_recipe, pad_collator, tiny_llama, variable_length_dataset, word_tokenizer
 from datasets import load_from_disk
 from safetensors.torch import load_file
 from test_trainer import make_args
@@ -135,25 +135,6 @@ def error_line(capsys, argv):
         main(argv)
     assert info.value.code == 2
     return capsys.readouterr().err.strip().splitlines()[-1]
-
-
-def ensemble_recipe(tmp_path, recipe, mode="mean_probs"):
-    """The workspace recipe with a second, different teacher: members weighted 3 : 1."""
-    second = tmp_path / "teacher2"
-    tiny_llama(seed=3, hidden=32, layers=1).save_pretrained(second)
-    word_tokenizer().save_pretrained(second)
-    text = (
-        open(recipe)
-        .read()
-        .replace(
-            f"teacher_model_name_or_path: {tmp_path / 'teacher'}\n",
-            f"teacher_model_name_or_path: [{tmp_path / 'teacher'}, {second}]\nteacher_weights: [3, 1]\n"
-            f"teacher_ensemble: {mode}\n",
-        )
-    )
-    path = tmp_path / f"ensemble_{mode}.yaml"
-    path.write_text(text)
-    return str(path), second
 
 
 @pytest.mark.parametrize("mode", ["mean_probs", "mean_logprobs"])
