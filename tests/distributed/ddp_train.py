@@ -61,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--max_steps", type=int, default=3)
     parser.add_argument("--save_steps", type=int, default=None)
+    parser.add_argument("--save_total_limit", type=int, default=None)
     parser.add_argument("--resume_from_checkpoint", default=None)
     parser.add_argument("--half_masked", action="store_true")
     parser.add_argument("--count_syncs", action="store_true")
@@ -83,6 +84,7 @@ def build_trainer(opts: argparse.Namespace) -> DistillTrainer:
         logging_steps=1,
         save_strategy="no" if opts.save_steps is None else "steps",
         save_steps=opts.save_steps or 500,
+        save_total_limit=opts.save_total_limit,
         report_to=[],
         disable_tqdm=True,
         seed=0,

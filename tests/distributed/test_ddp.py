@@ -11,6 +11,8 @@ import torch
 from ddp_train import EVAL_EXAMPLES, build_trainer, parse_args
 from test_trainer import assert_same_weights, train, weights
 
+from hf_distill.checkpoints import is_complete
+
 pytestmark = pytest.mark.distributed
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_train.py")
@@ -76,6 +78,16 @@ def test_checkpoint_written_by_two_processes_resumes_under_two(tmp_path):
     )  # fmt: skip
     assert_same_weights(full["weights"], resumed["weights"])
     assert [h["step"] for h in resumed["log_history"] if "loss" in h] == [1, 2, 3, 4, 5, 6]
+
+
+def test_two_processes_rotate_only_complete_checkpoints(tmp_path):
+    """save_total_limit under 2 processes, with the rotation that waits for both processes and the marker: a save
+    every step keeps exactly the two newest checkpoints, both complete."""
+    args = ["--max_steps", "6", "--per_device_train_batch_size", "2", "--save_steps", "1", "--save_total_limit", "2"]
+    run_two_processes(tmp_path / "run", *args)
+    kept = sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith("checkpoint-"))
+    assert kept == ["checkpoint-5", "checkpoint-6"]
+    assert all(is_complete(str(tmp_path / "run" / name)) for name in kept)
 
 
 def test_gradients_sync_only_on_the_last_micro_batch(tmp_path):
