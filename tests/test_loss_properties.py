@@ -70,16 +70,22 @@ def logit_pairs(draw, teacher_only_inf: bool = False):
     return student, teacher, labels, temperature, magnitude
 
 
-def check_finite_non_negative(student, teacher, labels, temperature, magnitude, loss_type):
-    student = student.clone().requires_grad_()
-    values = distillation_loss(
-        student, teacher, labels, loss_type=loss_type, temperature=temperature, reduction="none"
-    )
+def assert_finite_non_negative(values, student, labels, temperature, magnitude):
+    """Per-position `values` of a loss of `student`: finite, non-negative up to rounding, 0 where ignored, and with
+    finite gradients."""
     assert torch.isfinite(values).all()
     assert (values >= -tolerance(temperature, magnitude)).all()
     assert (values[labels == IGNORE_INDEX] == 0).all()
     (grad,) = torch.autograd.grad(values.sum(), student)
     assert torch.isfinite(grad).all()
+
+
+def check_finite_non_negative(student, teacher, labels, temperature, magnitude, loss_type):
+    student = student.clone().requires_grad_()
+    values = distillation_loss(
+        student, teacher, labels, loss_type=loss_type, temperature=temperature, reduction="none"
+    )
+    assert_finite_non_negative(values, student, labels, temperature, magnitude)
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
@@ -273,11 +279,7 @@ def test_sparse_topk_finite_and_non_negative(mode, loss_type, case):
     student, _, topk, labels, temperature, magnitude = case
     student = student.clone().requires_grad_()
     values = sparse_values(student, topk, labels, temperature, mode, loss_type)
-    assert torch.isfinite(values).all()
-    assert (values >= -tolerance(temperature, magnitude)).all()
-    assert (values[labels == IGNORE_INDEX] == 0).all()
-    (grad,) = torch.autograd.grad(values.sum(), student)
-    assert torch.isfinite(grad).all()
+    assert_finite_non_negative(values, student, labels, temperature, magnitude)
 
 
 @pytest.mark.parametrize("mode", SPARSE_MODES)

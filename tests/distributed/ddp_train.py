@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from conftest import pad_collator, tiny_llama, variable_length_dataset  # noqa: E402
+from leave_group import leave_process_group  # noqa: E402
 
 from hf_distill import DistillConfig, DistillTrainer  # noqa: E402
 
@@ -132,15 +133,8 @@ def main() -> None:
             "metrics": metrics,
         }
         torch.save(result, os.path.join(opts.output_dir, "result.pt"))
-    # Both ranks leave together: a rank exiting while the other still talks to gloo aborts ("terminate called").
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
-    # torch 2.13's gloo threads sometimes abort in C++ static destructors at interpreter exit ("terminate called
-    # without an active exception", exit -6) after all work is done and saved; leave without running them.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_process_group()

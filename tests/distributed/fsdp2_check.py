@@ -21,6 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from conftest import pad_collator, tiny_llama, variable_length_dataset  # noqa: E402
+from leave_group import leave_process_group  # noqa: E402
 
 from hf_distill import DistillConfig, DistillTrainer  # noqa: E402
 from hf_distill.hidden_states import final_hidden_states, lm_head  # noqa: E402
@@ -205,15 +206,8 @@ def main(out_dir: str, chunked: bool, accumulate: bool) -> None:
     if rank == 0:
         result = {"weights": weights, "world_size": world_size, "checked_micro_batches": checked}
         torch.save(result, os.path.join(out_dir, "result.pt"))
-    # Both ranks leave together: a rank exiting while the other still talks to gloo aborts ("terminate called").
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(sys.argv[1], chunked="--chunked" in sys.argv[2:], accumulate="--accumulate" in sys.argv[2:])
-    # torch 2.13's gloo threads sometimes abort in C++ static destructors at interpreter exit ("terminate called
-    # without an active exception", exit -6) after all work is done and saved; leave without running them.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_process_group()

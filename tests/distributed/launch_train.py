@@ -7,11 +7,11 @@ accelerate launch --config_file accelerate_configs/cpu_2proc.yaml tests/distribu
 Each rank prints `rank R of 2: N steps, replicas identical` once the checks passed.
 """
 
-import os
 import sys
 
 import torch
 import torch.distributed as dist
+from leave_group import leave_process_group
 from transformers import TrainerCallback
 
 from hf_distill.pipeline import build_trainer
@@ -44,15 +44,8 @@ def main() -> None:
     trainer.train()
     assert check.steps is not None, "training ended without the check"
     print(f"rank {dist.get_rank()} of {dist.get_world_size()}: {check.steps} steps, replicas identical", flush=True)
-    # Both ranks leave together: a rank exiting while the other still talks to gloo aborts ("terminate called").
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
-    # As in ddp_train.py: torch 2.13's gloo threads sometimes abort in C++ static destructors at interpreter exit
-    # after all work is done; leave without running them.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_process_group()
