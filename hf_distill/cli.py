@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from .process_group import leave_process_group
 from .recipe import RecipeError, parse_recipe
 
 
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             _cache_teacher(args.recipe, overrides, args.cache_dir, args.top_k, args.shard_size)
         else:
             _report(args.output_dir, args.top)
+        leave_process_group()
     except (RecipeError, ValueError, FileNotFoundError) as err:
         # A bad recipe or bad data is the user's to fix: one line naming the problem, no traceback.
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

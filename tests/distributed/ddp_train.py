@@ -18,9 +18,9 @@ from transformers import TrainerCallback
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from conftest import pad_collator, tiny_llama, variable_length_dataset  # noqa: E402
-from leave_group import leave_process_group  # noqa: E402
 
 from hf_distill import DistillConfig, DistillTrainer  # noqa: E402
+from hf_distill.process_group import leave_process_group  # noqa: E402
 
 
 def half_masked_dataset() -> Dataset:

@@ -21,11 +21,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from conftest import pad_collator, tiny_llama, variable_length_dataset  # noqa: E402
-from leave_group import leave_process_group  # noqa: E402
 
 from hf_distill import DistillConfig, DistillTrainer  # noqa: E402
 from hf_distill.hidden_states import final_hidden_states, lm_head  # noqa: E402
 from hf_distill.losses import cross_entropy_loss, distillation_loss, linear_distillation_loss_parts  # noqa: E402
+from hf_distill.process_group import leave_process_group  # noqa: E402
 from hf_distill.teacher_placement import place_teacher  # noqa: E402
 
 

@@ -11,10 +11,10 @@ import sys
 
 import torch
 import torch.distributed as dist
-from leave_group import leave_process_group
 from transformers import TrainerCallback
 
 from hf_distill.pipeline import build_trainer
+from hf_distill.process_group import leave_process_group
 from hf_distill.recipe import parse_recipe
 
 
