@@ -83,7 +83,8 @@ class DistillConfig(TrainingArguments):
             When to write per-example CE, KD and teacher agreement to `output_dir/samples.csv`: any of `eval` and
             `train` (every training micro-batch; costs a gather per micro-batch across processes), or `[]` for never.
             Examples are named by the dataset's `id` column (brought to the batches by `DistillDataCollator`), else,
-            in evaluation, by their index; `train` needs the ids (shuffled batches have no meaningful index).
+            in evaluation, by their index; `train` needs the ids (shuffled batches have no meaningful index), and so
+            does `eval` under `train_sampling_strategy: group_by_length`, which reorders the evaluation batches too.
         metrics_csv (`bool`, *optional*, defaults to `True`):
             Append every training and evaluation log (losses, learning rate, gradient norm, target tokens per second,
             elapsed seconds) to `output_dir/metrics.csv`, from a background thread of the main process. A run resumed

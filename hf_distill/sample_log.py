@@ -18,12 +18,14 @@ class SampleLog:
     Examples are named by the batch's `id`s. Evaluation batches without ids are named by their index in the eval
     dataset: its sampler is sequential and process p's k-th batch is the dataset's batch k * processes + p, so the
     gathered rows of each round of batches, padding dropped, come in dataset order and a running count is the index.
-    Training batches are shuffled: without ids, no example could be named.
+    Training batches are shuffled, and so are evaluation batches under `train_sampling_strategy: group_by_length`
+    (Trainer's eval sampler then groups by length too): without ids, no example could be named.
     """
 
-    def __init__(self, accelerator: Accelerator, path: str):
+    def __init__(self, accelerator: Accelerator, path: str, eval_in_order: bool = True):
         self.accelerator = accelerator
         self.path = path
+        self.eval_in_order = eval_in_order
         self.rows: list[tuple] = []
         self._unnamed = 0
 
@@ -33,6 +35,13 @@ class SampleLog:
                 "track_samples includes 'train', but the training batches carry no 'id' field to name their "
                 "examples: give the train dataset an 'id' column and collate it with hf_distill.data."
                 "DistillDataCollator, or remove 'train' from track_samples"
+            )
+        if ids is None and not self.eval_in_order:
+            raise ValueError(
+                "track_samples includes 'eval', but the evaluation batches carry no 'id' field and "
+                "train_sampling_strategy='group_by_length' reorders them, so their examples cannot be named: give the "
+                "eval dataset an 'id' column and collate it with hf_distill.data.DistillDataCollator, or remove "
+                "'eval' from track_samples"
             )
         stats = torch.stack([terms["tokens"], terms["ce"], terms["kd"], terms["agree"]], dim=-1).detach().float()
         stats = self.accelerator.gather_for_metrics(stats).cpu()

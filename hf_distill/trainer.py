@@ -123,7 +123,11 @@ class DistillTrainer(Trainer):
         )
         self._step_ids: list = []
         self.add_callback(NonFiniteGuard(self, self.args.max_nonfinite_steps))
-        self._sample_log = SampleLog(self.accelerator, os.path.join(self.args.output_dir, "samples.csv"))
+        self._sample_log = SampleLog(
+            self.accelerator,
+            os.path.join(self.args.output_dir, "samples.csv"),
+            eval_in_order=self.args.train_sampling_strategy != "group_by_length",
+        )
         self._target_tokens_seen = torch.zeros((), dtype=torch.long, device=self.args.device)
         self.add_callback(MetricsCSVCallback(self.target_tokens_seen, self._sample_log, args.metrics_csv))
 

@@ -65,3 +65,33 @@ def test_training_rows_need_ids(tmp_path):
     assert len({r["id"] for r in rows}) == 8
     tokens = target_tokens(dataset)
     assert all(int(r["tokens"]) == tokens[int(r["id"].removeprefix("ex-"))] for r in rows)
+
+
+def test_evaluation_rows_need_ids_when_grouped_by_length(tmp_path):
+    """Trainer's eval sampler groups by length too under group_by_length: the dataset index no longer names a row."""
+    args = dict(per_device_eval_batch_size=3, train_sampling_strategy="group_by_length")
+    eval_dataset = variable_length_dataset(7, seed=4)
+    trainer = DistillTrainer(
+        model=tiny_llama(seed=1),
+        teacher_model=tiny_llama(seed=2),
+        args=make_args(tmp_path / "no_ids", **args),
+        eval_dataset=eval_dataset,
+        data_collator=pad_collator,
+    )
+    with pytest.raises(ValueError, match="train_sampling_strategy='group_by_length' reorders them"):
+        trainer.evaluate()
+
+    named = eval_dataset.map(lambda _, i: {"id": f"ex-{i}"}, with_indices=True)
+    trainer = DistillTrainer(
+        model=tiny_llama(seed=1),
+        teacher_model=tiny_llama(seed=2),
+        args=make_args(tmp_path / "ids", **args),
+        eval_dataset=named,
+        data_collator=DistillDataCollator(word_tokenizer()),
+    )
+    trainer.evaluate()
+    rows = samples(tmp_path / "ids" / "samples.csv")
+    assert [r["id"] for r in rows] != [f"ex-{i}" for i in range(7)]  # the sampler did reorder them
+    assert sorted(r["id"] for r in rows) == sorted(f"ex-{i}" for i in range(7))
+    tokens = target_tokens(eval_dataset)
+    assert all(int(r["tokens"]) == tokens[int(r["id"].removeprefix("ex-"))] for r in rows)
