@@ -80,6 +80,8 @@ import os, sys
 from accelerate import Accelerator, PartialState
 from transformers import TrainingArguments
 
+from hf_distill.process_group import leave_process_group
+
 print("requested", os.environ.get("ACCELERATE_USE_FSDP"), os.environ.get("ACCELERATE_USE_DEEPSPEED"))
 if sys.argv[2] == "trainer":
     args = TrainingArguments(output_dir=sys.argv[1], use_cpu=True, report_to=[])
@@ -88,6 +90,7 @@ if sys.argv[2] == "trainer":
     print("accelerator", accelerator.distributed_type.value, getattr(accelerator.state, "fsdp_plugin", None))
 else:
     print("partial_state", PartialState(cpu=True).distributed_type.value)
+leave_process_group()
 """
 
 
