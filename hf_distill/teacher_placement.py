@@ -27,6 +27,10 @@ def deepspeed_inference_config(train_config: dict[str, Any], hidden_size: int | 
                 "stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
             }
         )
+    # Trainer fills the size-dependent "auto" values from the student only when it prepares it, after the teacher
+    # is placed (`trainer_config_finalize`); DeepSpeed cannot parse those left, so its defaults apply instead.
+    for key in [key for key, value in zero.items() if value == "auto"]:
+        del zero[key]
     config.pop("optimizer", None)
     config.pop("scheduler", None)
     zero.pop("offload_optimizer", None)

@@ -46,6 +46,30 @@ def test_zero2_teacher_is_a_full_copy():
     assert config["zero_optimization"] == {"stage": 0}
 
 
+def test_size_dependent_auto_values_are_filled_or_dropped():
+    """The "auto" bucket sizes of Hugging Face's ZeRO-2/3 example configs: Trainer fills them from the student only
+    when it prepares it, after the teacher is placed, and DeepSpeed cannot parse "auto"."""
+    zero = {
+        "stage": 3,
+        "overlap_comm": True,
+        "reduce_bucket_size": "auto",
+        "stage3_prefetch_bucket_size": "auto",
+        "stage3_param_persistence_threshold": "auto",
+        "stage3_gather_16bit_weights_on_model_save": True,
+    }
+    config = deepspeed_inference_config({"zero_optimization": zero}, hidden_size=64)
+    assert config["zero_optimization"]["reduce_bucket_size"] == 64 * 64
+    config = deepspeed_inference_config({"zero_optimization": zero}, hidden_size=None)
+    assert config["zero_optimization"] == {
+        "stage": 3,
+        "overlap_comm": True,
+        "stage3_gather_16bit_weights_on_model_save": True,
+    }
+    zero2 = {"stage": 2, "allgather_bucket_size": "auto", "reduce_bucket_size": "auto", "contiguous_gradients": True}
+    config = deepspeed_inference_config({"zero_optimization": zero2}, hidden_size=64)
+    assert config["zero_optimization"] == {"stage": 0, "contiguous_gradients": True}
+
+
 def fake_accelerator(distributed_type, **extra):
     return types.SimpleNamespace(
         distributed_type=distributed_type, device=torch.device("cpu"), is_fsdp2=False, **extra
