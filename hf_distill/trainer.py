@@ -338,15 +338,14 @@ class DistillTrainer(Trainer):
             ce = cross_entropy_loss(student_logits, targets, reduction="none").sum(-1)
         mask = targets != IGNORE_INDEX
         terms = {"ce": ce, "kd": torch.zeros_like(ce), "agree": torch.zeros_like(ce), "tokens": mask.sum(-1).float()}
+        teacher_top1 = None
         if self.teacher_model is not None:
             teacher_logits = self._teacher_logits(model_inputs)[:, :-1, : self.kd_vocab_size]
             student_logits = student_logits[..., : self.kd_vocab_size]
             terms["kd"] = distillation_loss(student_logits, teacher_logits, targets, **self._divergence_options()).sum(
                 -1
             )
-            with torch.no_grad():
-                matches = (student_logits.argmax(-1) == teacher_logits.argmax(-1)) & mask
-                terms["agree"] = matches.sum(-1).float()
+            teacher_top1 = teacher_logits.argmax(-1)
         elif self._cached_teacher and cached:
             terms["kd"] = sparse_distillation_loss(
                 student_logits,
@@ -357,9 +356,10 @@ class DistillTrainer(Trainer):
                 mode=self.args.teacher_cache_mode,
                 **self._divergence_options(),
             ).sum(-1)
+            teacher_top1 = cached["teacher_topk_ids"][..., 0]
+        if teacher_top1 is not None:
             with torch.no_grad():
-                matches = (student_logits.argmax(-1) == cached["teacher_topk_ids"][..., 0]) & mask
-                terms["agree"] = matches.sum(-1).float()
+                terms["agree"] = ((student_logits.argmax(-1) == teacher_top1) & mask).sum(-1).float()
         return terms
 
     def _divergence_options(self) -> dict[str, Any]:
@@ -447,8 +447,7 @@ class DistillTrainer(Trainer):
         if self.teacher_model is not None or self._cached_teacher:
             teacher = self.args.teacher_model_name_or_path
             if teacher is None:
-                members = getattr(self.teacher_model, "members", [self.teacher_model])
-                teacher = [m.config.name_or_path for m in members]
+                teacher = [m.config.name_or_path for m in self._teachers()]
             if not isinstance(teacher, str):
                 teacher = ", ".join(teacher)
         eval_metrics = next((h for h in reversed(self.state.log_history) if "eval_loss" in h), {})

@@ -92,6 +92,21 @@ def test_recipe_with_a_list_of_teachers(workspace):
     assert f"{tmp_path / 'teacher'}, {second}" in card
 
 
+def test_model_card_names_ensemble_members_passed_as_models(tmp_path):
+    """Without teacher_model_name_or_path, the card names each member by its config's name_or_path."""
+    members = [tiny_llama(seed=2), tiny_llama(seed=3)]
+    for member, name in zip(members, ("org/teacher-a", "org/teacher-b")):
+        member.config._name_or_path = name
+    trainer = DistillTrainer(
+        model=tiny_llama(seed=1),
+        teacher_model=members,
+        args=make_args(tmp_path),
+        train_dataset=variable_length_dataset(),
+    )
+    trainer.create_model_card()
+    assert "org/teacher-a, org/teacher-b" in (tmp_path / "README.md").read_text()
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
