@@ -15,6 +15,18 @@ def samples(path):
         return list(csv.DictReader(f))
 
 
+def sample_trainer(output_dir, collator=pad_collator, train_dataset=None, eval_dataset=None, **args):
+    """A tiny student and teacher; `args` go to `make_args`."""
+    return DistillTrainer(
+        model=tiny_llama(seed=1),
+        teacher_model=tiny_llama(seed=2),
+        args=make_args(output_dir, **args),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+    )
+
+
 def target_tokens(dataset):
     return [sum(label != -100 for label in row["labels"][1:]) for row in dataset]
 
@@ -22,13 +34,7 @@ def target_tokens(dataset):
 def test_evaluation_rows_without_ids_are_named_by_dataset_index(tmp_path):
     """7 examples in batches of 3 (the last one short): row i describes example i, whatever batch it was in."""
     eval_dataset = variable_length_dataset(7, seed=4)
-    trainer = DistillTrainer(
-        model=tiny_llama(seed=1),
-        teacher_model=tiny_llama(seed=2),
-        args=make_args(tmp_path, per_device_eval_batch_size=3),
-        eval_dataset=eval_dataset,
-        data_collator=pad_collator,
-    )
+    trainer = sample_trainer(tmp_path, per_device_eval_batch_size=3, eval_dataset=eval_dataset)
     trainer.evaluate()
     trainer.evaluate()  # a second evaluation numbers its examples from 0 again
     rows = samples(tmp_path / "samples.csv")
@@ -39,26 +45,14 @@ def test_evaluation_rows_without_ids_are_named_by_dataset_index(tmp_path):
 
 def test_training_rows_need_ids(tmp_path):
     args = dict(max_steps=2, per_device_train_batch_size=4, track_samples=["train"])
-    trainer = DistillTrainer(
-        model=tiny_llama(seed=1),
-        teacher_model=tiny_llama(seed=2),
-        args=make_args(tmp_path / "no_ids", **args),
-        train_dataset=variable_length_dataset(),
-        data_collator=pad_collator,
-    )
+    trainer = sample_trainer(tmp_path / "no_ids", **args, train_dataset=variable_length_dataset())
     # Shuffled batches without ids: a running count would name the wrong examples.
     with pytest.raises(ValueError, match="training batches carry no 'id' field.*DistillDataCollator"):
         trainer.train()
 
     dataset = variable_length_dataset()
     named = dataset.map(lambda _, i: {"id": f"ex-{i}"}, with_indices=True)
-    trainer = DistillTrainer(
-        model=tiny_llama(seed=1),
-        teacher_model=tiny_llama(seed=2),
-        args=make_args(tmp_path / "ids", **args),
-        train_dataset=named,
-        data_collator=DistillDataCollator(word_tokenizer()),
-    )
+    trainer = sample_trainer(tmp_path / "ids", DistillDataCollator(word_tokenizer()), **args, train_dataset=named)
     trainer.train()
     rows = samples(tmp_path / "ids" / "samples.csv")
     assert [r["step"] for r in rows] == ["1"] * 4 + ["2"] * 4
@@ -71,24 +65,12 @@ def test_evaluation_rows_need_ids_when_grouped_by_length(tmp_path):
     """Trainer's eval sampler groups by length too under group_by_length: the dataset index no longer names a row."""
     args = dict(per_device_eval_batch_size=3, train_sampling_strategy="group_by_length")
     eval_dataset = variable_length_dataset(7, seed=4)
-    trainer = DistillTrainer(
-        model=tiny_llama(seed=1),
-        teacher_model=tiny_llama(seed=2),
-        args=make_args(tmp_path / "no_ids", **args),
-        eval_dataset=eval_dataset,
-        data_collator=pad_collator,
-    )
+    trainer = sample_trainer(tmp_path / "no_ids", **args, eval_dataset=eval_dataset)
     with pytest.raises(ValueError, match="train_sampling_strategy='group_by_length' reorders them"):
         trainer.evaluate()
 
     named = eval_dataset.map(lambda _, i: {"id": f"ex-{i}"}, with_indices=True)
-    trainer = DistillTrainer(
-        model=tiny_llama(seed=1),
-        teacher_model=tiny_llama(seed=2),
-        args=make_args(tmp_path / "ids", **args),
-        eval_dataset=named,
-        data_collator=DistillDataCollator(word_tokenizer()),
-    )
+    trainer = sample_trainer(tmp_path / "ids", DistillDataCollator(word_tokenizer()), **args, eval_dataset=named)
     trainer.evaluate()
     rows = samples(tmp_path / "ids" / "samples.csv")
     assert [r["id"] for r in rows] != [f"ex-{i}" for i in range(7)]  # the sampler did reorder them
