@@ -147,6 +147,11 @@ class DistillConfig(TrainingArguments):
             self.metric_for_best_model = "loss"
         super().__post_init__()
 
+    @property
+    def uses_teacher_cache(self) -> bool:
+        """Whether training reads the teacher from `teacher_cache_dir` instead of running one (only when alpha < 1)."""
+        return self.alpha < 1.0 and self.teacher_cache_dir is not None
+
     def _validate_distillation_fields(self) -> None:
         teachers = self.teacher_model_name_or_path
         if isinstance(teachers, list | tuple) and not teachers:

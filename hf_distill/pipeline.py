@@ -94,12 +94,11 @@ def build_trainer(
     check_models_fit(model_args, config, tokenizer)
     with config.main_process_first(desc="tokenizing the dataset"):
         train_dataset, eval_dataset = prepare_datasets(data_args, tokenizer)
-    cached_teacher = config.alpha < 1.0 and config.teacher_cache_dir is not None
-    if cached_teacher:
+    if config.uses_teacher_cache:
         train_dataset = attach_teacher_cache(data_args, config, tokenizer, train_dataset)
 
     teacher = None
-    if config.alpha < 1.0 and config.teacher_model_name_or_path is not None and not cached_teacher:
+    if config.alpha < 1.0 and config.teacher_model_name_or_path is not None and not config.uses_teacher_cache:
         kwargs = teacher_init_kwargs(model_args, config)
         teachers = [
             load_causal_lm(path, "teacher_model_name_or_path", **kwargs)

@@ -86,8 +86,7 @@ class DistillTrainer(Trainer):
                 EarlyStoppingCallback(args.early_stop_patience, args.early_stop_min_delta),
             ]
 
-        self._cached_teacher = args.alpha < 1.0 and args.teacher_cache_dir is not None
-        teacher = self._load_teacher(teacher_model, args) if args.alpha < 1.0 and not self._cached_teacher else None
+        teacher = self._load_teacher(teacher_model, args) if args.alpha < 1.0 and not args.uses_teacher_cache else None
         super().__init__(model, args, **trainer_kwargs)
 
         self.teacher_model = None
@@ -231,7 +230,7 @@ class DistillTrainer(Trainer):
         # Causal LM: the logits at position i predict the token at position i + 1.
         targets = inputs["labels"][:, 1:]
         mode = "train" if model.training else "eval"
-        if self._cached_teacher and mode == "train" and not cached:
+        if self.args.uses_teacher_cache and mode == "train" and not cached:
             raise ValueError(
                 f"teacher_cache_dir={self.args.teacher_cache_dir!r}, but the training batches carry no cached "
                 "teacher: attach the cache to the train dataset (hf_distill.teacher_cache.attach_teacher_cache) and "
@@ -299,7 +298,7 @@ class DistillTrainer(Trainer):
                 teacher_ensemble = EnsembleTeacher(teacher_heads, [1.0])
         args = self.args
         teacher_topk = None
-        if self._cached_teacher:
+        if self.args.uses_teacher_cache:
             teacher_topk = TopKTeacher(*(cached[name] for name in CACHE_COLUMNS))
         parts = linear_distillation_loss_parts(
             hidden,
@@ -346,7 +345,7 @@ class DistillTrainer(Trainer):
                 -1
             )
             teacher_top1 = teacher_logits.argmax(-1)
-        elif self._cached_teacher and cached:
+        elif self.args.uses_teacher_cache and cached:
             terms["kd"] = sparse_distillation_loss(
                 student_logits,
                 cached["teacher_topk_ids"],
@@ -400,7 +399,7 @@ class DistillTrainer(Trainer):
             steps = max(self.state.global_step - self._train_window_start, 1)
             sums = self.accelerator.reduce(self._train_sums.clone(), reduction="mean") / steps
             logs["ce_loss"] = sums[0].item()
-            if self.teacher_model is not None or self._cached_teacher:
+            if self.teacher_model is not None or self.args.uses_teacher_cache:
                 logs["kd_loss"] = sums[1].item()
             self._train_sums.zero_()
             self._train_window_start = None
@@ -444,7 +443,7 @@ class DistillTrainer(Trainer):
         if not self.is_world_process_zero():
             return
         teacher = None
-        if self.teacher_model is not None or self._cached_teacher:
+        if self.teacher_model is not None or self.args.uses_teacher_cache:
             teacher = self.args.teacher_model_name_or_path
             if teacher is None:
                 teacher = [m.config.name_or_path for m in self._teachers()]
