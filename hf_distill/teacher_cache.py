@@ -227,17 +227,16 @@ def _write_json(path: str, content: dict) -> None:
 
 
 def _write_atomically(path: str, write) -> None:
+    """`write(tmp)` under a temporary name, then one rename: the file or folder exists whole or not at all."""
     tmp = f"{path}.tmp"
+    # A folder a killed write left behind (a leftover file is simply overwritten).
+    shutil.rmtree(tmp, ignore_errors=True)
     write(tmp)
     os.replace(tmp, path)
 
 
 def save_shard(shard: Dataset, path: str) -> None:
-    """`save_to_disk` under a temporary name, then one rename: the shard exists whole or not at all."""
-    tmp = f"{path}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shard.save_to_disk(tmp)
-    os.rename(tmp, path)
+    _write_atomically(path, shard.save_to_disk)
 
 
 def load_teacher_cache(cache_dir: str) -> tuple[dict, Dataset]:
