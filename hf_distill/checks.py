@@ -8,7 +8,6 @@ from transformers import AutoTokenizer
 from .arguments import DataArguments, ModelArguments
 from .config import DistillConfig
 from .data import FILE_BUILDERS, split_files
-from .ensemble import teacher_paths
 from .modeling import load_causal_lm_config
 
 
@@ -74,10 +73,10 @@ def check_recipe(
     _check_local(model_args.model_name_or_path, "model_name_or_path", model_config, produced_paths)
     if model_args.tokenizer_name_or_path is not None:
         _check_local(model_args.tokenizer_name_or_path, "tokenizer_name_or_path", tokenizer, produced_paths)
-    if config.alpha < 1.0:
-        if config.teacher_model_name_or_path is None:
+    if config.teacher_source != "none":
+        if not config.teacher_paths:
             raise ValueError(f"alpha={config.alpha} needs a teacher: set teacher_model_name_or_path")
-        for teacher in teacher_paths(config.teacher_model_name_or_path):
+        for teacher in config.teacher_paths:
             _check_local(teacher, "teacher_model_name_or_path", model_config, produced_paths)
     _check_dataset(data_args)
     if config.early_stop_patience is not None and data_args.dataset_eval_split is None:

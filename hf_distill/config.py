@@ -1,12 +1,27 @@
 """`DistillConfig`: `transformers.TrainingArguments` plus the distillation knobs."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
 
-from .ensemble import normalized_weights
 from .losses import ENSEMBLE_MODES, LOSS_TYPES, SPARSE_MODES, check_ensemble_mode
+
+TEACHER_SOURCES = ("none", "model", "cache")
+
+
+def normalized_weights(weights: Sequence[float] | None, n_teachers: int) -> list[float]:
+    """`weights` scaled to sum to 1 (uniform when None); errors name the `teacher_weights` field."""
+    if weights is None:
+        return [1.0 / n_teachers] * n_teachers
+    weights = list(weights)
+    if len(weights) != n_teachers:
+        raise ValueError(f"teacher_weights={weights} has {len(weights)} entries for {n_teachers} teachers")
+    if any(not w >= 0 for w in weights) or not sum(weights) > 0:
+        raise ValueError(f"teacher_weights={weights} must be >= 0 with a positive sum")
+    total = sum(weights)
+    return [w / total for w in weights]
 
 
 @dataclass
@@ -147,10 +162,33 @@ class DistillConfig(TrainingArguments):
             self.metric_for_best_model = "loss"
         super().__post_init__()
 
+    # What follows from the fields is decided here and read everywhere else. Properties, not attributes set once:
+    # a script that changes a field after construction must not read a stale decision.
+
+    @property
+    def teacher_source(self) -> str:
+        """Where the teacher comes from: `none` (alpha == 1, no teacher), `cache` (`teacher_cache_dir`) or `model`
+        (teacher models, from `teacher_model_name_or_path` or passed to the trainer)."""
+        if self.alpha == 1.0:
+            return "none"
+        return "cache" if self.teacher_cache_dir is not None else "model"
+
     @property
     def uses_teacher_cache(self) -> bool:
         """Whether training reads the teacher from `teacher_cache_dir` instead of running one (only when alpha < 1)."""
-        return self.alpha < 1.0 and self.teacher_cache_dir is not None
+        return self.teacher_source == "cache"
+
+    @property
+    def teacher_paths(self) -> list[str]:
+        """`teacher_model_name_or_path` as a list: one path, an ensemble's paths, or none."""
+        teachers = self.teacher_model_name_or_path
+        if teachers is None:
+            return []
+        return [teachers] if isinstance(teachers, str) else list(teachers)
+
+    def ensemble_weights(self, n_teachers: int | None = None) -> list[float]:
+        """`teacher_weights` normalised to sum to 1, for `n_teachers` members (default: the configured paths)."""
+        return normalized_weights(self.teacher_weights, len(self.teacher_paths) if n_teachers is None else n_teachers)
 
     def _validate_distillation_fields(self) -> None:
         teachers = self.teacher_model_name_or_path

@@ -10,28 +10,6 @@ from .losses import check_ensemble_mode, combine_log_probs
 from .modeling import check_vocab_sizes, output_width
 
 
-def teacher_paths(teacher_model_name_or_path: str | Sequence[str] | None) -> list[str]:
-    """The teacher field as a list: one path, an ensemble's paths, or none."""
-    if teacher_model_name_or_path is None:
-        return []
-    if isinstance(teacher_model_name_or_path, str):
-        return [teacher_model_name_or_path]
-    return list(teacher_model_name_or_path)
-
-
-def normalized_weights(weights: Sequence[float] | None, n_teachers: int) -> list[float]:
-    """`weights` scaled to sum to 1 (uniform when None); errors name the `teacher_weights` field."""
-    if weights is None:
-        return [1.0 / n_teachers] * n_teachers
-    weights = list(weights)
-    if len(weights) != n_teachers:
-        raise ValueError(f"teacher_weights={weights} has {len(weights)} entries for {n_teachers} teachers")
-    if any(not w >= 0 for w in weights) or not sum(weights) > 0:
-        raise ValueError(f"teacher_weights={weights} must be >= 0 with a positive sum")
-    total = sum(weights)
-    return [w / total for w in weights]
-
-
 def check_member_vocabularies(members: Sequence[nn.Module]) -> None:
     """Members must share one vocabulary: their logit widths may differ only by embedding padding."""
     widths = [output_width(m) for m in members]

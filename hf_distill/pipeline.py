@@ -10,7 +10,6 @@ from .arguments import DataArguments, ModelArguments
 from .checkpoints import last_complete_checkpoint
 from .config import DistillConfig
 from .data import DistillDataCollator, prepare_datasets
-from .ensemble import teacher_paths
 from .modeling import (
     check_same_tokenizer,
     check_vocab_sizes,
@@ -27,7 +26,7 @@ logger = logging.getLogger(__name__)
 def load_tokenizer(model_args: ModelArguments, config: DistillConfig):
     name = model_args.tokenizer_name_or_path
     if name is None:
-        teachers = teacher_paths(config.teacher_model_name_or_path)
+        teachers = config.teacher_paths
         name = teachers[0] if teachers and model_args.student_init == "from_config" else None
         name = name or model_args.model_name_or_path
     try:
@@ -68,10 +67,10 @@ def check_models_fit(model_args: ModelArguments, config: DistillConfig, tokenize
     """Model, tokenizer and vocabulary checks from config and tokenizer files only, before any weight is loaded."""
     trust = model_args.trust_remote_code
     student = load_causal_lm_config(model_args.model_name_or_path, "model_name_or_path", trust)
-    if config.alpha == 1.0:
+    if config.teacher_source == "none":
         return
     # Every ensemble member is checked against the student, and so shares its vocabulary with the others.
-    for teacher_path in teacher_paths(config.teacher_model_name_or_path):
+    for teacher_path in config.teacher_paths:
         teacher = load_causal_lm_config(teacher_path, "teacher_model_name_or_path", trust)
         try:
             teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_path, trust_remote_code=trust)
@@ -98,12 +97,9 @@ def build_trainer(
         train_dataset = attach_teacher_cache(data_args, config, tokenizer, train_dataset)
 
     teacher = None
-    if config.alpha < 1.0 and config.teacher_model_name_or_path is not None and not config.uses_teacher_cache:
+    if config.teacher_source == "model" and config.teacher_paths:
         kwargs = teacher_init_kwargs(model_args, config)
-        teachers = [
-            load_causal_lm(path, "teacher_model_name_or_path", **kwargs)
-            for path in teacher_paths(config.teacher_model_name_or_path)
-        ]
+        teachers = [load_causal_lm(path, "teacher_model_name_or_path", **kwargs) for path in config.teacher_paths]
         teacher = teachers if isinstance(config.teacher_model_name_or_path, list) else teachers[0]
     student = load_student(model_args, config)
 

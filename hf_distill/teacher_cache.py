@@ -30,7 +30,7 @@ from datasets import Dataset, Features, List, Value, concatenate_datasets, load_
 from .arguments import DataArguments, ModelArguments
 from .config import DistillConfig
 from .data import CACHE_COLUMNS, prepare_datasets
-from .ensemble import TeacherEnsemble, check_member_vocabularies, normalized_weights, teacher_paths
+from .ensemble import TeacherEnsemble, check_member_vocabularies
 from .losses import IGNORE_INDEX
 from .modeling import load_causal_lm
 
@@ -69,12 +69,12 @@ def dataset_fingerprint(dataset: Dataset) -> str:
 
 
 def _expected_manifest(data_args: DataArguments, config: DistillConfig, tokenizer, train_dataset: Dataset) -> dict:
-    teachers = teacher_paths(config.teacher_model_name_or_path)
+    teachers = config.teacher_paths
     ensemble = len(teachers) > 1
     return {
         "teacher_model_name_or_path": teachers,
         "teacher_ensemble": config.teacher_ensemble if ensemble else None,
-        "teacher_weights": normalized_weights(config.teacher_weights, len(teachers)) if ensemble else None,
+        "teacher_weights": config.ensemble_weights(len(teachers)) if ensemble else None,
         "tokenizer_vocabulary_sha256": vocabulary_hash(tokenizer),
         "dataset_fingerprint": dataset_fingerprint(train_dataset),
         "max_length": data_args.max_length,
@@ -131,7 +131,7 @@ def build_teacher_cache(
 
     if top_k < 1 or shard_size < 1:
         raise ValueError(f"top_k and shard_size must be >= 1, got top_k={top_k}, shard_size={shard_size}")
-    teachers = teacher_paths(config.teacher_model_name_or_path)
+    teachers = config.teacher_paths
     if config.alpha == 1.0 or not teachers:
         raise ValueError(
             f"cache-teacher needs a teacher: alpha={config.alpha}, "
@@ -182,13 +182,13 @@ def _load_teacher(model_args: ModelArguments, config: DistillConfig, vocab_size:
     from .pipeline import teacher_init_kwargs
 
     kwargs = teacher_init_kwargs(model_args, config)
-    paths = teacher_paths(config.teacher_model_name_or_path)
+    paths = config.teacher_paths
     members = [load_causal_lm(path, "teacher_model_name_or_path", **kwargs) for path in paths]
     if len(members) == 1:
         teacher = members[0]
     else:
         check_member_vocabularies(members)
-        weights = normalized_weights(config.teacher_weights, len(members))
+        weights = config.ensemble_weights(len(members))
         # At temperature 1 the ensemble's logits are its log-probabilities; training softens them by its own T.
         teacher = TeacherEnsemble(members, weights, config.teacher_ensemble, 1.0, vocab_size)
     return teacher.eval().to(config.device)

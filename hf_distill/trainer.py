@@ -14,7 +14,7 @@ from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer
 from .checkpoints import last_complete_checkpoint, mark_complete, rotate_checkpoints
 from .config import DistillConfig
 from .data import CACHE_COLUMNS, DistillDataCollator
-from .ensemble import TeacherEnsemble, check_member_vocabularies, normalized_weights
+from .ensemble import TeacherEnsemble, check_member_vocabularies
 from .hidden_states import final_hidden_states, lm_head, supports_hidden_states
 from .losses import (
     IGNORE_INDEX,
@@ -86,7 +86,7 @@ class DistillTrainer(Trainer):
                 EarlyStoppingCallback(args.early_stop_patience, args.early_stop_min_delta),
             ]
 
-        teacher = self._load_teacher(teacher_model, args) if args.alpha < 1.0 and not args.uses_teacher_cache else None
+        teacher = self._load_teacher(teacher_model, args) if args.teacher_source == "model" else None
         super().__init__(model, args, **trainer_kwargs)
 
         self.teacher_model = None
@@ -100,7 +100,7 @@ class DistillTrainer(Trainer):
                 self.kd_vocab_size = min(check_vocabularies(student, t, tokenizer_size) for t in teacher)
                 self.teacher_model = TeacherEnsemble(
                     [place_teacher(t, self.accelerator) for t in teacher],
-                    normalized_weights(args.teacher_weights, len(teacher)),
+                    args.ensemble_weights(len(teacher)),
                     args.teacher_ensemble,
                     args.temperature,
                     self.kd_vocab_size,
