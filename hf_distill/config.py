@@ -6,7 +6,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .losses import ENSEMBLE_MODES, LOSS_TYPES, SPARSE_MODES, check_ensemble_mode
+from .losses import ENSEMBLE_MODES, LOSS_CHUNK_SIZE, LOSS_TYPES, SPARSE_MODES, DivergenceSpec, check_ensemble_mode
 
 TEACHER_SOURCES = ("none", "model", "cache")
 
@@ -142,7 +142,7 @@ class DistillConfig(TrainingArguments):
     )
 
     loss_chunk_size: int = field(
-        default=256, metadata={"help": "Target tokens per chunk of the fused loss; 0 = dense logits."}
+        default=LOSS_CHUNK_SIZE, metadata={"help": "Target tokens per chunk of the fused loss; 0 = dense logits."}
     )
     max_nonfinite_steps: int = field(
         default=3, metadata={"help": "Consecutive NaN/inf steps skipped before training stops with an error."}
@@ -179,6 +179,12 @@ class DistillConfig(TrainingArguments):
         return self.teacher_source == "cache"
 
     @property
+    def divergence_spec(self) -> DivergenceSpec:
+        """The loss options as the loss functions take them: `loss_type`, `temperature`, `beta`, `skew_lambda`,
+        `alpha` (checked on construction, with errors naming the field)."""
+        return DivergenceSpec(self.loss_type, self.temperature, self.beta, self.skew_lambda, self.alpha)
+
+    @property
     def teacher_paths(self) -> list[str]:
         """`teacher_model_name_or_path` as a list: one path, an ensemble's paths, or none."""
         teachers = self.teacher_model_name_or_path
@@ -199,16 +205,7 @@ class DistillConfig(TrainingArguments):
             # With the teachers passed to the trainer instead, their number is only known there.
             n_teachers = len(teachers) if isinstance(teachers, list | tuple) else len(self.teacher_weights)
             normalized_weights(self.teacher_weights, n_teachers)
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got alpha={self.alpha}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got temperature={self.temperature}")
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type={self.loss_type!r} is not supported; choose one of {', '.join(LOSS_TYPES)}")
-        if self.loss_type == "jsd" and not 0.0 < self.beta < 1.0:
-            raise ValueError(f"beta must be in (0, 1) for loss_type='jsd', got beta={self.beta}")
-        if not 0.0 <= self.skew_lambda < 1.0:
-            raise ValueError(f"skew_lambda must be in [0, 1), got skew_lambda={self.skew_lambda}")
+        self.divergence_spec  # noqa: B018 (built to validate: alpha, temperature, loss_type, beta, skew_lambda)
         if self.teacher_cache_mode not in SPARSE_MODES:
             raise ValueError(
                 f"teacher_cache_mode={self.teacher_cache_mode!r} is not supported; choose one of "

@@ -3,26 +3,17 @@ wrapper (DDP, FSDP2) the engine put around it; and the LM head that turns them i
 
 import inspect
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from .losses import LMHead
+
 # Positions to project: none. The wrapped forward still runs the LM head (on zero positions), so DDP counts its
 # weight as used and FSDP2 gathers it, while the hidden states go to the chunked loss instead.
 _NO_POSITIONS = torch.empty(0, dtype=torch.long)
-
-
-@dataclass
-class LMHead:
-    """What turns final hidden states into logits: `softcap * tanh((h @ weight.T + bias) * scale / softcap)`."""
-
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-    logit_scale: float
-    softcap: float | None
 
 
 def supports_hidden_states(model: nn.Module) -> bool:
@@ -52,6 +43,7 @@ def _full(tensor: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def lm_head(model: nn.Module) -> LMHead:
+    """The model's output head, whole, with the logit scale and final-logit soft-cap its config sets."""
     head = model.get_output_embeddings()
     config = model.config.get_text_config()
     scale = getattr(model, "logit_scale", None) or getattr(config, "logit_scale", None) or 1.0

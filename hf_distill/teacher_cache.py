@@ -24,15 +24,14 @@ import shutil
 
 import pyarrow.compute as pc
 import torch
-import torch.nn.functional as F
 from datasets import Dataset, Features, List, Value, concatenate_datasets, load_from_disk
 
 from .arguments import DataArguments, ModelArguments
 from .config import DistillConfig
 from .data import CACHE_COLUMNS, prepare_datasets
-from .ensemble import TeacherEnsemble, check_member_vocabularies
 from .losses import IGNORE_INDEX
 from .modeling import load_causal_lm
+from .teachers import LiveTeacher, check_member_vocabularies
 
 MANIFEST = "manifest.json"
 # Manifest entries that must equal the recipe's for a cache to be used; top_k and num_examples describe the cache.
@@ -95,14 +94,13 @@ def _shard_path(cache_dir: str, index: int) -> str:
 
 
 @torch.no_grad()
-def teacher_topk(teacher, rows: list[dict], top_k: int, vocab_size: int, pad_id: int) -> dict[str, list]:
+def teacher_topk(teacher: LiveTeacher, rows: list[dict], top_k: int, pad_id: int) -> dict[str, list]:
     """The cached columns of `rows` (with `input_ids` and `labels`), from one teacher forward pass."""
     width = max(len(r["input_ids"]) for r in rows)
     input_ids = torch.tensor([r["input_ids"] + [pad_id] * (width - len(r["input_ids"])) for r in rows])
     attention = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows])
-    device = next(teacher.parameters()).device
-    logits = teacher(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-    log_p = F.log_softmax(logits[:, :-1, :vocab_size].float(), dim=-1).cpu()
+    device = next(teacher.members[0].parameters()).device
+    log_p = teacher.log_probs({"input_ids": input_ids.to(device), "attention_mask": attention.to(device)}).cpu()
     columns = {name: [] for name in CACHE_COLUMNS}
     for row, lp in zip(rows, log_p):
         valid = torch.tensor(row["labels"][1:]) != IGNORE_INDEX
@@ -183,22 +181,17 @@ def _load_teacher(model_args: ModelArguments, config: DistillConfig, vocab_size:
 
     kwargs = teacher_init_kwargs(model_args, config)
     paths = config.teacher_paths
-    members = [load_causal_lm(path, "teacher_model_name_or_path", **kwargs) for path in paths]
-    if len(members) == 1:
-        teacher = members[0]
-    else:
-        check_member_vocabularies(members)
-        weights = config.ensemble_weights(len(members))
-        # At temperature 1 the ensemble's logits are its log-probabilities; training softens them by its own T.
-        teacher = TeacherEnsemble(members, weights, config.teacher_ensemble, 1.0, vocab_size)
-    return teacher.eval().to(config.device)
+    members = [load_causal_lm(path, "teacher_model_name_or_path", **kwargs).eval().to(config.device) for path in paths]
+    check_member_vocabularies(members)
+    # Cached at temperature 1 (`LiveTeacher.log_probs`); training softens the cached distribution by its own T.
+    return LiveTeacher(members, config.ensemble_weights(len(members)), config.teacher_ensemble, vocab_size)
 
 
 def _write_shard(teacher, rows: Dataset, top_k: int, batch_size: int, tokenizer, cache_dir: str, index: int) -> None:
     columns = {"id": rows["id"], **{name: [] for name in CACHE_COLUMNS}}
     for b in range(0, len(rows), batch_size):
         batch = rows.select(range(b, min(b + batch_size, len(rows)))).to_list()
-        for name, values in teacher_topk(teacher, batch, top_k, len(tokenizer), tokenizer.pad_token_id).items():
+        for name, values in teacher_topk(teacher, batch, top_k, tokenizer.pad_token_id).items():
             columns[name] += values
     save_shard(Dataset.from_dict(columns, features=_FEATURES), _shard_path(cache_dir, index))
 

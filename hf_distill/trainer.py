@@ -1,6 +1,5 @@
 """`DistillTrainer`: `transformers.Trainer` with a teacher and a distillation loss."""
 
-import contextlib
 import inspect
 import os
 from collections.abc import Iterator
@@ -14,24 +13,23 @@ from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer
 from .checkpoints import last_complete_checkpoint, mark_complete, rotate_checkpoints
 from .config import DistillConfig
 from .data import CACHE_COLUMNS, DistillDataCollator
-from .ensemble import TeacherEnsemble, check_member_vocabularies
 from .hidden_states import final_hidden_states, lm_head, supports_hidden_states
 from .losses import (
     IGNORE_INDEX,
-    EnsembleTeacher,
-    TeacherHead,
+    TeacherHeads,
+    TeacherLogits,
     TopKTeacher,
-    cross_entropy_loss,
-    distillation_loss,
-    linear_distillation_loss_parts,
-    sparse_distillation_loss,
+    dense_distillation_terms,
+    fused_distillation_loss,
 )
+from .losses.divergences import mix
 from .metrics_csv import MetricsCSVCallback
 from .model_card import render_model_card
 from .modeling import check_vocabularies, load_causal_lm, parse_init_kwargs
 from .nonfinite_guard import NonFiniteGuard
 from .sample_log import SampleLog
 from .teacher_placement import is_deepspeed_zero3, place_teacher
+from .teachers import CachedTeacher, LiveTeacher, check_member_vocabularies
 
 # Order of the per-token sums accumulated during evaluation.
 _EVAL_SUMS = ("ce", "kd", "agree", "tokens")
@@ -88,26 +86,7 @@ class DistillTrainer(Trainer):
 
         teacher = self._load_teacher(teacher_model, args) if args.teacher_source == "model" else None
         super().__init__(model, args, **trainer_kwargs)
-
-        self.teacher_model = None
-        self.kd_vocab_size = None
-        if teacher is not None:
-            tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
-            tokenizer_size = len(tokenizer) if tokenizer is not None and hasattr(tokenizer, "__len__") else None
-            student = self.accelerator.unwrap_model(self.model)
-            if isinstance(teacher, list):
-                check_member_vocabularies(teacher)
-                self.kd_vocab_size = min(check_vocabularies(student, t, tokenizer_size) for t in teacher)
-                self.teacher_model = TeacherEnsemble(
-                    [place_teacher(t, self.accelerator) for t in teacher],
-                    args.ensemble_weights(len(teacher)),
-                    args.teacher_ensemble,
-                    args.temperature,
-                    self.kd_vocab_size,
-                )
-            else:
-                self.kd_vocab_size = check_vocabularies(student, teacher, tokenizer_size)
-                self.teacher_model = place_teacher(teacher, self.accelerator)
+        self.teacher = self._build_teacher(teacher)
 
         self._train_sums = torch.zeros(2, device=self.args.device)
         self._train_window_start: int | None = None
@@ -115,10 +94,11 @@ class DistillTrainer(Trainer):
         # DeepSpeed ZeRO-3 takes the dense path: the chunked loss reads the LM head's weight outside its module's
         # forward, where ZeRO-3 holds an empty partition, and a weight gathered there would leave the gradient the loss
         # computes for it no partition to land in.
-        self._chunked_loss_ok = (
+        live = self.teacher.members if isinstance(self.teacher, LiveTeacher) else []
+        self._fused_loss_ok = (
             args.loss_chunk_size > 0
             and not is_deepspeed_zero3(self.accelerator)
-            and all(supports_hidden_states(self.accelerator.unwrap_model(m)) for m in (self.model, *self._teachers()))
+            and all(supports_hidden_states(self.accelerator.unwrap_model(m)) for m in (self.model, *live))
         )
         self._step_ids: list = []
         self.add_callback(NonFiniteGuard(self, self.args.max_nonfinite_steps))
@@ -146,6 +126,31 @@ class DistillTrainer(Trainer):
             init_kwargs = parse_init_kwargs(args.teacher_model_init_kwargs, "teacher_model_init_kwargs")
             return load_causal_lm(teacher_model, "teacher_model_name_or_path", **init_kwargs)
         return teacher_model
+
+    def _build_teacher(self, teacher: nn.Module | list[nn.Module] | None) -> LiveTeacher | CachedTeacher | None:
+        args = self.args
+        if args.teacher_source == "cache":
+            return CachedTeacher(args.teacher_cache_dir, args.teacher_cache_mode)
+        if teacher is None:
+            return None
+        members = teacher if isinstance(teacher, list) else [teacher]
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        tokenizer_size = len(tokenizer) if tokenizer is not None and hasattr(tokenizer, "__len__") else None
+        student = self.accelerator.unwrap_model(self.model)
+        check_member_vocabularies(members)
+        kd_vocab = min(check_vocabularies(student, t, tokenizer_size) for t in members)
+        placed = [place_teacher(t, self.accelerator) for t in members]
+        return LiveTeacher(placed, args.ensemble_weights(len(placed)), args.teacher_ensemble, kd_vocab)
+
+    @property
+    def teacher_model(self) -> nn.Module | list[nn.Module] | None:
+        """The live teacher model as placed for the engine, an ensemble's members, or None (no teacher, or a cache)."""
+        if not isinstance(self.teacher, LiveTeacher):
+            return None
+        members = self.teacher.members
+        return (
+            members[0] if len(members) == 1 and not isinstance(self.args.teacher_model_name_or_path, list) else members
+        )
 
     # ---- checkpoints ----
 
@@ -226,31 +231,23 @@ class DistillTrainer(Trainer):
         During evaluation (or whenever `num_items_in_batch` is None) the divisor is this micro-batch's own count.
         """
         model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "id", *CACHE_COLUMNS)}
-        cached = {k: inputs[k] for k in CACHE_COLUMNS if k in inputs}
         # Causal LM: the logits at position i predict the token at position i + 1.
         targets = inputs["labels"][:, 1:]
         mode = "train" if model.training else "eval"
-        if self.args.uses_teacher_cache and mode == "train" and not cached:
-            raise ValueError(
-                f"teacher_cache_dir={self.args.teacher_cache_dir!r}, but the training batches carry no cached "
-                "teacher: attach the cache to the train dataset (hf_distill.teacher_cache.attach_teacher_cache) and "
-                "use DistillDataCollator"
-            )
         outputs = None
-        if self._chunked_loss_for(mode):
-            loss, ce, kd, n_tokens = self._chunked_loss(model, model_inputs, targets, cached)
+        if self.uses_fused_loss(mode):
+            student = self.accelerator.unwrap_model(model)
+            hidden = final_hidden_states(model, student, model_inputs)[:, :-1]
+            teacher = self._teacher_source(model_inputs, inputs, mode, fused=True)
+            terms = fused_distillation_loss(
+                hidden, lm_head(student), teacher, targets, self.args.divergence_spec, self.args.loss_chunk_size
+            )
         else:
             outputs = model(**model_inputs)
-            terms = self._loss_terms(outputs.logits[:, :-1], model_inputs, targets, cached)
-            ce, kd, n_tokens = terms["ce"].sum(), terms["kd"].sum(), terms["tokens"].sum()
-            loss = self._mix(ce, kd)
-            if mode in self.args.track_samples:
-                self._sample_log.add(mode, self.state.global_step + model.training, inputs.get("id"), terms)
-            if mode == "eval":
-                # Summed after gather_for_metrics, which drops the duplicates that pad an uneven last batch across
-                # processes: the sums are global and count each example once.
-                per_example = torch.stack([terms[name] for name in _EVAL_SUMS], dim=-1).detach()
-                self._eval_sums += self.accelerator.gather_for_metrics(per_example).sum(0).to(self._eval_sums.device)
+            teacher = self._teacher_source(model_inputs, inputs, mode, fused=False)
+            terms = dense_distillation_terms(outputs.logits[:, :-1], teacher, targets, self.args.divergence_spec)
+            self._record_examples(mode, inputs.get("id"), terms.per_example())
+        loss, ce, kd, n_tokens = terms.loss, terms.ce.sum(), terms.kd.sum(), terms.mask.sum()
 
         if model.training and num_items_in_batch is not None:
             # Each process holds its share of the step's tokens; DDP averages gradients over processes, so
@@ -262,129 +259,33 @@ class DistillTrainer(Trainer):
             loss = loss / n_tokens.clamp(min=1)
         return (loss, outputs) if return_outputs else loss
 
-    def _chunked_loss_for(self, mode: str) -> bool:
+    def uses_fused_loss(self, mode: str) -> bool:
+        """Whether `compute_loss` takes the fused chunked path in `mode` ("train" or "eval")."""
         # Evaluation and per-example training statistics need per-example values, which only the dense path has.
-        return mode == "train" and self._chunked_loss_ok and "train" not in self.args.track_samples
+        return mode == "train" and self._fused_loss_ok and "train" not in self.args.track_samples
 
-    def _teachers(self) -> list[nn.Module]:
-        """The teacher models: an ensemble's members, the one teacher, or none."""
-        if isinstance(self.teacher_model, TeacherEnsemble):
-            return list(self.teacher_model.members)
-        return [] if self.teacher_model is None else [self.teacher_model]
-
-    def _chunked_loss(
-        self, model: nn.Module, model_inputs: dict[str, Any], targets: torch.Tensor, cached: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, ...]:
-        """The fused path: hidden states and LM-head weights in, chunk by chunk; logits never exist in full.
-
-        `cached` holds a cached teacher's top-k (`CACHE_COLUMNS`), used instead of a teacher model when given."""
-        student = self.accelerator.unwrap_model(model)
-        hidden = final_hidden_states(model, student, model_inputs)[:, :-1]
-        head = lm_head(student)
-        teacher_ensemble = None
-        if self.teacher_model is not None:
-            teacher_heads = []
-            for teacher in self._teachers():
-                unwrapped = self.accelerator.unwrap_model(teacher)
-                with torch.no_grad(), self.accelerator.autocast():
-                    teacher_hidden = final_hidden_states(teacher, unwrapped, model_inputs)[:, :-1]
-                t_head = lm_head(unwrapped)
-                teacher_heads.append(
-                    TeacherHead(teacher_hidden, t_head.weight, t_head.bias, t_head.logit_scale, t_head.softcap)
-                )
-            if isinstance(self.teacher_model, TeacherEnsemble):
-                teacher_ensemble = EnsembleTeacher(teacher_heads, self.teacher_model.weights, self.teacher_model.mode)
-            else:
-                teacher_ensemble = EnsembleTeacher(teacher_heads, [1.0])
-        args = self.args
-        teacher_topk = None
-        if self.args.uses_teacher_cache:
-            teacher_topk = TopKTeacher(*(cached[name] for name in CACHE_COLUMNS))
-        parts = linear_distillation_loss_parts(
-            hidden,
-            head.weight,
-            None,
-            None,
-            targets,
-            student_bias=head.bias,
-            alpha=args.alpha,
-            loss_type=args.loss_type,
-            temperature=args.temperature,
-            beta=args.beta,
-            skew_lambda=args.skew_lambda,
-            chunk_size=args.loss_chunk_size,
-            student_logit_scale=head.logit_scale,
-            student_softcap=head.softcap,
-            teacher_topk=teacher_topk,
-            sparse_mode=args.teacher_cache_mode,
-            teacher_ensemble=teacher_ensemble,
-        )
-        return parts.loss, parts.ce, parts.kd, parts.n_valid.float()
-
-    def _loss_terms(
-        self,
-        student_logits: torch.Tensor,
-        model_inputs: dict[str, Any],
-        targets: torch.Tensor,
-        cached: dict[str, torch.Tensor] | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Per-example sums over valid tokens `(B,)`: `ce`, `kd`, `agree` (top-1 matches) and `tokens`.
-
-        `cached` holds a cached teacher's top-k (`CACHE_COLUMNS`), used instead of a teacher model when given.
-        """
-        alpha = self.args.alpha
-        with contextlib.nullcontext() if alpha > 0 else torch.no_grad():
-            ce = cross_entropy_loss(student_logits, targets, reduction="none").sum(-1)
-        mask = targets != IGNORE_INDEX
-        terms = {"ce": ce, "kd": torch.zeros_like(ce), "agree": torch.zeros_like(ce), "tokens": mask.sum(-1).float()}
-        teacher_top1 = None
-        if self.teacher_model is not None:
-            teacher_logits = self._teacher_logits(model_inputs)[:, :-1, : self.kd_vocab_size]
-            student_logits = student_logits[..., : self.kd_vocab_size]
-            terms["kd"] = distillation_loss(student_logits, teacher_logits, targets, **self._divergence_options()).sum(
-                -1
-            )
-            teacher_top1 = teacher_logits.argmax(-1)
-        elif self.args.uses_teacher_cache and cached:
-            terms["kd"] = sparse_distillation_loss(
-                student_logits,
-                cached["teacher_topk_ids"],
-                cached["teacher_topk_logprobs"],
-                targets,
-                tail_logprob=cached["teacher_tail_logprob"],
-                mode=self.args.teacher_cache_mode,
-                **self._divergence_options(),
-            ).sum(-1)
-            teacher_top1 = cached["teacher_topk_ids"][..., 0]
-        if teacher_top1 is not None:
-            with torch.no_grad():
-                terms["agree"] = ((student_logits.argmax(-1) == teacher_top1) & mask).sum(-1).float()
-        return terms
-
-    def _divergence_options(self) -> dict[str, Any]:
-        """The config's divergence settings, as the dense losses take them, per position."""
-        args = self.args
-        return dict(
-            loss_type=args.loss_type,
-            temperature=args.temperature,
-            beta=args.beta,
-            skew_lambda=args.skew_lambda,
-            reduction="none",
-        )
-
-    def _mix(self, ce: torch.Tensor, kd: torch.Tensor) -> torch.Tensor:
-        # Dropping a zero-weight term, rather than multiplying it by 0, keeps an inf in that term from becoming NaN.
-        alpha = self.args.alpha
-        if alpha == 1.0:
-            return ce
-        if alpha == 0.0:
-            return kd
-        return alpha * ce + (1 - alpha) * kd
-
-    @torch.no_grad()
-    def _teacher_logits(self, model_inputs: dict[str, Any]) -> torch.Tensor:
+    def _teacher_source(
+        self, model_inputs: dict[str, Any], batch: dict[str, Any], mode: str, fused: bool
+    ) -> TeacherHeads | TeacherLogits | TopKTeacher | None:
+        """The teacher of this batch, as the fused (`fused`) or the dense loss takes it."""
+        if isinstance(self.teacher, CachedTeacher):
+            return self.teacher.top_k(batch, training=mode == "train")
+        if self.teacher is None:
+            return None
         with self.accelerator.autocast():
-            return self.teacher_model(**model_inputs).logits
+            if fused:
+                return self.teacher.heads(model_inputs, self.accelerator.unwrap_model)
+            return self.teacher.logits(model_inputs)
+
+    def _record_examples(self, mode: str, ids: list | None, terms: dict[str, torch.Tensor]) -> None:
+        """Per-example sums of a dense micro-batch: to samples.csv when tracked, and into the evaluation's totals."""
+        if mode in self.args.track_samples:
+            self._sample_log.add(mode, self.state.global_step + (mode == "train"), ids, terms)
+        if mode == "eval":
+            # Summed after gather_for_metrics, which drops the duplicates that pad an uneven last batch across
+            # processes: the sums are global and count each example once.
+            per_example = torch.stack([terms[name] for name in _EVAL_SUMS], dim=-1).detach()
+            self._eval_sums += self.accelerator.gather_for_metrics(per_example).sum(0).to(self._eval_sums.device)
 
     # ---- metrics ----
 
@@ -399,7 +300,7 @@ class DistillTrainer(Trainer):
             steps = max(self.state.global_step - self._train_window_start, 1)
             sums = self.accelerator.reduce(self._train_sums.clone(), reduction="mean") / steps
             logs["ce_loss"] = sums[0].item()
-            if self.teacher_model is not None or self.args.uses_teacher_cache:
+            if self.teacher is not None:
                 logs["kd_loss"] = sums[1].item()
             self._train_sums.zero_()
             self._train_window_start = None
@@ -423,9 +324,9 @@ class DistillTrainer(Trainer):
         ce, kd, agree, tokens = (sums / sums[-1].clamp(min=1)).tolist()
         if sums[-1] > 0:
             prefix = metric_key_prefix
-            output.metrics[f"{prefix}_loss"] = self._mix(torch.tensor(ce), torch.tensor(kd)).item()
+            output.metrics[f"{prefix}_loss"] = mix(ce, kd, self.args.alpha)
             output.metrics[f"{prefix}_ce_loss"] = ce
-            if self.teacher_model is not None:
+            if isinstance(self.teacher, LiveTeacher):
                 output.metrics[f"{prefix}_kd_loss"] = kd
                 output.metrics[f"{prefix}_teacher_agreement"] = agree
         return output
@@ -443,10 +344,10 @@ class DistillTrainer(Trainer):
         if not self.is_world_process_zero():
             return
         teacher = None
-        if self.teacher_model is not None or self.args.uses_teacher_cache:
+        if self.teacher is not None:
             teacher = self.args.teacher_model_name_or_path
             if teacher is None:
-                teacher = [m.config.name_or_path for m in self._teachers()]
+                teacher = [m.config.name_or_path for m in self.teacher.members]
             if not isinstance(teacher, str):
                 teacher = ", ".join(teacher)
         eval_metrics = next((h for h in reversed(self.state.log_history) if "eval_loss" in h), {})

@@ -7,11 +7,12 @@ import torch.nn.functional as F
 from hf_distill.losses import (
     IGNORE_INDEX,
     LOSS_TYPES,
-    EnsembleTeacher,
-    TeacherHead,
+    DivergenceSpec,
+    LMHead,
+    TeacherHeads,
     distillation_loss,
+    fused_distillation_loss,
     linear_distillation_loss,
-    linear_distillation_loss_parts,
 )
 
 B, L, H_S, H_T, V = 2, 13, 16, 24, 40
@@ -81,6 +82,16 @@ def chunked_loss(inputs, *, logit_scales=(1.0, 1.0), softcaps=(None, None), **op
         teacher_softcap=softcaps[1],
         **options,
     )
+
+
+def fused_terms(inputs, *, alpha, chunk_size, loss_type="forward_kl", temperature=1.0):
+    """`fused_distillation_loss`, the entry point the trainer calls, on `linear_distillation_loss`'s tensors."""
+    teacher = None
+    if inputs["teacher_hidden"] is not None:
+        teacher = TeacherHeads([inputs["teacher_hidden"]], [LMHead(inputs["teacher_weight"], inputs["teacher_bias"])])
+    student = LMHead(inputs["student_weight"], inputs["student_bias"])
+    spec = DivergenceSpec(loss_type=loss_type, temperature=temperature, alpha=alpha)
+    return fused_distillation_loss(inputs["student_hidden"], student, teacher, inputs["labels"], spec, chunk_size)
 
 
 def student_grads(loss, inputs):
@@ -190,36 +201,49 @@ def test_frozen_weight_and_no_grad():
         torch.testing.assert_close(chunked_loss(inputs, chunk_size=5), dense, **TOL)
 
 
-def test_parts_report_ce_and_kd_sums():
+def test_terms_report_ce_and_kd_sums():
     inputs = make_inputs(seed=9)
     options = {"loss_type": "reverse_kl", "temperature": 2.0}
-    parts = linear_distillation_loss_parts(**inputs, alpha=0.3, chunk_size=6, **options)
-    torch.testing.assert_close(parts.ce, dense_loss(inputs, alpha=1.0, **options).detach(), **TOL)
-    torch.testing.assert_close(parts.kd, dense_loss(inputs, alpha=0.0, **options).detach(), **TOL)
-    assert parts.n_valid == 20
-    assert not parts.ce.requires_grad and not parts.kd.requires_grad
-    torch.testing.assert_close(parts.loss, 0.3 * parts.ce + 0.7 * parts.kd, **TOL)
+    terms = fused_terms(inputs, alpha=0.3, chunk_size=6, **options)
+    torch.testing.assert_close(terms.ce.sum(), dense_loss(inputs, alpha=1.0, **options).detach(), **TOL)
+    torch.testing.assert_close(terms.kd.sum(), dense_loss(inputs, alpha=0.0, **options).detach(), **TOL)
+    assert terms.mask.sum() == 20 and terms.ce.shape == terms.kd.shape == (20,)
+    assert not terms.ce.requires_grad and not terms.kd.requires_grad
+    torch.testing.assert_close(terms.loss, 0.3 * terms.ce.sum() + 0.7 * terms.kd.sum(), **TOL)
     for got, want in zip(
-        student_grads(parts.loss, inputs), student_grads(dense_loss(inputs, alpha=0.3, **options), inputs)
+        student_grads(terms.loss, inputs), student_grads(dense_loss(inputs, alpha=0.3, **options), inputs)
     ):
         torch.testing.assert_close(got, want, **TOL)
 
 
-def test_parts_alpha_zero_still_reports_ce():
+def test_terms_count_top1_agreement_against_full_logits():
+    """Agreement of the fused path: the student's and the teacher's argmax over the shared vocabulary, from explicit
+    logits."""
+    inputs = make_inputs(seed=15)
+    terms = fused_terms(inputs, alpha=0.5, chunk_size=4, temperature=3.0)
+    mask = inputs["labels"] != IGNORE_INDEX
+    student = logits(inputs["student_hidden"], inputs["student_weight"], inputs["student_bias"])
+    teacher = logits(inputs["teacher_hidden"], inputs["teacher_weight"], inputs["teacher_bias"])
+    expected = (student[..., :V].argmax(-1) == teacher[..., :V].argmax(-1))[mask].float()
+    assert 0 < expected.sum() < len(expected)
+    torch.testing.assert_close(terms.agree, expected, rtol=0, atol=0)
+
+
+def test_terms_alpha_zero_still_reports_ce():
     inputs = make_inputs(seed=10)
-    parts = linear_distillation_loss_parts(**inputs, alpha=0.0, chunk_size=6)
-    torch.testing.assert_close(parts.ce, dense_loss(inputs, alpha=1.0).detach(), **TOL)
-    torch.testing.assert_close(parts.loss, parts.kd, **TOL)
+    terms = fused_terms(inputs, alpha=0.0, chunk_size=6)
+    torch.testing.assert_close(terms.ce.sum(), dense_loss(inputs, alpha=1.0).detach(), **TOL)
+    torch.testing.assert_close(terms.loss, terms.kd.sum(), **TOL)
 
 
 def test_alpha_one_needs_no_teacher():
     inputs = make_inputs(seed=11)
-    with_teacher = linear_distillation_loss_parts(**inputs, alpha=1.0, chunk_size=6)
+    with_teacher = fused_terms(inputs, alpha=1.0, chunk_size=6)
     inputs.update(teacher_hidden=None, teacher_weight=None, teacher_bias=None)
-    parts = linear_distillation_loss_parts(**inputs, alpha=1.0, chunk_size=6)
-    assert parts.kd == 0
-    torch.testing.assert_close(parts.loss, with_teacher.loss, rtol=0, atol=0)
-    torch.testing.assert_close(parts.loss, dense_loss(inputs, alpha=1.0), **TOL)
+    terms = fused_terms(inputs, alpha=1.0, chunk_size=6)
+    assert terms.kd.sum() == 0 and terms.agree.sum() == 0
+    torch.testing.assert_close(terms.loss, with_teacher.loss, rtol=0, atol=0)
+    torch.testing.assert_close(terms.loss, dense_loss(inputs, alpha=1.0), **TOL)
 
 
 def test_alpha_one_skips_the_teacher_projection(monkeypatch):
@@ -295,21 +319,24 @@ def test_teacher_ensemble_matches_dense(mode, loss_type):
     probability tables: mean of probabilities or renormalised geometric mean of the softened members."""
     inputs = make_inputs(5)
     gen = torch.Generator().manual_seed(11)
-    second = TeacherHead(torch.randn(B, L, 8, generator=gen), torch.randn(V + 3, 8, generator=gen), None, 1.0, 3.0)
-    first = TeacherHead(inputs.pop("teacher_hidden"), inputs.pop("teacher_weight"), inputs.pop("teacher_bias"))
+    hidden = [inputs["teacher_hidden"], torch.randn(B, L, 8, generator=gen)]
+    heads = [
+        LMHead(inputs["teacher_weight"], inputs["teacher_bias"]),
+        LMHead(torch.randn(V + 3, 8, generator=gen), None, 1.0, 3.0),
+    ]
     temperature = 1.5
     options = dict(alpha=0.4, loss_type=loss_type, temperature=temperature, beta=0.3, skew_lambda=0.2)
-    chunked = linear_distillation_loss(
-        **inputs, teacher_hidden=None, teacher_weight=None, chunk_size=4,
-        teacher_ensemble=EnsembleTeacher([first, second], [0.25, 0.75], mode), **options,
-    )  # fmt: skip
+    chunked = fused_distillation_loss(
+        inputs["student_hidden"], LMHead(inputs["student_weight"], inputs["student_bias"]),
+        TeacherHeads(hidden, heads, [0.25, 0.75], mode), inputs["labels"], DivergenceSpec(**options), chunk_size=4,
+    ).loss  # fmt: skip
     chunked_grads = torch.autograd.grad(chunked, [inputs[k] for k in ("student_hidden", "student_weight")])
 
     labels = inputs["labels"]
     student = logits(inputs["student_hidden"], inputs["student_weight"], inputs["student_bias"])
     probs = [
-        torch.softmax(logits(head.hidden, head.weight, head.bias, softcap=head.softcap)[..., :V] / temperature, -1)
-        for head in (first, second)
+        torch.softmax(logits(h, head.weight, head.bias, softcap=head.softcap)[..., :V] / temperature, -1)
+        for h, head in zip(hidden, heads)
     ]
     if mode == "mean_probs":
         combined = 0.25 * probs[0] + 0.75 * probs[1]

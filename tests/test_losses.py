@@ -4,7 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_distill.losses import LOSS_TYPES, cross_entropy_loss, distillation_loss, teacher_agreement
+from hf_distill.losses import (
+    LOSS_TYPES,
+    DivergenceSpec,
+    TeacherLogits,
+    cross_entropy_loss,
+    dense_distillation_terms,
+    distillation_loss,
+)
 
 
 def _inputs(seed=0, batch=3, length=5, vocab=13):
@@ -177,12 +184,19 @@ def test_cross_entropy_helper():
     assert cross_entropy_loss(student, torch.full_like(labels, -100), reduction="mean").item() == 0.0
 
 
-def test_teacher_agreement_counts_valid_positions():
+def test_dense_terms_count_teacher_agreement_at_valid_positions():
     student, teacher, labels = _inputs()
-    assert teacher_agreement(student, student, labels).item() == (labels != -100).sum().item()
+    spec = DivergenceSpec(temperature=2.0)
+    itself = dense_distillation_terms(student, TeacherLogits([student]), labels, spec)
+    assert itself.agree.sum().item() == (labels != -100).sum().item()
     mask = labels != -100
-    expected = (student.argmax(-1) == teacher.argmax(-1))[mask].sum()
-    assert teacher_agreement(student, teacher, labels).item() == expected.item()
+    expected = (student.argmax(-1) == teacher.argmax(-1))[mask].float()
+    terms = dense_distillation_terms(student, TeacherLogits([teacher]), labels, spec)
+    assert 0 < expected.sum() < mask.sum()
+    assert torch.equal(terms.agree, expected)
+    assert torch.equal(
+        terms.per_example()["agree"], (student.argmax(-1) == teacher.argmax(-1)).mul(mask).sum(-1).float()
+    )
 
 
 @pytest.mark.parametrize(

@@ -153,4 +153,4 @@ def test_zero3_training_takes_the_dense_path(tmp_path, monkeypatch, zero3):
         data_collator=pad_collator,
     )
     assert decided_on == [trainer.accelerator]
-    assert trainer._chunked_loss_for("train") is not zero3
+    assert trainer.uses_fused_loss("train") is not zero3

@@ -211,7 +211,7 @@ def test_vocabulary_padding_is_allowed_and_real_mismatch_refused(tmp_path):
         train_dataset=variable_length_dataset(),
         data_collator=pad_collator,
     )
-    assert trainer.kd_vocab_size == 64
+    assert trainer.teacher.kd_vocab == 64
     trainer.train()
     with pytest.raises(ValueError, match="student vocab size 64 and teacher vocab size 200"):
         DistillTrainer(

@@ -24,7 +24,13 @@ from conftest import pad_collator, tiny_llama, variable_length_dataset  # noqa: 
 
 from hf_distill import DistillConfig, DistillTrainer  # noqa: E402
 from hf_distill.hidden_states import final_hidden_states, lm_head  # noqa: E402
-from hf_distill.losses import cross_entropy_loss, distillation_loss, linear_distillation_loss_parts  # noqa: E402
+from hf_distill.losses import (  # noqa: E402
+    DivergenceSpec,
+    TeacherHeads,
+    cross_entropy_loss,
+    distillation_loss,
+    fused_distillation_loss,
+)
 from hf_distill.process_group import leave_process_group  # noqa: E402
 from hf_distill.teacher_placement import place_teacher  # noqa: E402
 
@@ -51,11 +57,11 @@ def chunked_step_loss(student, teacher, batch, global_tokens):
     hidden = final_hidden_states(student, student, inputs)[:, :-1]
     with torch.no_grad():
         teacher_hidden = final_hidden_states(teacher, teacher, inputs)[:, :-1]
-    parts = linear_distillation_loss_parts(
-        hidden, lm_head(student).weight, teacher_hidden, lm_head(teacher).weight, batch["labels"][:, 1:],
-        alpha=0.5, temperature=2.0, chunk_size=7,
+    terms = fused_distillation_loss(
+        hidden, lm_head(student), TeacherHeads([teacher_hidden], [lm_head(teacher)]), batch["labels"][:, 1:],
+        DivergenceSpec(alpha=0.5, temperature=2.0), chunk_size=7,
     )  # fmt: skip
-    return parts.loss / global_tokens
+    return terms.loss / global_tokens
 
 
 def step_loss(student, teacher, batch, global_tokens):
@@ -198,7 +204,7 @@ def main(out_dir: str, chunked: bool, accumulate: bool) -> None:
         trainer = DistillTrainer(model=student, teacher_model=teacher, args=args, data_collator=pad_collator)
         # compute_loss scales by the process count to undo the gradient average: it must see both processes.
         assert trainer.accelerator.num_processes == world_size
-        assert trainer.teacher_model is teacher and trainer._chunked_loss_ok == chunked
+        assert trainer.teacher_model is teacher and trainer.uses_fused_loss("train") == chunked
         checked = train_accumulating(trainer, student, rank, world_size)
     else:
         train(student, teacher, rank, world_size, loss=chunked_step_loss if chunked else step_loss)
