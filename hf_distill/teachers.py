@@ -5,13 +5,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from torch import nn
 
+from .config import DistillConfig
 from .data import CACHE_COLUMNS
 from .hidden_states import final_hidden_states, lm_head
 from .losses import TeacherHeads, TeacherLogits, TopKTeacher, check_ensemble_mode
 from .losses.ensemble import softened_teacher
-from .modeling import check_vocab_sizes, output_width
+from .modeling import check_vocab_sizes, check_vocabularies, output_width
+from .teacher_placement import place_teacher
 
 
 def check_member_vocabularies(members: Sequence[nn.Module]) -> None:
@@ -85,3 +88,26 @@ class CachedTeacher:
             return None
         ids, logprobs, tail = (batch[name] for name in CACHE_COLUMNS)
         return TopKTeacher(ids, logprobs, tail, self.mode)
+
+
+def build_teacher(
+    args: DistillConfig,
+    teacher: nn.Module | list[nn.Module] | None,
+    student: nn.Module,
+    processing_class: Any,
+    accelerator: Accelerator,
+) -> LiveTeacher | CachedTeacher | None:
+    """The trainer's teacher, as `args.teacher_source` says: the cache, the loaded `teacher` model(s) checked against
+    the student's vocabulary (and the tokenizer's, when `processing_class` has one) and placed for the engine, or
+    None."""
+    if args.teacher_source == "cache":
+        return CachedTeacher(args.teacher_cache_dir, args.teacher_cache_mode)
+    if teacher is None:
+        return None
+    members = teacher if isinstance(teacher, list) else [teacher]
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    tokenizer_size = len(tokenizer) if tokenizer is not None and hasattr(tokenizer, "__len__") else None
+    check_member_vocabularies(members)
+    kd_vocab = min(check_vocabularies(student, t, tokenizer_size) for t in members)
+    placed = [place_teacher(t, accelerator) for t in members]
+    return LiveTeacher(placed, args.ensemble_weights(len(placed)), args.teacher_ensemble, kd_vocab)

@@ -25,11 +25,11 @@ from .losses import (
 from .losses.divergences import mix
 from .metrics_csv import MetricsCSVCallback
 from .model_card import render_model_card
-from .modeling import check_vocabularies, load_causal_lm, parse_init_kwargs
+from .modeling import load_causal_lm, parse_init_kwargs
 from .nonfinite_guard import NonFiniteGuard
 from .sample_log import SampleLog
-from .teacher_placement import is_deepspeed_zero3, place_teacher
-from .teachers import CachedTeacher, LiveTeacher, check_member_vocabularies
+from .teacher_placement import is_deepspeed_zero3
+from .teachers import CachedTeacher, LiveTeacher, build_teacher
 
 # Order of the per-token sums accumulated during evaluation.
 _EVAL_SUMS = ("ce", "kd", "agree", "tokens")
@@ -46,7 +46,8 @@ class DistillTrainer(Trainer):
             The teacher, or its hub id / local folder (loaded with `args.teacher_model_init_kwargs`). Defaults to
             `args.teacher_model_name_or_path`. Ignored, and never loaded, when `args.alpha == 1.0` or when
             `args.teacher_cache_dir` is set (the batches then carry the teacher's cached top-k). A list is an
-            ensemble, combined as `args.teacher_ensemble` says with `args.teacher_weights` (a `TeacherEnsemble`).
+            ensemble, combined as `args.teacher_ensemble` says with `args.teacher_weights`. Built once into
+            `self.teacher` (`hf_distill.teachers`: a `LiveTeacher`, a `CachedTeacher` for a cache, or None).
 
     The loss of an optimizer step is `alpha * CE + (1 - alpha) * T**2 * D(teacher || student)`, each term summed over
     the valid tokens of every micro-batch and divided by the valid tokens of the whole step across processes, so the
@@ -86,7 +87,8 @@ class DistillTrainer(Trainer):
 
         teacher = self._load_teacher(teacher_model, args) if args.teacher_source == "model" else None
         super().__init__(model, args, **trainer_kwargs)
-        self.teacher = self._build_teacher(teacher)
+        student = self.accelerator.unwrap_model(self.model)
+        self.teacher = build_teacher(args, teacher, student, self.processing_class, self.accelerator)
 
         self._train_sums = torch.zeros(2, device=self.args.device)
         self._train_window_start: int | None = None
@@ -127,30 +129,13 @@ class DistillTrainer(Trainer):
             return load_causal_lm(teacher_model, "teacher_model_name_or_path", **init_kwargs)
         return teacher_model
 
-    def _build_teacher(self, teacher: nn.Module | list[nn.Module] | None) -> LiveTeacher | CachedTeacher | None:
-        args = self.args
-        if args.teacher_source == "cache":
-            return CachedTeacher(args.teacher_cache_dir, args.teacher_cache_mode)
-        if teacher is None:
-            return None
-        members = teacher if isinstance(teacher, list) else [teacher]
-        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
-        tokenizer_size = len(tokenizer) if tokenizer is not None and hasattr(tokenizer, "__len__") else None
-        student = self.accelerator.unwrap_model(self.model)
-        check_member_vocabularies(members)
-        kd_vocab = min(check_vocabularies(student, t, tokenizer_size) for t in members)
-        placed = [place_teacher(t, self.accelerator) for t in members]
-        return LiveTeacher(placed, args.ensemble_weights(len(placed)), args.teacher_ensemble, kd_vocab)
-
     @property
     def teacher_model(self) -> nn.Module | list[nn.Module] | None:
         """The live teacher model as placed for the engine, an ensemble's members, or None (no teacher, or a cache)."""
         if not isinstance(self.teacher, LiveTeacher):
             return None
         members = self.teacher.members
-        return (
-            members[0] if len(members) == 1 and not isinstance(self.args.teacher_model_name_or_path, list) else members
-        )
+        return members[0] if len(members) == 1 else members
 
     # ---- checkpoints ----
 
