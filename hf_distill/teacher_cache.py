@@ -31,8 +31,8 @@ from .arguments import DataArguments, ModelArguments
 from .config import DistillConfig
 from .data import CACHE_COLUMNS, prepare_datasets
 from .ensemble import TeacherEnsemble, check_member_vocabularies
+from .loading import check_models_fit, load_teachers, load_tokenizer
 from .losses import IGNORE_INDEX
-from .modeling import load_causal_lm
 
 MANIFEST = "manifest.json"
 # Manifest entries that must equal the recipe's for a cache to be used; top_k and num_examples describe the cache.
@@ -126,9 +126,6 @@ def build_teacher_cache(
     """Write (or finish) the cache of the recipe's train split in `cache_dir`, this process's share of its shards.
 
     Returns a one-line report: the process's shards and, from the main process, the cache's size on disk."""
-    # Imported here: the pipeline imports this module to attach a cache to its training data.
-    from .pipeline import check_models_fit, load_tokenizer
-
     if top_k < 1 or shard_size < 1:
         raise ValueError(f"top_k and shard_size must be >= 1, got top_k={top_k}, shard_size={shard_size}")
     teachers = config.teacher_paths
@@ -179,11 +176,7 @@ def build_teacher_cache(
 
 
 def _load_teacher(model_args: ModelArguments, config: DistillConfig, vocab_size: int):
-    from .pipeline import teacher_init_kwargs
-
-    kwargs = teacher_init_kwargs(model_args, config)
-    paths = config.teacher_paths
-    members = [load_causal_lm(path, "teacher_model_name_or_path", **kwargs) for path in paths]
+    members = load_teachers(config, model_args)
     if len(members) == 1:
         teacher = members[0]
     else:

@@ -16,6 +16,7 @@ from .config import DistillConfig
 from .data import CACHE_COLUMNS, DistillDataCollator
 from .ensemble import TeacherEnsemble, check_member_vocabularies
 from .hidden_states import final_hidden_states, lm_head, supports_hidden_states
+from .loading import load_teachers
 from .losses import (
     IGNORE_INDEX,
     EnsembleTeacher,
@@ -28,7 +29,7 @@ from .losses import (
 )
 from .metrics_csv import MetricsCSVCallback
 from .model_card import render_model_card
-from .modeling import check_vocabularies, load_causal_lm, parse_init_kwargs
+from .modeling import check_vocabularies
 from .nonfinite_guard import NonFiniteGuard
 from .sample_log import SampleLog
 from .teacher_placement import is_deepspeed_zero3, place_teacher
@@ -134,18 +135,11 @@ class DistillTrainer(Trainer):
     def _load_teacher(
         teacher_model: PreTrainedModel | str | list[PreTrainedModel | str] | None, args: DistillConfig
     ) -> nn.Module | list[nn.Module]:
-        teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
-        if teacher_model is None or (isinstance(teacher_model, list | tuple) and not teacher_model):
-            raise ValueError(
-                f"alpha={args.alpha} needs a teacher: pass teacher_model or set teacher_model_name_or_path "
-                "(or set alpha=1.0 for plain fine-tuning)"
-            )
-        if isinstance(teacher_model, list | tuple):
-            return [DistillTrainer._load_teacher(t, args) for t in teacher_model]
-        if isinstance(teacher_model, str):
-            init_kwargs = parse_init_kwargs(args.teacher_model_init_kwargs, "teacher_model_init_kwargs")
-            return load_causal_lm(teacher_model, "teacher_model_name_or_path", **init_kwargs)
-        return teacher_model
+        # The trainer knows no student model arguments: a teacher given by path is loaded with
+        # `args.teacher_model_init_kwargs` alone (`loading.teacher_init_kwargs`). A list stays a list: an ensemble.
+        teachers = load_teachers(args, teacher_model=teacher_model)
+        given = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
+        return teachers if isinstance(given, list | tuple) else teachers[0]
 
     # ---- checkpoints ----
 
