@@ -79,7 +79,10 @@ def load_teachers(
     """The teachers, one per ensemble member: `teacher_model` (a model, a path, or a list of them), else
     `config.teacher_model_name_or_path`. Models are kept as given; paths are loaded with `teacher_init_kwargs`."""
     given = teacher_model if teacher_model is not None else config.teacher_model_name_or_path
-    members = list(given) if isinstance(given, list | tuple) else [] if given is None else [given]
+    if given is None:
+        members = []
+    else:
+        members = list(given) if isinstance(given, list | tuple) else [given]
     if not members:
         raise ValueError(
             f"alpha={config.alpha} needs a teacher: pass teacher_model or set teacher_model_name_or_path "
