@@ -12,14 +12,16 @@ import argparse
 import os
 import sys
 
+from .checks import check_recipe
+from .pipeline import run_training
 from .process_group import leave_process_group
 from .recipe import RecipeError, parse_recipe
+from .report import write_report
+from .rounds import check_rounds, is_multi_round, parse_rounds, run_rounds
+from .teacher_cache import build_teacher_cache
 
 
 def _train(recipe: str, overrides: list[str]) -> None:
-    from .pipeline import run_training
-    from .rounds import is_multi_round, parse_rounds, run_rounds
-
     if is_multi_round(recipe):
         run_rounds(parse_rounds(recipe, overrides))
     else:
@@ -27,9 +29,6 @@ def _train(recipe: str, overrides: list[str]) -> None:
 
 
 def _check(recipes: list[str], overrides: list[str]) -> None:
-    from .checks import check_recipe
-    from .rounds import check_rounds, is_multi_round, parse_rounds
-
     # bf16 or multi-GPU settings describe the machine a recipe is meant for, not a fault in it: validate as if on
     # the CPU so the check runs anywhere.
     overrides = ["--use_cpu", "true", *overrides]
@@ -42,14 +41,10 @@ def _check(recipes: list[str], overrides: list[str]) -> None:
 
 
 def _cache_teacher(recipe: str, overrides: list[str], cache_dir: str, top_k: int, shard_size: int) -> None:
-    from .teacher_cache import build_teacher_cache
-
     print(build_teacher_cache(*parse_recipe(recipe, overrides), cache_dir, top_k, shard_size))
 
 
 def _report(output_dir: str, top: int) -> None:
-    from .report import write_report
-
     print(write_report(output_dir, top=top))
 
 

@@ -1,4 +1,5 @@
-"""Loading causal LMs and checking that a teacher and a student can be distilled into one another."""
+"""Low-level loading of causal LMs and their configs, and checks that a teacher and a student can be distilled into
+one another. Which model is loaded with which arguments is decided in `loading.py`."""
 
 import json
 import os

@@ -3,82 +3,17 @@
 import logging
 import os
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
+from transformers import TrainerCallback, set_seed
 
 from .arguments import DataArguments, ModelArguments
 from .checkpoints import last_complete_checkpoint
 from .config import DistillConfig
 from .data import DistillDataCollator, prepare_datasets
-from .modeling import (
-    check_same_tokenizer,
-    check_vocab_sizes,
-    load_causal_lm,
-    load_causal_lm_config,
-    parse_init_kwargs,
-)
+from .loading import check_models_fit, load_student, load_teachers, load_tokenizer
 from .teacher_cache import attach_teacher_cache
 from .trainer import DistillTrainer
 
 logger = logging.getLogger(__name__)
-
-
-def load_tokenizer(model_args: ModelArguments, config: DistillConfig):
-    name = model_args.tokenizer_name_or_path
-    if name is None:
-        teachers = config.teacher_paths
-        name = teachers[0] if teachers and model_args.student_init == "from_config" else None
-        name = name or model_args.model_name_or_path
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"tokenizer_name_or_path={name!r}: cannot load a tokenizer ({err})") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_student(model_args: ModelArguments, config: DistillConfig):
-    kwargs = {"dtype": model_args.dtype, "trust_remote_code": model_args.trust_remote_code}
-    if model_args.attn_implementation is not None:
-        kwargs["attn_implementation"] = model_args.attn_implementation
-    if model_args.student_init == "pretrained":
-        return load_causal_lm(model_args.model_name_or_path, "model_name_or_path", **kwargs)
-    model_config = load_causal_lm_config(
-        model_args.model_name_or_path, "model_name_or_path", kwargs["trust_remote_code"]
-    )
-    # Fresh weights must not depend on what ran before: seed right before initialising them.
-    set_seed(config.seed)
-    dtype = kwargs.pop("dtype")
-    model = AutoModelForCausalLM.from_config(model_config, **kwargs)
-    return model.to(getattr(torch, dtype)) if dtype != "auto" else model
-
-
-def teacher_init_kwargs(model_args: ModelArguments, config: DistillConfig) -> dict:
-    """The teacher shares the student's attention kernel and remote-code policy unless the recipe says otherwise."""
-    kwargs = parse_init_kwargs(config.teacher_model_init_kwargs, "teacher_model_init_kwargs")
-    if model_args.attn_implementation is not None:
-        kwargs.setdefault("attn_implementation", model_args.attn_implementation)
-    kwargs.setdefault("trust_remote_code", model_args.trust_remote_code)
-    return kwargs
-
-
-def check_models_fit(model_args: ModelArguments, config: DistillConfig, tokenizer) -> None:
-    """Model, tokenizer and vocabulary checks from config and tokenizer files only, before any weight is loaded."""
-    trust = model_args.trust_remote_code
-    student = load_causal_lm_config(model_args.model_name_or_path, "model_name_or_path", trust)
-    if config.teacher_source == "none":
-        return
-    # Every ensemble member is checked against the student, and so shares its vocabulary with the others.
-    for teacher_path in config.teacher_paths:
-        teacher = load_causal_lm_config(teacher_path, "teacher_model_name_or_path", trust)
-        try:
-            teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_path, trust_remote_code=trust)
-        except (OSError, ValueError):
-            teacher_tokenizer = None  # a teacher folder without tokenizer files: nothing to compare
-        if teacher_tokenizer is not None:
-            check_same_tokenizer(tokenizer, teacher_tokenizer)
-        check_vocab_sizes(student.get_text_config().vocab_size, teacher.get_text_config().vocab_size, len(tokenizer))
 
 
 def build_trainer(
@@ -96,16 +31,14 @@ def build_trainer(
     if config.uses_teacher_cache:
         train_dataset = attach_teacher_cache(data_args, config, tokenizer, train_dataset)
 
-    teacher = None
-    if config.teacher_source == "model" and config.teacher_paths:
-        kwargs = teacher_init_kwargs(model_args, config)
-        teachers = [load_causal_lm(path, "teacher_model_name_or_path", **kwargs) for path in config.teacher_paths]
-        teacher = teachers if isinstance(config.teacher_model_name_or_path, list) else teachers[0]
+    # Loaded here rather than by the trainer, which knows no model arguments: the teacher shares the student's
+    # attention kernel and remote-code policy (`loading.teacher_init_kwargs`).
+    teachers = load_teachers(config, model_args) if config.teacher_source == "model" else None
     student = load_student(model_args, config)
 
     return DistillTrainer(
         model=student,
-        teacher_model=teacher,
+        teacher_model=teachers,
         args=config,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,

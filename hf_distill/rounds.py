@@ -23,6 +23,7 @@ from accelerate import PartialState
 from .arguments import DataArguments, ModelArguments
 from .checks import check_recipe
 from .config import DistillConfig
+from .pipeline import run_training
 from .recipe import ROUNDS_KEY, RecipeError, field_names, load_yaml, parse_mapping, unknown_key_error
 
 logger = logging.getLogger(__name__)
@@ -127,9 +128,6 @@ def check_rounds(rounds: list[Round]) -> None:
 
 def run_rounds(rounds: list[Round]) -> dict:
     """Train the rounds in order, skipping the complete ones; returns the last round's final metrics."""
-    # Imported here: checking a recipe must not pay for importing the trainer.
-    from .pipeline import run_training
-
     metrics: dict = {}
     for round_ in rounds:
         if round_.is_complete():

@@ -29,8 +29,8 @@ from datasets import Dataset, Features, List, Value, concatenate_datasets, load_
 from .arguments import DataArguments, ModelArguments
 from .config import DistillConfig
 from .data import CACHE_COLUMNS, prepare_datasets
+from .loading import check_models_fit, load_teachers, load_tokenizer
 from .losses import IGNORE_INDEX
-from .modeling import load_causal_lm
 from .teachers import LiveTeacher, check_member_vocabularies
 
 MANIFEST = "manifest.json"
@@ -124,9 +124,6 @@ def build_teacher_cache(
     """Write (or finish) the cache of the recipe's train split in `cache_dir`, this process's share of its shards.
 
     Returns a one-line report: the process's shards and, from the main process, the cache's size on disk."""
-    # Imported here: the pipeline imports this module to attach a cache to its training data.
-    from .pipeline import check_models_fit, load_tokenizer
-
     if top_k < 1 or shard_size < 1:
         raise ValueError(f"top_k and shard_size must be >= 1, got top_k={top_k}, shard_size={shard_size}")
     teachers = config.teacher_paths
@@ -177,11 +174,7 @@ def build_teacher_cache(
 
 
 def _load_teacher(model_args: ModelArguments, config: DistillConfig, vocab_size: int):
-    from .pipeline import teacher_init_kwargs
-
-    kwargs = teacher_init_kwargs(model_args, config)
-    paths = config.teacher_paths
-    members = [load_causal_lm(path, "teacher_model_name_or_path", **kwargs).eval().to(config.device) for path in paths]
+    members = [member.eval().to(config.device) for member in load_teachers(config, model_args)]
     check_member_vocabularies(members)
     # Cached at temperature 1 (`LiveTeacher.log_probs`); training softens the cached distribution by its own T.
     return LiveTeacher(members, config.ensemble_weights(len(members)), config.teacher_ensemble, vocab_size)

@@ -92,19 +92,18 @@ class CachedTeacher:
 
 def build_teacher(
     args: DistillConfig,
-    teacher: nn.Module | list[nn.Module] | None,
+    members: list[nn.Module] | None,
     student: nn.Module,
     processing_class: Any,
     accelerator: Accelerator,
 ) -> LiveTeacher | CachedTeacher | None:
-    """The trainer's teacher, as `args.teacher_source` says: the cache, the loaded `teacher` model(s) checked against
-    the student's vocabulary (and the tokenizer's, when `processing_class` has one) and placed for the engine, or
-    None."""
+    """The trainer's teacher, as `args.teacher_source` says: the cache; the loaded teacher `members` (one model, or an
+    ensemble's), checked against the student's vocabulary (and the tokenizer's, when `processing_class` has one) and
+    placed for the engine; or None."""
     if args.teacher_source == "cache":
         return CachedTeacher(args.teacher_cache_dir, args.teacher_cache_mode)
-    if teacher is None:
+    if not members:
         return None
-    members = teacher if isinstance(teacher, list) else [teacher]
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
     tokenizer_size = len(tokenizer) if tokenizer is not None and hasattr(tokenizer, "__len__") else None
     check_member_vocabularies(members)

@@ -14,6 +14,7 @@ from .checkpoints import last_complete_checkpoint, mark_complete, rotate_checkpo
 from .config import DistillConfig
 from .data import CACHE_COLUMNS, DistillDataCollator
 from .hidden_states import final_hidden_states, lm_head, supports_hidden_states
+from .loading import load_teachers
 from .losses import (
     IGNORE_INDEX,
     TeacherHeads,
@@ -25,7 +26,6 @@ from .losses import (
 from .losses.divergences import mix
 from .metrics_csv import MetricsCSVCallback
 from .model_card import render_model_card
-from .modeling import load_causal_lm, parse_init_kwargs
 from .nonfinite_guard import NonFiniteGuard
 from .sample_log import SampleLog
 from .teacher_placement import is_deepspeed_zero3
@@ -85,7 +85,9 @@ class DistillTrainer(Trainer):
                 EarlyStoppingCallback(args.early_stop_patience, args.early_stop_min_delta),
             ]
 
-        teacher = self._load_teacher(teacher_model, args) if args.teacher_source == "model" else None
+        # A teacher given by path is loaded with `args.teacher_model_init_kwargs` alone: the trainer knows no student
+        # model arguments (`loading.teacher_init_kwargs`).
+        teacher = load_teachers(args, teacher_model=teacher_model) if args.teacher_source == "model" else None
         super().__init__(model, args, **trainer_kwargs)
         student = self.accelerator.unwrap_model(self.model)
         self.teacher = build_teacher(args, teacher, student, self.processing_class, self.accelerator)
@@ -111,23 +113,6 @@ class DistillTrainer(Trainer):
         )
         self._target_tokens_seen = torch.zeros((), dtype=torch.long, device=self.args.device)
         self.add_callback(MetricsCSVCallback(self.target_tokens_seen, self._sample_log, args.metrics_csv))
-
-    @staticmethod
-    def _load_teacher(
-        teacher_model: PreTrainedModel | str | list[PreTrainedModel | str] | None, args: DistillConfig
-    ) -> nn.Module | list[nn.Module]:
-        teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
-        if teacher_model is None or (isinstance(teacher_model, list | tuple) and not teacher_model):
-            raise ValueError(
-                f"alpha={args.alpha} needs a teacher: pass teacher_model or set teacher_model_name_or_path "
-                "(or set alpha=1.0 for plain fine-tuning)"
-            )
-        if isinstance(teacher_model, list | tuple):
-            return [DistillTrainer._load_teacher(t, args) for t in teacher_model]
-        if isinstance(teacher_model, str):
-            init_kwargs = parse_init_kwargs(args.teacher_model_init_kwargs, "teacher_model_init_kwargs")
-            return load_causal_lm(teacher_model, "teacher_model_name_or_path", **init_kwargs)
-        return teacher_model
 
     @property
     def teacher_model(self) -> nn.Module | list[nn.Module] | None:

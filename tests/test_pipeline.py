@@ -9,10 +9,13 @@ import types
 import pytest
 import torch
 import transformers.trainer
-from conftest import tiny_llama, word_tokenizer
+from conftest import tiny_llama, variable_length_dataset, word_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
+import hf_distill.loading
+from hf_distill import DistillTrainer
 from hf_distill.cli import main
+from hf_distill.loading import teacher_init_kwargs
 from hf_distill.pipeline import build_trainer
 from hf_distill.recipe import parse_recipe
 
@@ -162,3 +165,59 @@ def test_model_card_names_the_student_base(workspace, student_init):
         assert f"base_model: {student}\n" in card  # the hub links the student to the model it started from
     else:
         assert "| Student base | trained from scratch |" in card and "base_model" not in card
+
+
+@pytest.fixture
+def teacher_loads(monkeypatch):
+    """Init arguments of every teacher loaded by path, by whichever loader."""
+    calls = []
+    load = hf_distill.loading.load_causal_lm
+
+    def recording_load(name, field_name, **kwargs):
+        if field_name == "teacher_model_name_or_path":
+            calls.append(kwargs)
+        return load(name, field_name, **kwargs)
+
+    monkeypatch.setattr(hf_distill.loading, "load_causal_lm", recording_load)
+    return calls
+
+
+def test_teacher_init_kwargs_rule(workspace):
+    _, recipe = workspace
+    model_args, _, config = parse_recipe(recipe, ["--attn_implementation", "eager", "--dtype", "bfloat16"])
+    assert teacher_init_kwargs(config) == {}
+    assert teacher_init_kwargs(config, model_args) == {"attn_implementation": "eager", "trust_remote_code": False}
+    config.teacher_model_init_kwargs = '{"attn_implementation": "sdpa", "trust_remote_code": true}'
+    assert teacher_init_kwargs(config) == {"attn_implementation": "sdpa", "trust_remote_code": True}
+    assert teacher_init_kwargs(config, model_args) == {"attn_implementation": "sdpa", "trust_remote_code": True}
+
+
+def test_trainer_and_pipeline_load_a_teacher_path_alike(workspace, teacher_loads):
+    """teacher_model_init_kwargs reaches the teacher whether the pipeline or a drop-in trainer loads it by path."""
+    _, recipe = workspace
+    eager = ["--teacher_model_init_kwargs", '{"attn_implementation": "eager", "dtype": "bfloat16"}']
+    from_pipeline = build_trainer(*parse_recipe(recipe, eager)).teacher_model
+    config = parse_recipe(recipe, eager)[2]
+    from_trainer = DistillTrainer(
+        model=tiny_llama(seed=1), args=config, train_dataset=variable_length_dataset()
+    ).teacher_model
+    for teacher in (from_pipeline, from_trainer):
+        assert teacher.config._attn_implementation == "eager"
+        assert teacher.dtype == torch.bfloat16
+    # The pipeline knows the student's model arguments, the trainer does not: its own default is all that differs.
+    pipeline_kwargs, trainer_kwargs = teacher_loads
+    assert pipeline_kwargs == {**trainer_kwargs, "trust_remote_code": False}
+
+
+def test_teacher_takes_the_students_attention_unless_the_recipe_overrides_it(workspace, teacher_loads):
+    tmp_path, recipe = workspace
+    student_eager = ["--attn_implementation", "eager"]
+    trainer = build_trainer(*parse_recipe(recipe, student_eager))
+    assert trainer.model.config._attn_implementation == trainer.teacher_model.config._attn_implementation == "eager"
+    recipe_sdpa = [*student_eager, "--teacher_model_init_kwargs", '{"attn_implementation": "sdpa"}']
+    trainer = build_trainer(*parse_recipe(recipe, recipe_sdpa))
+    assert trainer.model.config._attn_implementation == "eager"
+    assert trainer.teacher_model.config._attn_implementation == "sdpa"
+    # The cache builder loads by the same rule.
+    main(["cache-teacher", recipe, *student_eager, "--output_dir", str(tmp_path / "cache"), "--top_k", "4"])
+    assert [kwargs["attn_implementation"] for kwargs in teacher_loads] == ["eager", "sdpa", "eager"]

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+import hf_distill.loading
 import hf_distill.pipeline
 from hf_distill.cli import main
 from hf_distill.recipe import RecipeError, parse_recipe
@@ -37,14 +38,14 @@ def rounds_recipe(workspace, text=BORN_AGAIN):
 def loads(monkeypatch):
     """(field, path, model) of every model the pipeline loads from a folder."""
     calls = []
-    load = hf_distill.pipeline.load_causal_lm
+    load = hf_distill.loading.load_causal_lm
 
     def recording_load(name, field_name, **kwargs):
         model = load(name, field_name, **kwargs)
         calls.append((field_name, name, {k: v.clone() for k, v in model.state_dict().items()}))
         return model
 
-    monkeypatch.setattr(hf_distill.pipeline, "load_causal_lm", recording_load)
+    monkeypatch.setattr(hf_distill.loading, "load_causal_lm", recording_load)
     return calls
 
 

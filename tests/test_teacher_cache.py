@@ -18,8 +18,7 @@ from safetensors.torch import load_file
 from test_trainer import make_args
 from transformers import AutoModelForCausalLM
 
-import hf_distill.pipeline
-import hf_distill.teacher_cache
+import hf_distill.loading
 from hf_distill import DistillTrainer
 from hf_distill.arguments import DataArguments
 from hf_distill.cli import main
@@ -72,7 +71,7 @@ def test_full_vocabulary_cache_trains_like_the_online_teacher(workspace, monkeyp
     def refuse(*args, **kwargs):
         raise AssertionError("a teacher was loaded")
 
-    monkeypatch.setattr(hf_distill.pipeline, "load_causal_lm", refuse)
+    monkeypatch.setattr(hf_distill.loading, "load_causal_lm", refuse)
     cached = ["--output_dir", str(tmp_path / "cached"), "--teacher_cache_dir", str(tmp_path / "cache")]
     main(["train", recipe, *cached, "--max_steps", "3", "--logging_steps", "1"])
     online, offline = train_logs(tmp_path / "online"), train_logs(tmp_path / "cached")
@@ -217,7 +216,7 @@ def test_cache_teacher_bad_arguments(workspace, capsys, monkeypatch, flags, mess
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(hf_distill.teacher_cache, "load_causal_lm", refuse)
+    monkeypatch.setattr(hf_distill.loading, "load_causal_lm", refuse)
     line = error_line(capsys, ["cache-teacher", recipe, "--output_dir", str(tmp_path / "cache"), *flags])
     assert line.startswith(f"hf-distill: error: {message}")
     assert not (tmp_path / "cache").exists()

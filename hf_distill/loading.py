@@ -1,0 +1,111 @@
+"""The one place that loads a run's tokenizer, student and teachers, and checks from their files that they fit.
+
+The pipeline (`build_trainer`), the cache builder (`hf-distill cache-teacher`) and `DistillTrainer` (given a teacher
+by path) all load through here, so a teacher is loaded with the same arguments whoever loads it.
+"""
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+from .arguments import ModelArguments
+from .config import DistillConfig
+from .modeling import (
+    check_same_tokenizer,
+    check_vocab_sizes,
+    load_causal_lm,
+    load_causal_lm_config,
+    parse_init_kwargs,
+)
+
+
+def load_tokenizer(model_args: ModelArguments, config: DistillConfig):
+    """The tokenizer shared by student and teachers: `tokenizer_name_or_path`, else the student's (with
+    `student_init: from_config`, the first teacher's: a bare model config ships no tokenizer); pads with EOS if it
+    has no pad token."""
+    name = model_args.tokenizer_name_or_path
+    if name is None:
+        teachers = config.teacher_paths
+        name = teachers[0] if teachers and model_args.student_init == "from_config" else None
+        name = name or model_args.model_name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"tokenizer_name_or_path={name!r}: cannot load a tokenizer ({err})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_student(model_args: ModelArguments, config: DistillConfig) -> nn.Module:
+    """The student of `model_args`: pretrained weights, or fresh ones (seeded by `config.seed`) from its config."""
+    kwargs = {"dtype": model_args.dtype, "trust_remote_code": model_args.trust_remote_code}
+    if model_args.attn_implementation is not None:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if model_args.student_init == "pretrained":
+        return load_causal_lm(model_args.model_name_or_path, "model_name_or_path", **kwargs)
+    model_config = load_causal_lm_config(
+        model_args.model_name_or_path, "model_name_or_path", kwargs["trust_remote_code"]
+    )
+    # Fresh weights must not depend on what ran before: seed right before initialising them.
+    set_seed(config.seed)
+    dtype = kwargs.pop("dtype")
+    model = AutoModelForCausalLM.from_config(model_config, **kwargs)
+    return model.to(getattr(torch, dtype)) if dtype != "auto" else model
+
+
+def teacher_init_kwargs(config: DistillConfig, model_args: ModelArguments | None = None) -> dict:
+    """Keyword arguments for loading a teacher by path; the one rule, whoever loads it:
+
+    `config.teacher_model_init_kwargs`, then, for the keys it does not set and when the student's `model_args` are
+    known (the pipeline and the cache builder), the student's `attn_implementation` (when set) and
+    `trust_remote_code`. `dtype` is never taken from the student. `DistillTrainer`, given only its `args`, has no
+    `model_args`: a drop-in script puts the teacher's `attn_implementation` or `trust_remote_code` in
+    `teacher_model_init_kwargs`.
+    """
+    kwargs = parse_init_kwargs(config.teacher_model_init_kwargs, "teacher_model_init_kwargs")
+    if model_args is not None:
+        if model_args.attn_implementation is not None:
+            kwargs.setdefault("attn_implementation", model_args.attn_implementation)
+        kwargs.setdefault("trust_remote_code", model_args.trust_remote_code)
+    return kwargs
+
+
+def load_teachers(
+    config: DistillConfig,
+    model_args: ModelArguments | None = None,
+    teacher_model: nn.Module | str | list[nn.Module | str] | tuple | None = None,
+) -> list[nn.Module]:
+    """The teachers, one per ensemble member: `teacher_model` (a model, a path, or a list of them), else
+    `config.teacher_model_name_or_path`. Models are kept as given; paths are loaded with `teacher_init_kwargs`."""
+    given = teacher_model if teacher_model is not None else config.teacher_model_name_or_path
+    if given is None:
+        members = []
+    else:
+        members = list(given) if isinstance(given, list | tuple) else [given]
+    if not members:
+        raise ValueError(
+            f"alpha={config.alpha} needs a teacher: pass teacher_model or set teacher_model_name_or_path "
+            "(or set alpha=1.0 for plain fine-tuning)"
+        )
+    # Parsed only when a path is loaded: teachers passed as models ignore teacher_model_init_kwargs.
+    kwargs = teacher_init_kwargs(config, model_args) if any(isinstance(m, str) for m in members) else {}
+    return [load_causal_lm(m, "teacher_model_name_or_path", **kwargs) if isinstance(m, str) else m for m in members]
+
+
+def check_models_fit(model_args: ModelArguments, config: DistillConfig, tokenizer) -> None:
+    """Model, tokenizer and vocabulary checks from config and tokenizer files only, before any weight is loaded."""
+    trust = model_args.trust_remote_code
+    student = load_causal_lm_config(model_args.model_name_or_path, "model_name_or_path", trust)
+    if config.teacher_source == "none":
+        return
+    # Every ensemble member is checked against the student, and so shares its vocabulary with the others.
+    for teacher_path in config.teacher_paths:
+        teacher = load_causal_lm_config(teacher_path, "teacher_model_name_or_path", trust)
+        try:
+            teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_path, trust_remote_code=trust)
+        except (OSError, ValueError):
+            teacher_tokenizer = None  # a teacher folder without tokenizer files: nothing to compare
+        if teacher_tokenizer is not None:
+            check_same_tokenizer(tokenizer, teacher_tokenizer)
+        check_vocab_sizes(student.get_text_config().vocab_size, teacher.get_text_config().vocab_size, len(tokenizer))
