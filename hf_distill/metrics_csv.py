@@ -9,11 +9,12 @@ from collections.abc import Callable
 
 from transformers import TrainerCallback
 
+from .metric_names import EVAL_METRICS, LOSS, TRAIN_LOSSES, prefixed
 from .sample_log import SampleLog
 
 METRICS_FILE = "metrics.csv"
-TRAIN_COLUMNS = ("loss", "ce_loss", "kd_loss", "learning_rate", "grad_norm")
-EVAL_COLUMNS = ("eval_loss", "eval_ce_loss", "eval_kd_loss", "eval_teacher_agreement")
+TRAIN_COLUMNS = (*TRAIN_LOSSES, "learning_rate", "grad_norm")
+EVAL_COLUMNS = EVAL_METRICS
 COLUMNS = ("step", "split", "epoch", *TRAIN_COLUMNS, "tokens_per_second", "elapsed_seconds", *EVAL_COLUMNS)
 
 _FSYNC = object()
@@ -207,7 +208,7 @@ class MetricsCSVCallback(TrainerCallback):
 
     def _write(self, args, state, logs: dict) -> None:
         now = time.perf_counter()
-        if "loss" in logs:
+        if LOSS in logs:
             row = {"split": "train", **{k: logs.get(k) for k in TRAIN_COLUMNS}}
             seconds = now - self._window_start - self._paused
             tokens = self._tokens()
@@ -216,7 +217,7 @@ class MetricsCSVCallback(TrainerCallback):
             self._window_start = self._mark = now
             self._window_tokens = tokens
             self._paused = 0.0
-        elif "eval_loss" in logs:
+        elif prefixed(LOSS) in logs:
             row = {"split": "eval", **{k: logs.get(k) for k in EVAL_COLUMNS}}
         else:
             return

@@ -6,7 +6,9 @@ import os
 import torch
 from accelerate import Accelerator
 
-COLUMNS = ("step", "split", "id", "tokens", "ce_loss", "kd_loss", "teacher_agreement")
+from .metric_names import PER_TOKEN
+
+COLUMNS = ("step", "split", "id", "tokens", *PER_TOKEN.values())
 
 
 class SampleLog:
@@ -43,16 +45,16 @@ class SampleLog:
                 "eval dataset an 'id' column and collate it with hf_distill.data.DistillDataCollator, or remove "
                 "'eval' from track_samples"
             )
-        stats = torch.stack([terms["tokens"], terms["ce"], terms["kd"], terms["agree"]], dim=-1).detach().float()
+        stats = torch.stack([terms[name] for name in ("tokens", *PER_TOKEN)], dim=-1).detach().float()
         stats = self.accelerator.gather_for_metrics(stats).cpu()
         if ids is None:
             ids = [str(self._unnamed + i) for i in range(len(stats))]
             self._unnamed += len(stats)
         else:
             ids = self.accelerator.gather_for_metrics(list(ids))
-        for example_id, (tokens, ce, kd, agree) in zip(ids, stats.tolist()):
+        for example_id, (tokens, *sums) in zip(ids, stats.tolist()):
             n = max(tokens, 1.0)
-            self.rows.append((step, split, example_id, int(tokens), ce / n, kd / n, agree / n))
+            self.rows.append((step, split, example_id, int(tokens), *(value / n for value in sums)))
 
     def flush(self) -> None:
         # An evaluation ends with a flush: the next one numbers its examples from 0 again.

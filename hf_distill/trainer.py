@@ -26,15 +26,14 @@ from .losses import (
     linear_distillation_loss_parts,
     sparse_distillation_loss,
 )
+from .metric_names import CE_LOSS, KD_LOSS, LOSS, TEACHER_AGREEMENT, prefixed
+from .metric_names import TERMS as _EVAL_SUMS
 from .metrics_csv import MetricsCSVCallback
 from .model_card import render_model_card
 from .modeling import check_vocabularies, load_causal_lm, parse_init_kwargs
 from .nonfinite_guard import NonFiniteGuard
 from .sample_log import SampleLog
 from .teacher_placement import is_deepspeed_zero3, place_teacher
-
-# Order of the per-token sums accumulated during evaluation.
-_EVAL_SUMS = ("ce", "kd", "agree", "tokens")
 
 
 class DistillTrainer(Trainer):
@@ -395,12 +394,12 @@ class DistillTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add `ce_loss` and `kd_loss`, averaged over the logging window exactly like Trainer averages `loss`."""
-        if "loss" in logs and self._train_window_start is not None:
+        if LOSS in logs and self._train_window_start is not None:
             steps = max(self.state.global_step - self._train_window_start, 1)
             sums = self.accelerator.reduce(self._train_sums.clone(), reduction="mean") / steps
-            logs["ce_loss"] = sums[0].item()
+            logs[CE_LOSS] = sums[0].item()
             if self.teacher_model is not None or self.args.uses_teacher_cache:
-                logs["kd_loss"] = sums[1].item()
+                logs[KD_LOSS] = sums[1].item()
             self._train_sums.zero_()
             self._train_window_start = None
             self._sample_log.flush()
@@ -423,11 +422,11 @@ class DistillTrainer(Trainer):
         ce, kd, agree, tokens = (sums / sums[-1].clamp(min=1)).tolist()
         if sums[-1] > 0:
             prefix = metric_key_prefix
-            output.metrics[f"{prefix}_loss"] = self._mix(torch.tensor(ce), torch.tensor(kd)).item()
-            output.metrics[f"{prefix}_ce_loss"] = ce
+            output.metrics[prefixed(LOSS, prefix)] = self._mix(torch.tensor(ce), torch.tensor(kd)).item()
+            output.metrics[prefixed(CE_LOSS, prefix)] = ce
             if self.teacher_model is not None:
-                output.metrics[f"{prefix}_kd_loss"] = kd
-                output.metrics[f"{prefix}_teacher_agreement"] = agree
+                output.metrics[prefixed(KD_LOSS, prefix)] = kd
+                output.metrics[prefixed(TEACHER_AGREEMENT, prefix)] = agree
         return output
 
     # ---- publishing ----
