@@ -10,9 +10,8 @@ import re
 from dataclasses import dataclass
 
 from .metric_names import CE_LOSS, EVAL_METRICS, KD_LOSS, LOSS, TEACHER_AGREEMENT, TRAIN_LOSSES, prefixed
-from .metrics_csv import METRICS_FILE
+from .run_files import METRICS_FILE, SAMPLES_FILE
 
-SAMPLES_FILE = "samples.csv"
 REPORT_DIR = "report"
 _FINAL_COLUMNS = (*TRAIN_LOSSES, *EVAL_METRICS)
 

@@ -28,11 +28,10 @@ from .losses import (
 )
 from .metric_names import CE_LOSS, KD_LOSS, LOSS, TEACHER_AGREEMENT, prefixed
 from .metric_names import TERMS as _EVAL_SUMS
-from .metrics_csv import MetricsCSVCallback
 from .model_card import render_model_card
 from .modeling import check_vocabularies, load_causal_lm, parse_init_kwargs
 from .nonfinite_guard import NonFiniteGuard
-from .sample_log import SampleLog
+from .run_files import RunFilesCallback
 from .teacher_placement import is_deepspeed_zero3, place_teacher
 
 
@@ -121,13 +120,15 @@ class DistillTrainer(Trainer):
         )
         self._step_ids: list = []
         self.add_callback(NonFiniteGuard(self, self.args.max_nonfinite_steps))
-        self._sample_log = SampleLog(
+        self._target_tokens_seen = torch.zeros((), dtype=torch.long, device=self.args.device)
+        self._run_files = RunFilesCallback(
             self.accelerator,
-            os.path.join(self.args.output_dir, "samples.csv"),
+            self.args.output_dir,
+            self.target_tokens_seen,
+            write_metrics=args.metrics_csv,
             eval_in_order=self.args.train_sampling_strategy != "group_by_length",
         )
-        self._target_tokens_seen = torch.zeros((), dtype=torch.long, device=self.args.device)
-        self.add_callback(MetricsCSVCallback(self.target_tokens_seen, self._sample_log, args.metrics_csv))
+        self.add_callback(self._run_files)
 
     @staticmethod
     def _load_teacher(
@@ -244,7 +245,7 @@ class DistillTrainer(Trainer):
             ce, kd, n_tokens = terms["ce"].sum(), terms["kd"].sum(), terms["tokens"].sum()
             loss = self._mix(ce, kd)
             if mode in self.args.track_samples:
-                self._sample_log.add(mode, self.state.global_step + model.training, inputs.get("id"), terms)
+                self._run_files.add_samples(mode, self.state.global_step + model.training, inputs.get("id"), terms)
             if mode == "eval":
                 # Summed after gather_for_metrics, which drops the duplicates that pad an uneven last batch across
                 # processes: the sums are global and count each example once.
@@ -402,7 +403,7 @@ class DistillTrainer(Trainer):
                 logs[KD_LOSS] = sums[1].item()
             self._train_sums.zero_()
             self._train_window_start = None
-            self._sample_log.flush()
+            self._run_files.flush_samples()
         super().log(logs, start_time)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -417,7 +418,7 @@ class DistillTrainer(Trainer):
         """Trainer's loop, with `loss`, `ce_loss`, `kd_loss` and `teacher_agreement` as token-weighted means."""
         self._eval_sums.zero_()
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        self._sample_log.flush()
+        self._run_files.flush_samples()
         sums = self._eval_sums  # already summed over processes, batch by batch
         ce, kd, agree, tokens = (sums / sums[-1].clamp(min=1)).tolist()
         if sums[-1] > 0:

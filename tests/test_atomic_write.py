@@ -6,6 +6,7 @@ import os
 import pytest
 
 from hf_distill.atomic_write import atomic_write, temporary_path, write_json_atomically
+from hf_distill.csv_files import truncate_csv
 
 
 def write_text(text):
@@ -85,3 +86,18 @@ def test_json_that_cannot_be_written_leaves_no_file(tmp_path):
     assert os.listdir(tmp_path) == []
     write_json_atomically(path, {"round": 1})
     assert json.loads(open(path).read()) == {"round": 1}
+
+
+def test_truncate_csv_replaces_the_file_only_when_rows_are_dropped(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,split\n1,train\n2,train\n3")  # the last row cut short by a crash
+    inode = os.stat(path).st_ino
+    assert truncate_csv(str(path), 5) == {"step": "2", "split": "train"}
+    assert path.read_text().splitlines() == ["step,split", "1,train", "2,train"]
+    assert os.stat(path).st_ino != inode  # replaced by a rename, never rewritten in place
+    inode = os.stat(path).st_ino
+    assert truncate_csv(str(path), 2) == {"step": "2", "split": "train"}
+    assert os.stat(path).st_ino == inode  # nothing to drop: left as it is
+    assert truncate_csv(str(path), 1) == {"step": "1", "split": "train"}
+    assert path.read_text().splitlines() == ["step,split", "1,train"]
+    assert os.listdir(tmp_path) == ["metrics.csv"]
