@@ -6,7 +6,7 @@ import shutil
 
 from .atomic_write import write_json_atomically
 
-# Written last into a checkpoint folder; the file name is what runs saved before stay resumable by.
+# Written last into a checkpoint folder. Keep the file name: resume finds the checkpoints of earlier runs by it.
 CHECKPOINT_MARKER = "checkpoint_complete.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 

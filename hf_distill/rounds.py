@@ -29,7 +29,7 @@ from .recipe import ROUNDS_KEY, RecipeError, field_names, load_yaml, parse_mappi
 logger = logging.getLogger(__name__)
 
 PREVIOUS_ROUND = "previous_round"
-# Written into a round's folder after its final save; the file name is what earlier runs are skipped by.
+# Written into a round's folder after its final save. Keep the file name: a rerun skips earlier rounds by it.
 ROUND_MARKER = "round_complete.json"
 # Set by the chain of rounds itself, never by a stage.
 _CHAINED_KEYS = ("output_dir",)
