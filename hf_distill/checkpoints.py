@@ -1,26 +1,23 @@
 """Checkpoints that are complete or ignored: a crash while saving never leaves a checkpoint that resume picks."""
 
-import json
 import os
 import re
 import shutil
 
-COMPLETE_MARKER = "checkpoint_complete.json"
+from .atomic_write import write_json_atomically
+
+# Written last into a checkpoint folder. Keep the file name: resume finds the checkpoints of earlier runs by it.
+CHECKPOINT_MARKER = "checkpoint_complete.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def mark_complete(checkpoint_dir: str, step: int) -> None:
     """Written last, atomically (rename), once every file of the checkpoint is on disk."""
-    tmp = os.path.join(checkpoint_dir, f".{COMPLETE_MARKER}.tmp")
-    with open(tmp, "w") as f:
-        json.dump({"global_step": step}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(checkpoint_dir, COMPLETE_MARKER))
+    write_json_atomically(os.path.join(checkpoint_dir, CHECKPOINT_MARKER), {"global_step": step})
 
 
 def is_complete(checkpoint_dir: str) -> bool:
-    return os.path.isfile(os.path.join(checkpoint_dir, COMPLETE_MARKER))
+    return os.path.isfile(os.path.join(checkpoint_dir, CHECKPOINT_MARKER))
 
 
 def _checkpoints(output_dir: str) -> list[tuple[int, str]]:

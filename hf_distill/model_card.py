@@ -2,7 +2,7 @@
 
 import yaml
 
-_METRICS = ("eval_loss", "eval_ce_loss", "eval_kd_loss", "eval_teacher_agreement")
+from .metric_names import EVAL_METRICS
 
 
 def render_model_card(
@@ -38,7 +38,7 @@ def render_model_card(
         ("Alpha (CE weight)", f"{alpha:g}"),
         ("Optimizer steps", str(steps)),
     ]
-    rows += [(name, f"{eval_metrics[name]:.4f}") for name in _METRICS if name in eval_metrics]
+    rows += [(name, f"{eval_metrics[name]:.4f}") for name in EVAL_METRICS if name in eval_metrics]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return (
         f"---\n{yaml.safe_dump(metadata, sort_keys=False)}---\n\n"

@@ -9,11 +9,11 @@ import os
 import re
 from dataclasses import dataclass
 
-from .metrics_csv import METRICS_FILE
+from .metric_names import CE_LOSS, EVAL_METRICS, KD_LOSS, LOSS, TEACHER_AGREEMENT, TRAIN_LOSSES, prefixed
+from .run_files import METRICS_FILE, SAMPLES_FILE
 
-SAMPLES_FILE = "samples.csv"
 REPORT_DIR = "report"
-_FINAL_COLUMNS = ("loss", "ce_loss", "kd_loss", "eval_loss", "eval_ce_loss", "eval_kd_loss", "eval_teacher_agreement")
+_FINAL_COLUMNS = (*TRAIN_LOSSES, *EVAL_METRICS)
 
 
 class ReportError(ValueError):
@@ -108,10 +108,10 @@ def write_report(output_dir: str, top: int = 10) -> str:
     plots = {}
     xlabel = "global step (rounds concatenated)" if len(runs) > 1 else "step"
     panels = {
-        "loss.png": ("Training and evaluation loss", [[("train", "loss"), ("eval", "eval_loss")]], ["loss"]),
+        "loss.png": ("Training and evaluation loss", [[("train", LOSS), ("eval", LOSS)]], ["loss"]),
         "ce_kd.png": (
             "Cross-entropy and distillation terms",
-            [[("train", "ce_loss"), ("eval", "eval_ce_loss")], [("train", "kd_loss"), ("eval", "eval_kd_loss")]],
+            [[("train", CE_LOSS), ("eval", CE_LOSS)], [("train", KD_LOSS), ("eval", KD_LOSS)]],
             ["CE", "KD"],
         ),
         "learning_rate.png": ("Learning rate", [[("train", "learning_rate")]], ["learning rate"]),
@@ -132,7 +132,7 @@ def write_report(output_dir: str, top: int = 10) -> str:
     evaluated = [run for run in runs if run.last_eval]
     if evaluated:
         fig, (ax,) = figure()
-        values = [[float(r["kd_loss"]) for r in run.last_eval] for run in evaluated]
+        values = [[float(r[KD_LOSS]) for r in run.last_eval] for run in evaluated]
         # Shared bins, so that the rounds' distributions can be compared bar by bar.
         bounds = (min(map(min, values)), max(map(max, values)))
         for run, kd in zip(evaluated, values):
@@ -155,11 +155,12 @@ def write_report(output_dir: str, top: int = 10) -> str:
 
 
 def _plot_series(ax, runs: list[_Run], series: list[tuple[str, str]]) -> int:
-    """Each (split, column) in one colour across rounds; returns how many lines were drawn."""
+    """Each (split, metric) in one colour across rounds; returns how many lines were drawn."""
     drawn = 0
-    for index, (split, column) in enumerate(series):
+    for index, (split, name) in enumerate(series):
         style = {"color": f"C{index}", "marker": "o" if split == "eval" else None, "markersize": 4}
-        label = f"{split} {column.removeprefix('eval_')}"
+        label = f"{split} {name}"
+        column = prefixed(name) if split == "eval" else name
         for run in runs:
             steps, values = run.series(split, column)
             if values:
@@ -199,7 +200,7 @@ def _markdown(output_dir: str, runs: list[_Run], plots: dict[str, str], top: int
     for run in runs:
         train, evaluation = run.last("train"), run.last("eval")
         step = max(train.get("step", 0), evaluation.get("step", 0))
-        values = [_fmt(train.get(c) if not c.startswith("eval_") else evaluation.get(c)) for c in _FINAL_COLUMNS]
+        values = [_fmt(evaluation.get(c) if c in EVAL_METRICS else train.get(c)) for c in _FINAL_COLUMNS]
         lines.append("| " + " | ".join(([run.label] if multi else []) + [str(step), *values]) + " |")
 
     if plots:
@@ -213,16 +214,16 @@ def _markdown(output_dir: str, runs: list[_Run], plots: dict[str, str], top: int
     else:
         step = last.last_eval[0]["step"]
         where = f"{last.label}, step {step}" if multi else f"step {step}"
-        worst = sorted(last.last_eval, key=lambda r: float(r["kd_loss"]), reverse=True)[:top]
+        worst = sorted(last.last_eval, key=lambda r: float(r[KD_LOSS]), reverse=True)[:top]
         lines += [f"## The {len(worst)} examples with the highest KD at the last evaluation ({where})", ""]
         lines += ["| id | tokens | kd | ce | agreement |", "|---|---|---|---|---|"]
         for r in worst:
             cells = [
                 r["id"].replace("|", "\\|"),
                 r["tokens"],
-                _fmt(r["kd_loss"]),
-                _fmt(r["ce_loss"]),
-                _fmt(r["teacher_agreement"]),
+                _fmt(r[KD_LOSS]),
+                _fmt(r[CE_LOSS]),
+                _fmt(r[TEACHER_AGREEMENT]),
             ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

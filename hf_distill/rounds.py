@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from accelerate import PartialState
 
 from .arguments import DataArguments, ModelArguments
+from .atomic_write import write_json_atomically
 from .checks import check_recipe
 from .config import DistillConfig
 from .pipeline import run_training
@@ -29,7 +30,8 @@ from .recipe import ROUNDS_KEY, RecipeError, field_names, load_yaml, parse_mappi
 logger = logging.getLogger(__name__)
 
 PREVIOUS_ROUND = "previous_round"
-COMPLETE_MARKER = "round_complete.json"
+# Written into a round's folder after its final save. Keep the file name: a rerun skips earlier rounds by it.
+ROUND_MARKER = "round_complete.json"
 # Set by the chain of rounds itself, never by a stage.
 _CHAINED_KEYS = ("output_dir",)
 _CHAINED_KEYS_AFTER_FIRST = ("model_name_or_path", "student_init")
@@ -47,7 +49,7 @@ class Round:
     @property
     def marker(self) -> str:
         """Written after the round's final save: its presence means the round need not run again."""
-        return os.path.join(self.config.output_dir, COMPLETE_MARKER)
+        return os.path.join(self.config.output_dir, ROUND_MARKER)
 
     def is_complete(self) -> bool:
         """Whether an earlier invocation finished this round (a rerun skips it)."""
@@ -138,8 +140,8 @@ def run_rounds(rounds: list[Round]) -> dict:
         logger.warning(f"round {round_.number} of {len(rounds)}: training in {round_.config.output_dir}")
         metrics = run_training(round_.model_args, round_.data_args, round_.config)
         if round_.config.process_index == 0:
-            with open(round_.marker, "w") as f:
-                json.dump({"round": round_.number, "metrics": metrics}, f, indent=2)
+            # Atomic: a crash mid-write must not leave a marker that makes the rerun skip an unrecorded round.
+            write_json_atomically(round_.marker, {"round": round_.number, "metrics": metrics})
         # The next round loads this round's student, which only the main process has written.
         PartialState().wait_for_everyone()
     return metrics

@@ -27,6 +27,7 @@ import torch
 from datasets import Dataset, Features, List, Value, concatenate_datasets, load_from_disk
 
 from .arguments import DataArguments, ModelArguments
+from .atomic_write import atomic_write, temporary_path, write_json_atomically
 from .config import DistillConfig
 from .data import CACHE_COLUMNS, prepare_datasets
 from .loading import check_models_fit, load_teachers, load_tokenizer
@@ -151,9 +152,9 @@ def build_teacher_cache(
     if state.is_main_process:
         if not os.path.exists(manifest_path):
             os.makedirs(cache_dir, exist_ok=True)
-            _write_atomically(manifest_path, lambda tmp: _write_json(tmp, manifest))
+            write_json_atomically(manifest_path, manifest)
         # Leftovers of a killed build: never renamed, so never part of the cache.
-        for leftover in glob.glob(os.path.join(cache_dir, "*.tmp")):
+        for leftover in glob.glob(temporary_path(os.path.join(cache_dir, "*"))):
             shutil.rmtree(leftover, ignore_errors=True)
     # No process starts a shard before the leftovers are gone.
     state.wait_for_everyone()
@@ -207,22 +208,9 @@ def cache_size_report(cache_dir: str) -> str:
     )
 
 
-def _write_json(path: str, content: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(content, f, indent=2)
-
-
-def _write_atomically(path: str, write) -> None:
-    """`write(tmp)` under a temporary name, then one rename: the file or folder exists whole or not at all."""
-    tmp = f"{path}.tmp"
-    # A folder a killed write left behind (a leftover file is simply overwritten).
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_shard(shard: Dataset, path: str) -> None:
-    _write_atomically(path, shard.save_to_disk)
+    """`shard` saved to the folder `path` whole or not at all (`atomic_write`): a rerun skips only whole shards."""
+    atomic_write(path, shard.save_to_disk)
 
 
 def load_teacher_cache(cache_dir: str) -> tuple[dict, Dataset]:

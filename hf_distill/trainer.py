@@ -24,15 +24,13 @@ from .losses import (
     fused_distillation_loss,
 )
 from .losses.divergences import mix
-from .metrics_csv import MetricsCSVCallback
+from .metric_names import CE_LOSS, KD_LOSS, LOSS, TEACHER_AGREEMENT, prefixed
+from .metric_names import TERMS as _EVAL_SUMS
 from .model_card import render_model_card
 from .nonfinite_guard import NonFiniteGuard
-from .sample_log import SampleLog
+from .run_files import RunFilesCallback
 from .teacher_placement import is_deepspeed_zero3
 from .teachers import CachedTeacher, LiveTeacher, build_teacher
-
-# Order of the per-token sums accumulated during evaluation.
-_EVAL_SUMS = ("ce", "kd", "agree", "tokens")
 
 
 class DistillTrainer(Trainer):
@@ -106,13 +104,15 @@ class DistillTrainer(Trainer):
         )
         self._step_ids: list = []
         self.add_callback(NonFiniteGuard(self, self.args.max_nonfinite_steps))
-        self._sample_log = SampleLog(
+        self._target_tokens_seen = torch.zeros((), dtype=torch.long, device=self.args.device)
+        self._run_files = RunFilesCallback(
             self.accelerator,
-            os.path.join(self.args.output_dir, "samples.csv"),
+            self.args.output_dir,
+            self.target_tokens_seen,
+            write_metrics=args.metrics_csv,
             eval_in_order=self.args.train_sampling_strategy != "group_by_length",
         )
-        self._target_tokens_seen = torch.zeros((), dtype=torch.long, device=self.args.device)
-        self.add_callback(MetricsCSVCallback(self.target_tokens_seen, self._sample_log, args.metrics_csv))
+        self.add_callback(self._run_files)
 
     @property
     def teacher_model(self) -> nn.Module | list[nn.Module] | None:
@@ -250,7 +250,7 @@ class DistillTrainer(Trainer):
     def _record_examples(self, mode: str, ids: list | None, terms: dict[str, torch.Tensor]) -> None:
         """Per-example sums of a dense micro-batch: to samples.csv when tracked, and into the evaluation's totals."""
         if mode in self.args.track_samples:
-            self._sample_log.add(mode, self.state.global_step + (mode == "train"), ids, terms)
+            self._run_files.add_samples(mode, self.state.global_step + (mode == "train"), ids, terms)
         if mode == "eval":
             # Summed after gather_for_metrics, which drops the duplicates that pad an uneven last batch across
             # processes: the sums are global and count each example once.
@@ -266,15 +266,15 @@ class DistillTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add `ce_loss` and `kd_loss`, averaged over the logging window exactly like Trainer averages `loss`."""
-        if "loss" in logs and self._train_window_start is not None:
+        if LOSS in logs and self._train_window_start is not None:
             steps = max(self.state.global_step - self._train_window_start, 1)
             sums = self.accelerator.reduce(self._train_sums.clone(), reduction="mean") / steps
-            logs["ce_loss"] = sums[0].item()
+            logs[CE_LOSS] = sums[0].item()
             if self.teacher is not None:
-                logs["kd_loss"] = sums[1].item()
+                logs[KD_LOSS] = sums[1].item()
             self._train_sums.zero_()
             self._train_window_start = None
-            self._sample_log.flush()
+            self._run_files.flush_samples()
         super().log(logs, start_time)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -289,16 +289,16 @@ class DistillTrainer(Trainer):
         """Trainer's loop, with `loss`, `ce_loss`, `kd_loss` and `teacher_agreement` as token-weighted means."""
         self._eval_sums.zero_()
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        self._sample_log.flush()
+        self._run_files.flush_samples()
         sums = self._eval_sums  # already summed over processes, batch by batch
         ce, kd, agree, tokens = (sums / sums[-1].clamp(min=1)).tolist()
         if sums[-1] > 0:
             prefix = metric_key_prefix
-            output.metrics[f"{prefix}_loss"] = mix(ce, kd, self.args.alpha)
-            output.metrics[f"{prefix}_ce_loss"] = ce
+            output.metrics[prefixed(LOSS, prefix)] = mix(ce, kd, self.args.alpha)
+            output.metrics[prefixed(CE_LOSS, prefix)] = ce
             if isinstance(self.teacher, LiveTeacher):
-                output.metrics[f"{prefix}_kd_loss"] = kd
-                output.metrics[f"{prefix}_teacher_agreement"] = agree
+                output.metrics[prefixed(KD_LOSS, prefix)] = kd
+                output.metrics[prefixed(TEACHER_AGREEMENT, prefix)] = agree
         return output
 
     # ---- publishing ----

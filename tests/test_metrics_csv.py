@@ -7,13 +7,13 @@ import time
 import types
 
 import pytest
+from accelerate import Accelerator
 from conftest import tiny_llama, variable_length_dataset, word_tokenizer
 from transformers import TrainerControl, TrainerState
 
-from hf_distill import DistillConfig, DistillTrainer
-from hf_distill import metrics_csv as metrics_csv_module
+from hf_distill import DistillConfig, DistillTrainer, csv_files
 from hf_distill.data import DistillDataCollator
-from hf_distill.metrics_csv import COLUMNS, EVAL_COLUMNS, TRAIN_COLUMNS, MetricsCSVCallback
+from hf_distill.run_files import EVAL_COLUMNS, METRICS_COLUMNS, TRAIN_COLUMNS, RunFilesCallback
 
 N_EVAL = 6
 
@@ -76,7 +76,7 @@ def test_metrics_csv_holds_every_log_of_the_trainer(tmp_path):
     trainer.evaluate()  # after training: its row must reach the file without a later checkpoint to flush it
 
     columns, rows = read_csv(tmp_path / "metrics.csv")
-    assert tuple(columns) == COLUMNS
+    assert tuple(columns) == METRICS_COLUMNS
     train, evaluation = rows_of(tmp_path / "metrics.csv", "train"), rows_of(tmp_path / "metrics.csv", "eval")
     assert len(rows) == len(train) + len(evaluation)
     assert as_logs(train, TRAIN_COLUMNS) == history(trainer, "loss", TRAIN_COLUMNS)
@@ -122,7 +122,7 @@ def test_resume_drops_the_rows_past_the_checkpoint(tmp_path):
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
 
     columns, rows = read_csv(tmp_path / "metrics.csv")
-    assert tuple(columns) == COLUMNS
+    assert tuple(columns) == METRICS_COLUMNS
     assert [(r["step"], r["split"]) for r in rows] == [
         ("1", "train"),
         ("2", "train"),
@@ -161,8 +161,8 @@ def test_rows_are_written_off_the_training_thread(tmp_path, monkeypatch):
             release.wait(10)
             return super().writerow(row)
 
-    monkeypatch.setattr(metrics_csv_module.csv, "DictWriter", SlowWriter)
-    callback = MetricsCSVCallback()
+    monkeypatch.setattr(csv_files.csv, "DictWriter", SlowWriter)
+    callback = RunFilesCallback(Accelerator(cpu=True), str(tmp_path))
     args = types.SimpleNamespace(output_dir=str(tmp_path))
     state, control = TrainerState(), TrainerControl()
     callback.on_train_begin(args, state, control)
@@ -191,7 +191,7 @@ def test_rows_reach_the_disk_before_the_checkpoint(tmp_path, monkeypatch):
             time.sleep(0.05)
             return super().writerow(row)
 
-    monkeypatch.setattr(metrics_csv_module.csv, "DictWriter", SlowWriter)
+    monkeypatch.setattr(csv_files.csv, "DictWriter", SlowWriter)
     # Step 2 saves after an evaluation, step 3 only logs, step 4 saves after an evaluation and without a log.
     trainer = make_trainer(
         tmp_path, logging_steps=3, save_strategy="steps", save_steps=2, track_samples=["train", "eval"]
@@ -219,7 +219,7 @@ def test_rows_reach_the_disk_before_the_checkpoint(tmp_path, monkeypatch):
 def test_a_write_error_surfaces_at_the_next_flush(tmp_path):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("")
-    callback = MetricsCSVCallback()
+    callback = RunFilesCallback(Accelerator(cpu=True), str(blocker))
     args = types.SimpleNamespace(output_dir=str(blocker))
     state, control = TrainerState(global_step=1), TrainerControl()
     callback.on_log(args, state, control, logs={"loss": 1.0})

@@ -14,7 +14,7 @@ import hf_distill.loading
 import hf_distill.pipeline
 from hf_distill.cli import main
 from hf_distill.recipe import RecipeError, parse_recipe
-from hf_distill.rounds import COMPLETE_MARKER, parse_rounds
+from hf_distill.rounds import ROUND_MARKER, parse_rounds, run_rounds
 
 BORN_AGAIN = """
 rounds:
@@ -106,7 +106,7 @@ def test_born_again_rounds(workspace, loads):
     main(["train", recipe])
 
     for k, steps in ((1, 2), (2, 4)):
-        marker = json.loads((out / f"round-{k}" / COMPLETE_MARKER).read_text())
+        marker = json.loads((out / f"round-{k}" / ROUND_MARKER).read_text())
         assert marker["round"] == k and "eval_loss" in marker["metrics"]
         state = json.loads((out / f"round-{k}" / "trainer_state.json").read_text())
         assert state["global_step"] == steps
@@ -126,6 +126,23 @@ def test_born_again_rounds(workspace, loads):
     report = (out / "report" / "report.md").read_text()
     assert "| round 1 | 2 |" in report and "| round 2 | 4 |" in report
     assert "(round 2, step 4)" in report
+
+
+def test_round_marker_is_written_whole_or_not_at_all(workspace, monkeypatch):
+    """A round whose marker cannot be written whole is not marked complete: a rerun trains it again."""
+    recipe, out = rounds_recipe(workspace)
+    rounds = parse_rounds(recipe)
+
+    def run_training(model_args, data_args, config):
+        os.makedirs(config.output_dir)
+        # json.dump streams: written in place, the keys before the value it cannot encode would reach the marker.
+        return {"eval_loss": 1.0, "unencodable": object()}
+
+    monkeypatch.setattr(hf_distill.pipeline, "run_training", run_training)
+    with pytest.raises(TypeError):
+        run_rounds(rounds)
+    assert os.listdir(out / "round-1") == []
+    assert not rounds[0].is_complete()
 
 
 class CrashAt(TrainerCallback):
@@ -150,8 +167,8 @@ def test_crashed_round_resumes_where_it_stopped(workspace, loads, monkeypatch, c
     monkeypatch.setattr(hf_distill.pipeline, "DistillTrainer", CrashingInRound2)
     with pytest.raises(RuntimeError, match="simulated crash at step 3"):
         main(["train", recipe])
-    assert (out / "round-1" / COMPLETE_MARKER).is_file()
-    assert not (out / "round-2" / COMPLETE_MARKER).exists()
+    assert (out / "round-1" / ROUND_MARKER).is_file()
+    assert not (out / "round-2" / ROUND_MARKER).exists()
     assert (out / "round-2" / "checkpoint-2").is_dir()
     round_1 = {
         os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime_ns
@@ -167,7 +184,7 @@ def test_crashed_round_resumes_where_it_stopped(workspace, loads, monkeypatch, c
     assert {path: os.stat(path).st_mtime_ns for path in round_1} == round_1  # round 1 untouched
     assert [path for _, path, _ in loads] == [str(out / "round-1")] * 2  # only round 2's teacher and student
     assert f"resuming from the last checkpoint in output_dir: {out / 'round-2' / 'checkpoint-2'}" in caplog.text
-    assert (out / "round-2" / COMPLETE_MARKER).is_file()
+    assert (out / "round-2" / ROUND_MARKER).is_file()
     state = json.loads((out / "round-2" / "trainer_state.json").read_text())
     assert [h["step"] for h in state["log_history"] if "loss" in h] == [2, 4]
     with open(out / "round-2" / "metrics.csv") as f:

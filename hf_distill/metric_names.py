@@ -1,0 +1,25 @@
+"""The names of the metrics a run logs, defined once for the trainer, the CSV files, the model card and the report."""
+
+# Per-example sums over target tokens that the trainer accumulates: CE, KD, top-1 matches with the teacher, and the
+# number of target tokens that turns the others into per-token means. Also the order of its evaluation sums.
+TERMS = ("ce", "kd", "agree", "tokens")
+
+LOSS = "loss"
+CE_LOSS = "ce_loss"
+KD_LOSS = "kd_loss"
+TEACHER_AGREEMENT = "teacher_agreement"
+
+# The logged per-token mean of each term but `tokens`, in the order of TERMS.
+PER_TOKEN = {"ce": CE_LOSS, "kd": KD_LOSS, "agree": TEACHER_AGREEMENT}
+
+EVAL_PREFIX = "eval"
+
+
+def prefixed(name: str, prefix: str = EVAL_PREFIX) -> str:
+    """The name Trainer gives metric `name` of an evaluation run with `metric_key_prefix=prefix`."""
+    return f"{prefix}_{name}"
+
+
+# What a training log adds up, and what an evaluation reports (in this order in metrics.csv and the report).
+TRAIN_LOSSES = (LOSS, CE_LOSS, KD_LOSS)
+EVAL_METRICS = tuple(prefixed(name) for name in (*TRAIN_LOSSES, TEACHER_AGREEMENT))
