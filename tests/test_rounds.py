@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 
 import hf_distill.loading
 import hf_distill.pipeline
+import hf_distill.rounds
 from hf_distill.cli import main
 from hf_distill.recipe import RecipeError, parse_recipe
 from hf_distill.rounds import ROUND_MARKER, parse_rounds, run_rounds
@@ -138,7 +139,7 @@ def test_round_marker_is_written_whole_or_not_at_all(workspace, monkeypatch):
         # json.dump streams: written in place, the keys before the value it cannot encode would reach the marker.
         return {"eval_loss": 1.0, "unencodable": object()}
 
-    monkeypatch.setattr(hf_distill.pipeline, "run_training", run_training)
+    monkeypatch.setattr(hf_distill.rounds, "run_training", run_training)
     with pytest.raises(TypeError):
         run_rounds(rounds)
     assert os.listdir(out / "round-1") == []
