@@ -7,7 +7,7 @@ import time
 import types
 
 import pytest
-from conftest import tiny_llama, variable_length_dataset, word_tokenizer
+from testing_utils import tiny_llama, variable_length_dataset, word_tokenizer
 from transformers import TrainerControl, TrainerState
 
 from hf_distill import DistillConfig, DistillTrainer
