@@ -2,11 +2,14 @@
 
 from dataclasses import dataclass, field
 
+from .field_docs import document_fields
+
 STUDENT_INITS = ("pretrained", "from_config")
 DATASET_FORMATS = ("auto", "text", "prompt_completion", "messages")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+@document_fields
 @dataclass
 class ModelArguments:
     r"""
@@ -30,16 +33,15 @@ class ModelArguments:
             Allow models and tokenizers that ship their own code.
     """
 
-    model_name_or_path: str = field(metadata={"help": "Student: hub id or local folder (or config with from_config)."})
-    student_init: str = field(
-        default="pretrained", metadata={"help": "pretrained or from_config.", "choices": list(STUDENT_INITS)}
-    )
-    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer shared by both models."})
-    dtype: str = field(default="auto", metadata={"help": "Student weights dtype.", "choices": list(DTYPES)})
-    attn_implementation: str | None = field(default=None, metadata={"help": "Attention kernel, e.g. sdpa."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow models that ship their own code."})
+    model_name_or_path: str
+    student_init: str = field(default="pretrained", metadata={"choices": list(STUDENT_INITS)})
+    tokenizer_name_or_path: str | None = None
+    dtype: str = field(default="auto", metadata={"choices": list(DTYPES)})
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
 
 
+@document_fields
 @dataclass
 class DataArguments:
     r"""
@@ -68,17 +70,15 @@ class DataArguments:
             Keep only the first N evaluation examples.
     """
 
-    dataset_name: str = field(metadata={"help": "Hub dataset id, local folder or local file."})
-    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    dataset_eval_split: str | None = field(default=None, metadata={"help": "Split to evaluate on."})
-    dataset_format: str = field(
-        default="auto", metadata={"help": "Format of the examples.", "choices": list(DATASET_FORMATS)}
-    )
-    max_length: int = field(default=1024, metadata={"help": "Truncate examples to this many tokens."})
-    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N train examples."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N eval examples."})
+    dataset_name: str
+    dataset_config: str | None = None
+    dataset_train_split: str = "train"
+    dataset_eval_split: str | None = None
+    dataset_format: str = field(default="auto", metadata={"choices": list(DATASET_FORMATS)})
+    max_length: int = 1024
+    dataset_num_proc: int | None = None
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
 
     def __post_init__(self):
         if self.max_length < 2:

@@ -6,6 +6,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from .field_docs import document_fields
 from .losses import ENSEMBLE_MODES, LOSS_CHUNK_SIZE, LOSS_TYPES, SPARSE_MODES, DivergenceSpec, check_ensemble_mode
 
 TEACHER_SOURCES = ("none", "model", "cache")
@@ -24,6 +25,7 @@ def normalized_weights(weights: Sequence[float] | None, n_teachers: int) -> list
     return [w / total for w in weights]
 
 
+@document_fields
 @dataclass
 class DistillConfig(TrainingArguments):
     r"""
@@ -109,51 +111,24 @@ class DistillConfig(TrainingArguments):
 
     # `list[str] | str`, in this order: HfArgumentParser then parses a command-line value as one str, and the recipe
     # passes a YAML list through as is.
-    teacher_model_name_or_path: list[str] | str | None = field(
-        default=None, metadata={"help": "Hub id or local folder of the teacher model; a list (recipe) is an ensemble."}
-    )
-    teacher_ensemble: str = field(
-        default="mean_probs",
-        metadata={"help": "How ensemble members are combined.", "choices": list(ENSEMBLE_MODES)},
-    )
-    teacher_weights: list[float] | None = field(
-        default=None, metadata={"help": "Weight of each ensemble member, normalised; None = equal."}
-    )
-    teacher_model_init_kwargs: dict[str, Any] | str | None = field(
-        default=None, metadata={"help": "Keyword arguments for loading the teacher, e.g. {'dtype': 'bfloat16'}."}
-    )
-    alpha: float = field(default=0.5, metadata={"help": "Weight of the cross-entropy term, in [0, 1]."})
-    temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the divergence, > 0."})
-    loss_type: str = field(default="forward_kl", metadata={"help": "Divergence.", "choices": list(LOSS_TYPES)})
-    beta: float = field(default=0.5, metadata={"help": "Teacher weight of the jsd mixture, in (0, 1)."})
-    skew_lambda: float = field(default=0.1, metadata={"help": "Skew of the skew_* divergences, in [0, 1)."})
-    teacher_cache_dir: str | None = field(
-        default=None, metadata={"help": "Folder of a teacher cache (hf-distill cache-teacher); loads no teacher."}
-    )
-    teacher_cache_mode: str = field(
-        default="renormalized",
-        metadata={"help": "How a cached top-k becomes a distribution.", "choices": list(SPARSE_MODES)},
-    )
-    early_stop_patience: int | None = field(
-        default=None, metadata={"help": "Evaluations without improvement before stopping; None = off."}
-    )
-    early_stop_min_delta: float = field(
-        default=0.0, metadata={"help": "Smallest eval_loss decrease that counts as an improvement."}
-    )
+    teacher_model_name_or_path: list[str] | str | None = None
+    teacher_ensemble: str = field(default="mean_probs", metadata={"choices": list(ENSEMBLE_MODES)})
+    teacher_weights: list[float] | None = None
+    teacher_model_init_kwargs: dict[str, Any] | str | None = None
+    alpha: float = 0.5
+    temperature: float = 1.0
+    loss_type: str = field(default="forward_kl", metadata={"choices": list(LOSS_TYPES)})
+    beta: float = 0.5
+    skew_lambda: float = 0.1
+    teacher_cache_dir: str | None = None
+    teacher_cache_mode: str = field(default="renormalized", metadata={"choices": list(SPARSE_MODES)})
+    early_stop_patience: int | None = None
+    early_stop_min_delta: float = 0.0
 
-    loss_chunk_size: int = field(
-        default=LOSS_CHUNK_SIZE, metadata={"help": "Target tokens per chunk of the fused loss; 0 = dense logits."}
-    )
-    max_nonfinite_steps: int = field(
-        default=3, metadata={"help": "Consecutive NaN/inf steps skipped before training stops with an error."}
-    )
-    track_samples: list[str] = field(
-        default_factory=lambda: ["eval"],
-        metadata={"help": "When to write per-example statistics to samples.csv: eval, train, or none."},
-    )
-    metrics_csv: bool = field(
-        default=True, metadata={"help": "Append training and evaluation logs to output_dir/metrics.csv."}
-    )
+    loss_chunk_size: int = LOSS_CHUNK_SIZE
+    max_nonfinite_steps: int = 3
+    track_samples: list[str] = field(default_factory=lambda: ["eval"])
+    metrics_csv: bool = True
 
     def __post_init__(self):
         self._validate_distillation_fields()

@@ -1,61 +1,10 @@
-"""Tiny models and data built from configs, so every test runs offline in seconds."""
+"""Fixtures of the tiny models and data built in testing_utils.py."""
 
 import json
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
-from datasets import Dataset
-from transformers import LlamaConfig, LlamaForCausalLM
-
-VOCAB = 64
-
-
-def tiny_llama(seed: int, hidden: int = 32, layers: int = 2, vocab: int = VOCAB) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
-
-
-def variable_length_dataset(n: int = 24, seed: int = 0, vocab: int = VOCAB) -> Dataset:
-    """Sequences of different lengths with a masked prompt of different lengths, so micro-batches of the same step
-    hold different numbers of target tokens."""
-    gen = torch.Generator().manual_seed(seed)
-    rows = []
-    for i in range(n):
-        length = 6 + (i * 7) % 17
-        prompt = 1 + i % 4
-        ids = torch.randint(3, vocab, (length,), generator=gen).tolist()
-        rows.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
-    return Dataset.from_list(rows)
-
-
-def pad_collator(features):
-    """Right-pad to the longest sequence of the batch; padded positions are masked out of attention and loss."""
-    width = max(len(f["input_ids"]) for f in features)
-
-    def pad(seq, value):
-        return seq + [value] * (width - len(seq))
-
-    return {
-        "input_ids": torch.tensor([pad(f["input_ids"], 0) for f in features]),
-        "attention_mask": torch.tensor([pad([1] * len(f["input_ids"]), 0) for f in features]),
-        "labels": torch.tensor([pad(f["labels"], -100) for f in features]),
-    }
+from testing_utils import tiny_llama, variable_length_dataset, word_tokenizer
 
 
 @pytest.fixture
@@ -71,29 +20,6 @@ def teacher():
 @pytest.fixture
 def dataset():
     return variable_length_dataset()
-
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'assistant' %}<asst> {% generation %}{{ m['content'] }} <eos>"
-    "{% endgeneration %} {% else %}<user> {{ m['content'] }} {% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<asst> {% endif %}"
-)
-WORDS = ["<pad>", "<bos>", "<eos>", "<unk>", "<user>", "<asst>"] + [f"w{i}" for i in range(VOCAB - 6)]
-
-
-def word_tokenizer(chat_template: str | None = CHAT_TEMPLATE):
-    """A whitespace word-level tokenizer over `w0 w1 ...`, one id per word, built in memory."""
-    from tokenizers import Tokenizer, pre_tokenizers
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
-    )
-    tokenizer.chat_template = chat_template
-    return tokenizer
 
 
 @pytest.fixture
@@ -134,22 +60,3 @@ def workspace(tmp_path):
         "use_cpu: true\nreport_to: []\nsave_strategy: 'no'\ndisable_tqdm: true\n"
     )
     return tmp_path, str(recipe)
-
-
-def ensemble_recipe(tmp_path, recipe, mode="mean_probs"):
-    """The `workspace` recipe with a second, different teacher (saved to `tmp_path / "teacher2"`), weighted 3 : 1."""
-    second = tmp_path / "teacher2"
-    tiny_llama(seed=3, hidden=32, layers=1).save_pretrained(second)
-    word_tokenizer().save_pretrained(second)
-    text = (
-        open(recipe)
-        .read()
-        .replace(
-            f"teacher_model_name_or_path: {tmp_path / 'teacher'}\n",
-            f"teacher_model_name_or_path: [{tmp_path / 'teacher'}, {second}]\nteacher_weights: [3, 1]\n"
-            f"teacher_ensemble: {mode}\n",
-        )
-    )
-    path = tmp_path / f"ensemble_{mode}.yaml"
-    path.write_text(text)
-    return str(path), second

@@ -4,7 +4,7 @@ weights loaded. docs/errors.md lists the same rows."""
 import json
 
 import pytest
-from conftest import WORDS, tiny_llama, word_tokenizer
+from testing_utils import WORDS, tiny_llama, word_tokenizer
 from transformers import AutoModelForCausalLM, T5Config
 
 from hf_distill.cli import main

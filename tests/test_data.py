@@ -4,8 +4,8 @@ import json
 import shutil
 
 import pytest
-from conftest import word_tokenizer
 from datasets import Dataset
+from testing_utils import word_tokenizer
 
 from hf_distill.arguments import DataArguments
 from hf_distill.data import detect_format, load_raw_dataset, prepare_datasets, tokenize_dataset

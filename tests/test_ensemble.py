@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ensemble_recipe, tiny_llama, variable_length_dataset
 from test_trainer import assert_same_weights, make_args, train, weights
+from testing_utils import ensemble_recipe, tiny_llama, variable_length_dataset
 
 from hf_distill import DistillTrainer
 from hf_distill.cli import main

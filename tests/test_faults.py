@@ -7,14 +7,14 @@ import sys
 
 import pytest
 import torch
-from conftest import pad_collator, tiny_llama, variable_length_dataset
 from test_trainer import assert_same_weights, make_args
+from testing_utils import pad_collator, tiny_llama, variable_length_dataset
 from transformers import TrainerCallback
 
 from hf_distill import DistillTrainer
 from hf_distill.checkpoints import is_complete, last_complete_checkpoint, mark_complete, rotate_checkpoints
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "fault_run.py")
+SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "fault_run.py")
 
 
 def run(out_dir, max_steps, mode, kill_step=-1, save_total_limit=None):

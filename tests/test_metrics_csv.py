@@ -8,7 +8,7 @@ import types
 
 import pytest
 from accelerate import Accelerator
-from conftest import tiny_llama, variable_length_dataset, word_tokenizer
+from testing_utils import tiny_llama, variable_length_dataset, word_tokenizer
 from transformers import TrainerControl, TrainerState
 
 from hf_distill import DistillConfig, DistillTrainer, csv_files

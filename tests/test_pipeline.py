@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 import transformers.trainer
-from conftest import tiny_llama, variable_length_dataset, word_tokenizer
+from testing_utils import tiny_llama, variable_length_dataset, word_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 import hf_distill.loading

@@ -6,8 +6,8 @@ import types
 import pytest
 import torch
 from accelerate.utils import DistributedType
-from conftest import tiny_llama, variable_length_dataset, word_tokenizer
 from test_trainer import assert_same_weights, make_args, weights
+from testing_utils import tiny_llama, variable_length_dataset, word_tokenizer
 from transformers import TrainerCallback, TrainerState
 
 from hf_distill import DistillTrainer

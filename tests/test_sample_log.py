@@ -3,8 +3,8 @@
 import csv
 
 import pytest
-from conftest import pad_collator, tiny_llama, variable_length_dataset, word_tokenizer
 from test_trainer import make_args
+from testing_utils import pad_collator, tiny_llama, variable_length_dataset, word_tokenizer
 
 from hf_distill import DistillTrainer
 from hf_distill.data import DistillDataCollator

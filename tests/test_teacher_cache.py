@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ensemble_recipe, pad_collator, tiny_llama, variable_length_dataset, word_tokenizer
 from datasets import load_from_disk
 from safetensors.torch import load_file
 from test_trainer import make_args
+from testing_utils import ensemble_recipe, pad_collator, tiny_llama, variable_length_dataset, word_tokenizer
 from transformers import AutoModelForCausalLM
 
 import hf_distill.loading
@@ -112,7 +112,7 @@ def test_killed_build_resumes_to_the_same_cache(workspace):
     tmp_path, recipe = workspace
     build(recipe, tmp_path / "whole")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
-    script = os.path.join(TESTS, "cache_fault_run.py")
+    script = os.path.join(TESTS, "scripts", "cache_fault_run.py")
     run = subprocess.run([sys.executable, script, recipe, str(tmp_path / "resumed"), "8", "10"], env=env)
     assert run.returncode == -signal.SIGKILL
     assert sorted(os.listdir(tmp_path / "resumed")) == [MANIFEST, "shard-00000", "shard-00001.tmp"]

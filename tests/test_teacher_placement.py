@@ -6,8 +6,8 @@ import types
 import pytest
 import torch
 from accelerate.utils import DistributedType
-from conftest import VOCAB, pad_collator, tiny_llama, variable_length_dataset
 from test_trainer import make_args
+from testing_utils import VOCAB, pad_collator, tiny_llama, variable_length_dataset
 
 import hf_distill.trainer
 from hf_distill import DistillTrainer

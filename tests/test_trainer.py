@@ -5,9 +5,9 @@ import os
 
 import pytest
 import torch
-from conftest import pad_collator, tiny_llama, variable_length_dataset
 from datasets import Dataset
 from safetensors.torch import load_file
+from testing_utils import pad_collator, tiny_llama, variable_length_dataset
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.trainer_utils import get_last_checkpoint
 

@@ -15,7 +15,7 @@ from hf_distill.checkpoints import is_complete
 
 pytestmark = pytest.mark.distributed
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_train.py")
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "ddp_train.py")
 
 
 def run_two_processes(out_dir, *args, timeout=300):

@@ -6,13 +6,13 @@ import sys
 
 import pytest
 import torch
-from conftest import tiny_llama
 from fsdp2_check import train
 from test_trainer import assert_same_weights
+from testing_utils import tiny_llama
 
 pytestmark = pytest.mark.distributed
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "fsdp2_check.py")
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "fsdp2_check.py")
 
 
 def run_fsdp2(out_dir, *flags):

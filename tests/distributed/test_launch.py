@@ -38,7 +38,7 @@ def test_accelerate_launch_cpu_config_synchronises_the_two_replicas(workspace):
     """The recipe's trainer under the same launch, asserting inside the run (launch_train.py, on both ranks) a
     2-process group and identical student weights on both ranks after training."""
     tmp_path, recipe = workspace
-    result = launch(os.path.join(ROOT, "tests", "distributed", "launch_train.py"), recipe, "--max_steps", "2")
+    result = launch(os.path.join(ROOT, "tests", "scripts", "launch_train.py"), recipe, "--max_steps", "2")
     # Printed by each rank only after its checks passed.
     for rank in (0, 1):
         assert f"rank {rank} of 2: 2 steps, replicas identical" in result.stdout, result.stdout[-3000:]
@@ -48,7 +48,7 @@ def test_train_command_leaves_the_process_group(workspace):
     """The command ends a launched run as Accelerate's end_training does: without it, gloo's threads were torn down at
     interpreter exit and a finished run sometimes exited -6 ("terminate called without an active exception")."""
     _, recipe = workspace
-    result = launch(os.path.join(ROOT, "tests", "distributed", "launch_cli.py"), recipe, "--max_steps", "1")
+    result = launch(os.path.join(ROOT, "tests", "scripts", "launch_cli.py"), recipe, "--max_steps", "1")
     for rank in (0, 1):
         assert f"rank {rank}: left a 2-process group, no DDP wrapper alive" in result.stdout, result.stdout[-3000:]
 

@@ -1,6 +1,6 @@
 """A training process that a test kills with SIGKILL at a chosen point; used by test_faults.py.
 
-python tests/fault_run.py OUT_DIR MAX_STEPS {none,after_checkpoint,mid_checkpoint,before_marker,mid_final_save}
+python tests/scripts/fault_run.py OUT_DIR MAX_STEPS {none,after_checkpoint,mid_checkpoint,before_marker,mid_final_save}
     [KILL_STEP] [SAVE_TOTAL_LIMIT]
 """
 
@@ -9,8 +9,8 @@ import signal
 import sys
 
 import torch
-from conftest import pad_collator, tiny_llama, variable_length_dataset
 from test_trainer import make_args
+from testing_utils import pad_collator, tiny_llama, variable_length_dataset
 
 import hf_distill.trainer
 from hf_distill import DistillTrainer

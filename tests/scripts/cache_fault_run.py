@@ -1,6 +1,6 @@
 """`hf-distill cache-teacher` that SIGKILLs itself while writing its second shard; used by test_teacher_cache.py.
 
-python tests/cache_fault_run.py RECIPE CACHE_DIR TOP_K SHARD_SIZE
+python tests/scripts/cache_fault_run.py RECIPE CACHE_DIR TOP_K SHARD_SIZE
 """
 
 import os

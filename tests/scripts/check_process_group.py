@@ -1,6 +1,6 @@
 """Check that a launch forms one process group: each process prints Accelerate's view and all-reduces its rank.
 
-accelerate launch --config_file accelerate_configs/cpu_2proc.yaml accelerate_configs/check_process_group.py --use_cpu
+accelerate launch --config_file accelerate_configs/cpu_2proc.yaml tests/scripts/check_process_group.py --use_cpu
 
 In a real group of N processes each prints `rank i/N` and `all_reduce(rank + 1) = N(N+1)/2`. A process that
 Accelerate sees as alone prints `rank 0/1` and would train its own model on the whole dataset, even where

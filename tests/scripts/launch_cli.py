@@ -1,6 +1,6 @@
 """`hf-distill train` under `accelerate launch`, checked after the command returned; used by test_launch.py.
 
-accelerate launch --config_file accelerate_configs/cpu_2proc.yaml tests/distributed/launch_cli.py RECIPE.yaml \
+accelerate launch --config_file accelerate_configs/cpu_2proc.yaml tests/scripts/launch_cli.py RECIPE.yaml \
     [--key value ...]
 
 Each rank prints `rank R: left a 2-process group, no DDP wrapper alive` once the checks passed.

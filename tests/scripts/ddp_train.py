@@ -1,7 +1,7 @@
 """Train a tiny student under 2 processes and save its weights (rank 0); used by test_ddp.py.
 
-torchrun --nproc_per_node 2 tests/distributed/ddp_train.py OUT_DIR [--per_device_train_batch_size 4 ...]
-torchrun --nproc_per_node 2 tests/distributed/ddp_train.py OUT_DIR --evaluate   # evaluate instead of training
+torchrun --nproc_per_node 2 tests/scripts/ddp_train.py OUT_DIR [--per_device_train_batch_size 4 ...]
+torchrun --nproc_per_node 2 tests/scripts/ddp_train.py OUT_DIR --evaluate   # evaluate instead of training
 """
 
 import argparse
@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from conftest import pad_collator, tiny_llama, variable_length_dataset  # noqa: E402
+from testing_utils import pad_collator, tiny_llama, variable_length_dataset  # noqa: E402
 
 from hf_distill import DistillConfig, DistillTrainer  # noqa: E402
 from hf_distill.process_group import leave_process_group  # noqa: E402

@@ -1,7 +1,7 @@
 """A recipe's trainer (as `train.py` builds it) under `accelerate launch`, checked inside the run; used by
 test_launch.py.
 
-accelerate launch --config_file accelerate_configs/cpu_2proc.yaml tests/distributed/launch_train.py RECIPE.yaml \
+accelerate launch --config_file accelerate_configs/cpu_2proc.yaml tests/scripts/launch_train.py RECIPE.yaml \
     [--key value ...]
 
 Each rank prints `rank R of 2: N steps, replicas identical` once the checks passed.

@@ -1,7 +1,7 @@
 """FSDP2 on CPU under 2 processes (gloo), with the Accelerate FSDP2 plugin driving `fully_shard` directly: Accelerate
 itself only enables FSDP on GPU-like devices, so a CPU run through `accelerate launch` would silently be DDP.
 
-    torchrun --nproc_per_node 2 tests/distributed/fsdp2_check.py OUT_DIR [--chunked] [--accumulate]
+    torchrun --nproc_per_node 2 tests/scripts/fsdp2_check.py OUT_DIR [--chunked] [--accumulate]
 
 `--accumulate` trains with 2 micro-batches per process and step through `DistillTrainer`'s own `get_batch_samples` and
 `compute_loss`, syncing gradients only on the last micro-batch as Accelerate's `accumulate` does under FSDP2.
@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from conftest import pad_collator, tiny_llama, variable_length_dataset  # noqa: E402
+from testing_utils import pad_collator, tiny_llama, variable_length_dataset  # noqa: E402
 
 from hf_distill import DistillConfig, DistillTrainer  # noqa: E402
 from hf_distill.hidden_states import final_hidden_states, lm_head  # noqa: E402

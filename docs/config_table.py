@@ -1,0 +1,51 @@
+"""The `DistillConfig` table of README.md, generated from the class docstring, where each field is documented once.
+
+python docs/config_table.py           # print the table
+python docs/config_table.py --write   # rewrite it in README.md, between its two markers
+"""
+
+import os
+import sys
+
+from hf_distill.config import DistillConfig
+from hf_distill.field_docs import parse_field_docs
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+BEGIN = "<!-- DistillConfig table: generated from the docstring by `python docs/config_table.py --write` -->\n"
+END = "<!-- end of the generated DistillConfig table -->\n"
+
+
+def config_table() -> str:
+    """The Markdown table of `DistillConfig`'s own fields: name, default, description (a required field, which has
+    no default, shows `required`)."""
+    rows = ["| Field | Default | Meaning |", "|---|---|---|"]
+    for name, doc in parse_field_docs(DistillConfig.__doc__).items():
+        default = "required" if doc.default is None else f"`{doc.default}`"
+        meaning = doc.text.replace("|", "\\|")  # a bare | would end the cell
+        rows.append(f"| `{name}` | {default} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def readme_table(readme: str) -> str:
+    """The table between the markers of `readme`."""
+    if readme.count(BEGIN) != 1 or readme.count(END) != 1:
+        raise ValueError(f"README.md must hold each marker once: {BEGIN.strip()} ... {END.strip()}")
+    return readme.split(BEGIN, 1)[1].split(END, 1)[0]
+
+
+def with_table(readme: str, table: str) -> str:
+    """`readme` with `table` between its markers."""
+    old = readme_table(readme)
+    return readme.replace(BEGIN + old + END, BEGIN + table + END)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write"]:
+        with open(README) as f:
+            readme = f.read()
+        with open(README, "w") as f:
+            f.write(with_table(readme, config_table()))
+    elif not sys.argv[1:]:
+        print(config_table(), end="")
+    else:
+        sys.exit(f"usage: python {sys.argv[0]} [--write]")
