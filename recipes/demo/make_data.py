@@ -7,6 +7,9 @@ reversal) with phrasing and stories drawn from weighted choices that depend on t
 one branch of each choice; a teacher that has learned the weights gives the student all of them at every token,
 which is where distillation beats fine-tuning on the same examples.
 
+Each conversation has a `category`, the kind of its last question (the turn `hf-distill evaluate` scores): towns,
+jobs, sums (sums and differences), counts, reversals or stories.
+
 Everything comes from `random.Random` with fixed seeds, so two runs write byte-identical files.
 """
 
@@ -68,6 +71,8 @@ LIST_WORDS = ["red", "blue", "green", "cup", "box", "hat", "sun", "moon", "tree"
 PROFILE = (0.6, 0.3, 0.1)
 
 Pick = list[tuple[str, float]]
+# A task draws a question: its prompt, its answer given a `Draw`, and its category.
+Task = tuple[str, Callable[["Draw"], str], str]
 
 
 class Draw:
@@ -105,7 +110,7 @@ def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def story(rng: random.Random, world: dict) -> tuple[str, Callable[[Draw], str]]:
+def story(rng: random.Random, world: dict) -> Task:
     animal = rng.choice(list(ANIMALS))
     one_sentence = rng.random() < 0.4
     if one_sentence:
@@ -126,12 +131,13 @@ def story(rng: random.Random, world: dict) -> tuple[str, Callable[[Draw], str]]:
             text += " " + draw(CODAS)
         return text
 
-    return prompt, answer
+    return prompt, answer, "stories"
 
 
-def fact(rng: random.Random, world: dict) -> tuple[str, Callable[[Draw], str]]:
+def fact(rng: random.Random, world: dict) -> Task:
     person = rng.choice(PEOPLE)
-    if rng.random() < 0.5:
+    category = "towns" if rng.random() < 0.5 else "jobs"
+    if category == "towns":
         town = world["town"][person]
         prompt = rng.choice([f"Where does {person} live?", f"Which town is {person} from?"])
         options = [(f"{person} lives in {town}.", 0.5), (f"{person}'s home is {town}.", 0.3), (f"In {town}.", 0.2)]
@@ -143,10 +149,10 @@ def fact(rng: random.Random, world: dict) -> tuple[str, Callable[[Draw], str]]:
             (f"{person} works as {article(job)} {job}.", 0.3),
             (f"{article(job).capitalize()} {job}.", 0.15),
         ]
-    return prompt, lambda draw: draw(options)
+    return prompt, lambda draw: draw(options), category
 
 
-def arithmetic(rng: random.Random, world: dict) -> tuple[str, Callable[[Draw], str]]:
+def arithmetic(rng: random.Random, world: dict) -> Task:
     a, b = rng.randint(0, 9), rng.randint(0, 9)
     if rng.random() < 0.5:
         op, result = "plus", a + b
@@ -156,11 +162,12 @@ def arithmetic(rng: random.Random, world: dict) -> tuple[str, Callable[[Draw], s
         op, result = "minus", a - b
         prompt = rng.choice([f"What is {a} minus {b}?", f"Take {b} from {a}."])
     options = [(f"{a} {op} {b} is {result}.", 0.5), (f"The answer is {result}.", 0.35), (f"{result}.", 0.15)]
-    return prompt, lambda draw: draw(options)
+    return prompt, lambda draw: draw(options), "sums"
 
 
-def listing(rng: random.Random, world: dict) -> tuple[str, Callable[[Draw], str]]:
-    if rng.random() < 0.5:
+def listing(rng: random.Random, world: dict) -> Task:
+    category = "counts" if rng.random() < 0.5 else "reversals"
+    if category == "counts":
         start = rng.randint(1, 14)
         end = start + rng.randint(2, 5)
         prompt = f"Count from {start} to {end}."
@@ -170,7 +177,7 @@ def listing(rng: random.Random, world: dict) -> tuple[str, Callable[[Draw], str]
         prompt = f"Reverse the list: {', '.join(words)}."
         items = words[::-1]
     body = ", ".join(items) + "."
-    return prompt, lambda draw: draw([(body, 0.7), (f"Sure: {body}", 0.3)])
+    return prompt, lambda draw: draw([(body, 0.7), (f"Sure: {body}", 0.3)]), category
 
 
 SINGLE_TURN = [(story, 0.45), (fact, 0.25), (arithmetic, 0.18), (listing, 0.12)]
@@ -178,8 +185,9 @@ SHORT_TURNS = [fact, arithmetic]
 TWO_TURN_SHARE = 0.1
 
 
-def conversation(rng: random.Random, world: dict) -> tuple[list[dict], float]:
-    """Messages and the log-probability of their assistant replies given the user turns."""
+def conversation(rng: random.Random, world: dict) -> tuple[list[dict], float, str]:
+    """Messages, the log-probability of their assistant replies given the user turns, and the category of the last
+    question."""
     if rng.random() < TWO_TURN_SHARE:
         tasks = [rng.choice(SHORT_TURNS), rng.choice(SHORT_TURNS)]
     else:
@@ -187,9 +195,9 @@ def conversation(rng: random.Random, world: dict) -> tuple[list[dict], float]:
     draw = Draw(rng)
     messages = []
     for task in tasks:
-        prompt, answer = task(rng, world)
+        prompt, answer, category = task(rng, world)
         messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer(draw)}]
-    return messages, draw.logp
+    return messages, draw.logp, category
 
 
 def write_split(path: str, name: str, count: int, rng: random.Random, world: dict) -> float:
@@ -197,9 +205,9 @@ def write_split(path: str, name: str, count: int, rng: random.Random, world: dic
     total = 0.0
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         for i in range(count):
-            messages, logp = conversation(rng, world)
+            messages, logp, category = conversation(rng, world)
             total += logp
-            f.write(json.dumps({"id": f"{name}-{i:05d}", "messages": messages}) + "\n")
+            f.write(json.dumps({"id": f"{name}-{i:05d}", "category": category, "messages": messages}) + "\n")
     return total / count
 
 
