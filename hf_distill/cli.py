@@ -6,6 +6,8 @@ accelerate launch --config_file accelerate_configs/multi_gpu.yaml train.py RECIP
 hf-distill check RECIPE.yaml [...]
 hf-distill report OUTPUT_DIR [--top N]
 hf-distill cache-teacher RECIPE.yaml --output_dir DIR --top_k K [--shard_size N] [--key value ...]
+hf-distill evaluate RECIPE.yaml [--model DIR] [--teacher DIR_OR_ID] [--split eval] [--max_new_tokens N]
+    [--metric NAME_OR_PATH ...] [--output FILE.json] [--key value ...]
 """
 
 import argparse
@@ -13,6 +15,7 @@ import os
 import sys
 
 from .checks import check_recipe
+from .evaluation import format_results, run_evaluation
 from .pipeline import run_training
 from .process_group import leave_process_group
 from .recipe import RecipeError, parse_recipe
@@ -44,6 +47,13 @@ def _cache_teacher(recipe: str, overrides: list[str], cache_dir: str, top_k: int
     print(build_teacher_cache(*parse_recipe(recipe, overrides), cache_dir, top_k, shard_size))
 
 
+def _evaluate(args: argparse.Namespace, overrides: list[str]) -> None:
+    results = run_evaluation(
+        args.recipe, overrides, args.model, args.teacher, args.split, args.max_new_tokens, args.metric, args.output
+    )
+    print(format_results(results))
+
+
 def _report(output_dir: str, top: int) -> None:
     print(write_report(output_dir, top=top))
 
@@ -67,6 +77,17 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument("--output_dir", dest="cache_dir", required=True, help="folder of the cache")
     cache.add_argument("--top_k", type=int, required=True, help="teacher tokens kept per target token")
     cache.add_argument("--shard_size", type=int, default=1000, help="examples per shard (default: 1000)")
+    about = "compare the student with its teacher on held-out data: generation, teacher-forced, size and speed"
+    evaluate = commands.add_parser("evaluate", help=about, description=about)
+    evaluate.add_argument("recipe", help="YAML recipe (its tokenizer, data, teacher and output_dir)")
+    evaluate.add_argument("--model", help="the student (default: the recipe's output_dir)")
+    evaluate.add_argument("--teacher", help="the teacher (default: the recipe's teacher_model_name_or_path)")
+    evaluate.add_argument("--split", help="the split to evaluate (default: the recipe's dataset_eval_split)")
+    evaluate.add_argument("--max_new_tokens", type=int, default=32, help="greedy tokens per answer (default: 32)")
+    evaluate.add_argument(
+        "--metric", action="append", default=[], help="an extra evaluate metric, by name (needs network) or path"
+    )
+    evaluate.add_argument("--output", help="also write the results to this JSON file")
     return parser
 
 
@@ -83,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
             _check(args.recipes, overrides)
         elif args.command == "cache-teacher":
             _cache_teacher(args.recipe, overrides, args.cache_dir, args.top_k, args.shard_size)
+        elif args.command == "evaluate":
+            _evaluate(args, overrides)
         else:
             _report(args.output_dir, args.top)
         leave_process_group()

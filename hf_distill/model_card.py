@@ -1,6 +1,11 @@
-"""The model card (README.md) published with a distilled student."""
+"""The model card (README.md) published with a distilled student, and its evaluation section (`hf-distill
+evaluate`): a table of student and teacher, and the student's results as Hub `model-index` metadata."""
+
+import os
 
 import yaml
+from huggingface_hub import EvalResult
+from huggingface_hub.repocard_data import eval_results_to_model_index
 
 from .metric_names import EVAL_METRICS
 
@@ -16,8 +21,10 @@ def render_model_card(
     temperature: float,
     steps: int,
     eval_metrics: dict[str, float],
+    evaluation: dict | None = None,
 ) -> str:
-    """Markdown with YAML metadata the hub understands (base model, datasets, tags)."""
+    """Markdown with YAML metadata the hub understands (base model, datasets, tags); with the evaluation section
+    and `model-index` of `evaluation`, results written by `hf-distill evaluate`, when given."""
     metadata = {
         "library_name": "transformers",
         "tags": ["hf_distill", "distillation"],
@@ -40,6 +47,9 @@ def render_model_card(
     ]
     rows += [(name, f"{eval_metrics[name]:.4f}") for name in EVAL_METRICS if name in eval_metrics]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    if evaluation is not None:
+        metadata["model-index"] = model_index(model_name, evaluation)
+    section = f"\n{evaluation_section(evaluation)}" if evaluation is not None else ""
     return (
         f"---\n{yaml.safe_dump(metadata, sort_keys=False)}---\n\n"
         f"# {model_name}\n\n"
@@ -48,4 +58,99 @@ def render_model_card(
         "## Use\n\n"
         "```python\nfrom transformers import pipeline\n\n"
         f'generator = pipeline("text-generation", model="{model_name}")\n```\n'
+        f"{section}"
     )
+
+
+EVALUATION_START = "<!-- hf-distill evaluate: this section is rewritten by each run of the command -->"
+EVALUATION_END = "<!-- end of the hf-distill evaluate section -->"
+# The rows of the evaluation table, beside each generation metric: results keys and their labels.
+FORCED_ROWS = {"ce": "CE on the reference (nats/token)", "perplexity": "perplexity"}
+SPEED_ROWS = {"parameters": "parameters", "tokens_per_second": "greedy tokens/s"}
+PAIR_ROWS = {
+    "forward_kl": "KL(teacher || student) per token",
+    "reverse_kl": "KL(student || teacher) per token",
+    "top1_agreement": "top-1 agreement",
+    "parameter_ratio": "parameters, student / teacher",
+    "speedup": "greedy tokens/s, student / teacher",
+}
+
+
+def generation_metrics(evaluation: dict) -> list[str]:
+    """The generation metrics of an evaluation (`exact_match`, `token_f1` and any added with `--metric`)."""
+    skip = {*FORCED_ROWS, *SPEED_ROWS, "generated_tokens", "generation_seconds"}
+    return [name for name in evaluation["student"] if name not in skip]
+
+
+def model_index(model_name: str, evaluation: dict) -> list[dict]:
+    """The student's results in the Hub's `model-index` format: generation metrics and perplexity."""
+    names = [*generation_metrics(evaluation), "perplexity"]
+    results = [
+        EvalResult(
+            task_type="text-generation",
+            dataset_type=evaluation["dataset"],
+            dataset_name=evaluation["dataset"],
+            dataset_split=evaluation["split"],
+            metric_type=name,
+            metric_value=round(evaluation["student"][name], 4),
+            metric_name=name,
+        )
+        for name in names
+    ]
+    return eval_results_to_model_index(model_name, results)
+
+
+def evaluation_section(evaluation: dict) -> str:
+    """Markdown: the student beside its teacher, overall and per category."""
+    student, teacher = evaluation["student"], evaluation["teacher"]
+    generation = generation_metrics(evaluation)
+    rows = [(name, name) for name in generation] + list(FORCED_ROWS.items()) + list(SPEED_ROWS.items())
+    lines = [
+        EVALUATION_START,
+        "## Evaluation",
+        "",
+        f"`hf-distill evaluate` on split `{evaluation['split']}` of `{evaluation['dataset']}`: "
+        f"{evaluation['examples']} examples, greedy completions of up to {evaluation['max_new_tokens']} new tokens "
+        f"scored against the reference answer; CE and perplexity on the reference ({evaluation['target_tokens']} "
+        f"target tokens); teacher `{evaluation['teacher_path']}`.",
+        "",
+        "| | student | teacher |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {label} | {_number(student[key])} | {_number(teacher[key])} |" for key, label in rows]
+    lines += ["", "| student to teacher | |", "|---|---:|"]
+    lines += [f"| {label} | {_number(evaluation['student_to_teacher'][key])} |" for key, label in PAIR_ROWS.items()]
+    if "categories" in evaluation:
+        head = " | ".join(f"{name} ({role})" for name in generation for role in ("student", "teacher"))
+        lines += ["", f"| category | examples | {head} | KL(teacher \\|\\| student) |"]
+        lines.append("|---|---:|" + "---:|" * (2 * len(generation) + 1))
+        for category, group in evaluation["categories"].items():
+            scores = " | ".join(_number(group[role][name]) for name in generation for role in ("student", "teacher"))
+            kl = _number(group["student_to_teacher"]["forward_kl"])
+            lines.append(f"| {category} | {group['examples']} | {scores} | {kl} |")
+    return "\n".join([*lines, EVALUATION_END, ""])
+
+
+def _number(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
+
+
+def update_model_card(path: str, evaluation: dict) -> None:
+    """Put `evaluation` into the card at `path`: its evaluation section (replacing the one there) and its
+    `model-index` metadata; the rest of the card is kept."""
+    with open(path) as f:
+        text = f.read()
+    metadata, body = {}, text
+    if text.startswith("---\n"):
+        _, front, body = text.split("---\n", 2)
+        metadata = yaml.safe_load(front) or {}
+    title = next((line[2:].strip() for line in body.splitlines() if line.startswith("# ")), None)
+    metadata["model-index"] = model_index(
+        title or os.path.basename(os.path.dirname(os.path.abspath(path))), evaluation
+    )
+    if EVALUATION_START in body and EVALUATION_END in body:
+        before, rest = body.split(EVALUATION_START, 1)
+        body = before + rest.split(EVALUATION_END, 1)[1].lstrip("\n")
+    body = body.rstrip("\n") + "\n\n" + evaluation_section(evaluation)
+    with open(path, "w") as f:
+        f.write(f"---\n{yaml.safe_dump(metadata, sort_keys=False)}---\n{body}")

@@ -1,0 +1,185 @@
+"""`hf-distill evaluate`: answer metrics against hand-computed values, teacher-forced metrics against an explicit
+softmax, batched greedy decoding against one prompt at a time, and the command end to end with its model card."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from testing_utils import tiny_llama, variable_length_dataset, word_tokenizer
+
+from hf_distill.cli import main
+from hf_distill.evaluation import load_metrics, prompt_and_reference, teacher_forced_sums
+from hf_distill.greedy_decoding import greedy_completions
+from hf_distill.metrics.answers import exact_match, normalize_answer, token_f1
+from hf_distill.model_card import render_model_card
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+PREDICTIONS = ["In Vostal.", "brinna is a baker", "3", "", "Sure: 1, 2, 3."]
+REFERENCES = ["in  vostal", "Brinna is a potter.", "3.", "", "1, 2, 3."]
+# By hand: matches are 1, 0, 1, 1 (two empty answers), 0. F1: 1; 3 common words of 4 and 4 -> 3/4; 1; 1;
+# "sure 1 2 3" against "1 2 3": precision 3/4, recall 1 -> 6/7.
+EXACT_MATCH = 3 / 5
+TOKEN_F1 = (1 + 3 / 4 + 1 + 1 + 6 / 7) / 5
+
+
+@pytest.mark.parametrize(
+    "text, normalized",
+    [
+        ("  In\tVostal. ", "in vostal"),
+        ("3.", "3"),
+        ("Done?!", "done"),
+        ("a . . ", "a"),  # final punctuation with spaces between
+        ("3, 4", "3, 4"),  # inner punctuation stays
+        ("e.g. x", "e.g. x"),
+        ("...", ""),
+        ("", ""),
+        ("Line\none", "line one"),
+    ],
+)
+def test_normalization_corner_cases(text, normalized):
+    assert normalize_answer(text) == normalized
+
+
+def test_exact_match_and_token_f1_equal_hand_computed_values():
+    assert exact_match(PREDICTIONS, REFERENCES) == pytest.approx(EXACT_MATCH)
+    assert token_f1(PREDICTIONS, REFERENCES) == pytest.approx(TOKEN_F1)
+    assert exact_match(["3, 4"], ["3 4"]) == 0.0 and token_f1(["3, 4"], ["3 4"]) == 1.0
+    with pytest.raises(ValueError, match="2 predictions for 1 references"):
+        exact_match(["a", "b"], ["a"])
+
+
+def test_builtin_metrics_load_offline_through_evaluate_combine(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    scores = load_metrics().compute(predictions=PREDICTIONS, references=REFERENCES)
+    assert scores == pytest.approx({"exact_match": EXACT_MATCH, "token_f1": TOKEN_F1})
+
+
+def test_a_metric_that_cannot_load_is_one_line_naming_it(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError) as err:
+        load_metrics(["no_such_metric_xyz"])
+    message = str(err.value)
+    assert "--metric 'no_such_metric_xyz'" in message and "network" in message and "\n" not in message
+
+
+def test_prompt_is_what_precedes_the_last_run_of_targets():
+    ids = [1, 4, 10, 11, 5, 12, 2, 4, 13, 5, 14, 15, 2]
+    labels = [-100] * 5 + [12, 2] + [-100] * 3 + [14, 15, 2]
+    assert prompt_and_reference(ids, labels) == (ids[:10], [14, 15, 2])
+
+
+def _explicit_terms(student, teacher, example):
+    """Per-example sums of CE, KL both ways and agreement from softmax written out, one unpadded example."""
+    ids = torch.tensor([example["input_ids"]])
+    targets = torch.tensor(example["labels"][1:])
+    keep = targets != -100
+    with torch.no_grad():
+        s, t = student(ids).logits[0, :-1][keep].double(), teacher(ids).logits[0, :-1][keep].double()
+    p_s = torch.exp(s) / torch.exp(s).sum(-1, keepdim=True)
+    p_t = torch.exp(t) / torch.exp(t).sum(-1, keepdim=True)
+    rows = torch.arange(len(p_s))
+    return {
+        "student_ce": -torch.log(p_s[rows, targets[keep]]).sum(),
+        "teacher_ce": -torch.log(p_t[rows, targets[keep]]).sum(),
+        "forward_kl": (p_t * (torch.log(p_t) - torch.log(p_s))).sum(),
+        "reverse_kl": (p_s * (torch.log(p_s) - torch.log(p_t))).sum(),
+        "agree": (p_s.argmax(-1) == p_t.argmax(-1)).double().sum(),
+        "tokens": torch.tensor(float(keep.sum())),
+    }
+
+
+def test_teacher_forced_metrics_equal_an_explicit_softmax():
+    student, teacher = tiny_llama(seed=1, hidden=32, layers=1), tiny_llama(seed=2, hidden=48, layers=2)
+    dataset = variable_length_dataset(n=10)
+    # Batches of 4 pad the shorter examples: padding must change nothing.
+    sums = teacher_forced_sums(student, teacher, dataset, word_tokenizer(), batch_size=4)
+    for i, example in enumerate(dataset):
+        expected = _explicit_terms(student, teacher, example)
+        for name, value in expected.items():
+            assert sums[name][i].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6), (i, name)
+    assert sums["forward_kl"].sum() > 0 and sums["reverse_kl"].sum() > 0
+
+
+def test_batched_greedy_completions_equal_one_prompt_at_a_time():
+    model, tokenizer = tiny_llama(seed=3, hidden=32, layers=2), word_tokenizer()
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(6, 64, (n,), generator=gen).tolist() for n in (3, 7, 5, 9, 4)]
+    alone = [greedy_completions(model, tokenizer, [p], 6)[0] for p in prompts]
+    assert greedy_completions(model, tokenizer, prompts, 6) == alone
+    assert any(alone)
+
+
+def test_the_demo_data_has_a_category_per_conversation():
+    with open(os.path.join(ROOT, "recipes", "demo", "data", "eval.jsonl")) as f:
+        categories = {json.loads(line)["category"] for line in f}
+    assert categories == {"towns", "jobs", "sums", "counts", "reversals", "stories"}
+
+
+def _run_with_a_card(workspace):
+    """The workspace's student saved to the recipe's output_dir with a model card, and eval data with categories."""
+    tmp_path, recipe = workspace
+    out = tmp_path / "out"
+    tiny_llama(seed=1, hidden=32, layers=1).save_pretrained(out)
+    card = render_model_card(
+        model_name="out", student_base=None, teacher="teacher", dataset="data", alpha=0.5, loss_type="jsd",
+        temperature=2.0, steps=4, eval_metrics={},
+    )  # fmt: skip
+    (out / "README.md").write_text(card)
+    eval_file = tmp_path / "data" / "eval.jsonl"
+    rows = [json.loads(line) for line in eval_file.read_text().splitlines()]
+    eval_file.write_text("".join(json.dumps({**r, "category": "ab"[i % 2]}) + "\n" for i, r in enumerate(rows)))
+    return out, recipe
+
+
+def test_evaluate_command_writes_results_and_the_model_card(workspace, capsys):
+    out, recipe = _run_with_a_card(workspace)
+    output = workspace[0] / "results.json"
+    main(["evaluate", recipe, "--output", str(output), "--max_new_tokens", "4", "--per_device_eval_batch_size", "3"])
+    results = json.loads(output.read_text())
+    assert json.loads((out / "evaluation.json").read_text()) == results
+    assert results["examples"] == 8 and set(results["categories"]) == {"a", "b"}
+    assert sum(group["examples"] for group in results["categories"].values()) == 8
+    for role in ("student", "teacher"):
+        scores = results[role]
+        assert 0 <= scores["exact_match"] <= scores["token_f1"] <= 1  # an exact match has an F1 of 1
+        assert scores["perplexity"] == pytest.approx(math.exp(scores["ce"]))
+        assert scores["tokens_per_second"] > 0 and 0 < scores["generated_tokens"] <= 8 * 4
+    pair = results["student_to_teacher"]
+    assert pair["forward_kl"] > 0 and pair["reverse_kl"] > 0 and 0 <= pair["top1_agreement"] <= 1
+    assert pair["parameter_ratio"] == pytest.approx(
+        results["student"]["parameters"] / results["teacher"]["parameters"]
+    )
+    assert "top1_agreement" in capsys.readouterr().out
+
+    card = ModelCard.load(out / "README.md")
+    (result, *_) = card.data.eval_results
+    assert result.metric_type == "exact_match" and result.metric_value == round(results["student"]["exact_match"], 4)
+    assert result.dataset_split == "eval" and card.data.model_name == "out"
+    assert "| exact_match |" in card.text and "| ab |" not in card.text and "| a | 4 |" in card.text
+    # A second run replaces the section instead of adding one.
+    main(["evaluate", recipe, "--max_new_tokens", "4"])
+    assert (out / "README.md").read_text().count("## Evaluation") == 1
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--metric", "no_such_metric_xyz"], "--metric 'no_such_metric_xyz': cannot load this evaluate metric"),
+        (["--max_new_tokens", "0"], "--max_new_tokens must be >= 1, got 0"),
+        (["--model", "/nonexistent/student"], "/nonexistent/student"),
+        (["--split", "test"], "--split='test' is not a split of"),
+    ],
+)
+def test_evaluate_bad_input_is_one_line(workspace, capsys, monkeypatch, flags, message):
+    _, recipe = workspace
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit) as exit_code:
+        main(["evaluate", recipe, *flags])
+    assert exit_code.value.code == 2
+    # Above the error, stderr holds only the progress bars of reading the data.
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("hf-distill: error: ") and message in last, last
