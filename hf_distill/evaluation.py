@@ -21,7 +21,7 @@ from .data import DistillDataCollator, load_raw_dataset, prepare_datasets
 from .greedy_decoding import greedy_generate
 from .loading import load_student, load_teachers, load_tokenizer
 from .losses import IGNORE_INDEX, DivergenceSpec, TeacherLogits, dense_distillation_terms
-from .model_card import update_model_card
+from .model_card import format_number, update_model_card
 from .modeling import load_causal_lm_config
 from .recipe import parse_recipe
 
@@ -244,8 +244,8 @@ def format_results(results: dict) -> str:
         f"{'':<20}{'student':>12}{'teacher':>12}",
     ]
     for name in ("parameters", *generation, "ce", "perplexity"):
-        lines.append(f"{name:<20}{student[name]:>12.4g}{teacher[name]:>12.4g}")
-    lines += ["", "student to teacher"] + [f"  {name:<18}{value:>12.4g}" for name, value in pair.items()]
+        lines.append(f"{name:<20}{format_number(student[name]):>12}{format_number(teacher[name]):>12}")
+    lines += ["", "student to teacher"] + [f"  {name:<18}{format_number(value):>12}" for name, value in pair.items()]
     if "categories" in results:
         head = "".join(f"{f'{role} {name}':>20}" for name in generation[:2] for role in ("student", "teacher"))
         lines += ["", f"{'category':<12}{'examples':>9}{head}{'forward_kl':>12}{'agreement':>12}"]

@@ -68,8 +68,8 @@ EVALUATION_END = "<!-- end of the hf-distill evaluate section -->"
 FORCED_ROWS = {"ce": "CE on the reference (nats/token)", "perplexity": "perplexity"}
 SPEED_ROWS = {"parameters": "parameters", "tokens_per_second": "greedy tokens/s"}
 PAIR_ROWS = {
-    "forward_kl": "KL(teacher || student) per token",
-    "reverse_kl": "KL(student || teacher) per token",
+    "forward_kl": "KL(teacher \\|\\| student) per token",
+    "reverse_kl": "KL(student \\|\\| teacher) per token",
     "top1_agreement": "top-1 agreement",
     "parameter_ratio": "parameters, student / teacher",
     "speedup": "greedy tokens/s, student / teacher",
@@ -117,22 +117,27 @@ def evaluation_section(evaluation: dict) -> str:
         "| | student | teacher |",
         "|---|---:|---:|",
     ]
-    lines += [f"| {label} | {_number(student[key])} | {_number(teacher[key])} |" for key, label in rows]
+    lines += [f"| {label} | {format_number(student[key])} | {format_number(teacher[key])} |" for key, label in rows]
     lines += ["", "| student to teacher | |", "|---|---:|"]
-    lines += [f"| {label} | {_number(evaluation['student_to_teacher'][key])} |" for key, label in PAIR_ROWS.items()]
+    lines += [
+        f"| {label} | {format_number(evaluation['student_to_teacher'][key])} |" for key, label in PAIR_ROWS.items()
+    ]
     if "categories" in evaluation:
         head = " | ".join(f"{name} ({role})" for name in generation for role in ("student", "teacher"))
         lines += ["", f"| category | examples | {head} | KL(teacher \\|\\| student) |"]
         lines.append("|---|---:|" + "---:|" * (2 * len(generation) + 1))
         for category, group in evaluation["categories"].items():
-            scores = " | ".join(_number(group[role][name]) for name in generation for role in ("student", "teacher"))
-            kl = _number(group["student_to_teacher"]["forward_kl"])
+            scores = " | ".join(
+                format_number(group[role][name]) for name in generation for role in ("student", "teacher")
+            )
+            kl = format_number(group["student_to_teacher"]["forward_kl"])
             lines.append(f"| {category} | {group['examples']} | {scores} | {kl} |")
     return "\n".join([*lines, EVALUATION_END, ""])
 
 
-def _number(value: float) -> str:
-    return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
+def format_number(value: float) -> str:
+    # Counts and rates (parameters, tokens/s) in whole units; metrics, losses and ratios to 4 decimals.
+    return f"{value:,.0f}" if isinstance(value, int) or abs(value) >= 100 else f"{value:.4f}"
 
 
 def update_model_card(path: str, evaluation: dict) -> None:

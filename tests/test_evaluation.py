@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from testing_utils import tiny_llama, variable_length_dataset, word_tokenizer
+from testing_utils import ensemble_recipe, tiny_llama, variable_length_dataset, word_tokenizer
 
 from hf_distill.cli import main
 from hf_distill.evaluation import load_metrics, prompt_and_reference, teacher_forced_sums
@@ -183,3 +183,20 @@ def test_evaluate_bad_input_is_one_line(workspace, capsys, monkeypatch, flags, m
     # Above the error, stderr holds only the progress bars of reading the data.
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("hf-distill: error: ") and message in last, last
+
+
+def test_evaluate_needs_one_teacher(workspace, capsys):
+    tmp_path, recipe = workspace
+    text = open(recipe).read()
+    no_teacher = tmp_path / "no_teacher.yaml"
+    no_teacher.write_text(
+        text.replace(f"teacher_model_name_or_path: {tmp_path / 'teacher'}\n", "").replace("alpha: 0.5", "alpha: 1.0")
+    )
+    ensemble, _ = ensemble_recipe(tmp_path, recipe)
+    for path, message in (
+        (no_teacher, "the recipe has no teacher_model_name_or_path (alpha=1.0?): pass --teacher DIR_OR_ID"),
+        (ensemble, "an ensemble; pass one member with --teacher"),
+    ):
+        with pytest.raises(SystemExit):
+            main(["evaluate", str(path)])
+        assert message in capsys.readouterr().err
