@@ -3,6 +3,7 @@
 import importlib.util
 import os
 
+from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from hf_distill.cli import main
@@ -40,6 +41,13 @@ def test_demo_recipe_runs_and_the_student_generates(tmp_path, monkeypatch):
     assert student.config.vocab_size == len(tokenizer)
     card = (out / "README.md").read_text()
     assert "recipes/demo/teacher" in card and "forward_kl" in card
+
+    main(["evaluate", "recipes/demo/distill.yaml", "--output_dir", str(out), "--max_eval_samples", "16",
+          "--max_new_tokens", "4"])  # fmt: skip
+    card = ModelCard.load(out / "README.md")
+    assert {r.metric_type for r in card.data.eval_results} == {"exact_match", "token_f1", "perplexity"}
+    assert card.data.eval_results[0].dataset_split == "eval" and card.data.model_name == "student"
+    assert "## Evaluation" in card.text and "| stories |" in card.text and "forward_kl" in card.text
 
 
 def test_demo_data_regenerates_byte_for_byte(tmp_path, monkeypatch):

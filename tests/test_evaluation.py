@@ -212,3 +212,25 @@ def test_evaluate_needs_one_teacher(workspace, capsys, monkeypatch):
         with pytest.raises(SystemExit):
             main(["evaluate", str(path)])
         assert message in capsys.readouterr().err
+
+
+def test_a_card_rendered_with_an_evaluation_holds_its_table_and_model_index():
+    evaluation = {
+        "dataset": "data", "split": "eval", "examples": 2, "target_tokens": 9, "max_new_tokens": 4,
+        "teacher_path": "teacher",
+        "student": {"exact_match": 0.5, "token_f1": 0.75, "ce": 0.25, "perplexity": math.exp(0.25),
+                    "parameters": 10, "tokens_per_second": 300.0},
+        "teacher": {"exact_match": 1.0, "token_f1": 1.0, "ce": 0.125, "perplexity": math.exp(0.125),
+                    "parameters": 40, "tokens_per_second": 100.0},
+        "student_to_teacher": {"forward_kl": 0.1, "reverse_kl": 0.2, "top1_agreement": 0.9, "parameter_ratio": 0.25,
+                               "speedup": 3.0},
+    }  # fmt: skip
+    card = ModelCard(
+        render_model_card(
+            model_name="m", student_base=None, teacher="teacher", dataset="data", alpha=0.5, loss_type="jsd",
+            temperature=2.0, steps=4, eval_metrics={}, evaluation=evaluation,
+        )
+    )  # fmt: skip
+    values = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert values == {"exact_match": 0.5, "token_f1": 0.75, "perplexity": round(math.exp(0.25), 4)}
+    assert "| exact_match | 0.5000 | 1.0000 |" in card.text and "| greedy tokens/s | 300 | 100 |" in card.text
