@@ -21,7 +21,7 @@ from .data import DistillDataCollator, load_raw_dataset, prepare_datasets
 from .greedy_decoding import greedy_generate
 from .loading import load_student, load_teachers, load_tokenizer
 from .losses import IGNORE_INDEX, DivergenceSpec, TeacherLogits, dense_distillation_terms
-from .model_card import format_number, update_model_card
+from .model_card import format_number, generation_metrics, update_model_card
 from .modeling import load_causal_lm_config
 from .recipe import parse_recipe
 
@@ -67,7 +67,8 @@ def teacher_forced_sums(student, teacher, dataset, tokenizer, batch_size: int) -
     device = next(student.parameters()).device
     forward, reverse = DivergenceSpec("forward_kl", alpha=0.0), DivergenceSpec("reverse_kl", alpha=0.0)
     sums = {name: [] for name in FORCED_TERMS}
-    student.eval(), teacher.eval()
+    student.eval()
+    teacher.eval()
     for start in range(0, len(dataset), batch_size):
         batch = collate(
             [
@@ -200,13 +201,20 @@ def run_evaluation(
         data_args, dataset_train_split=split, dataset_eval_split=None, max_train_samples=data_args.max_eval_samples
     )
     dataset, _ = prepare_datasets(split_args, tokenizer)
+    unprompted = sum(not prompt_and_reference(e["input_ids"], e["labels"])[0] for e in dataset)
+    if unprompted:
+        raise ValueError(
+            f"--split={split!r}: {unprompted} of {len(dataset)} examples have no prompt (every token is a target, as "
+            "in dataset_format 'text'): evaluate needs prompt + completion or messages data"
+        )
     categories = _categories(raw[split], dataset)
 
     student = load_student(
         dataclasses.replace(model_args, model_name_or_path=model, student_init="pretrained"), config
     )
     (teacher_model,) = load_teachers(config, model_args, teacher_model=teacher)
-    student.to(config.device), teacher_model.to(config.device)
+    student.to(config.device)
+    teacher_model.to(config.device)
     results = {"student_path": model, "teacher_path": teacher, "dataset": data_args.dataset_name, "split": split}
     results["max_new_tokens"] = max_new_tokens
     results.update(
@@ -236,14 +244,14 @@ def _write_json(path: str, results: dict) -> None:
 def format_results(results: dict) -> str:
     """The results as the text tables `hf-distill evaluate` prints."""
     student, teacher, pair = results["student"], results["teacher"], results["student_to_teacher"]
-    generation = [k for k in student if k not in ("ce", "perplexity", "parameters") and not k.startswith("generat")]
+    generation = generation_metrics(results)
     lines = [
         f"{results['split']} split of {results['dataset']}: {results['examples']} examples, "
         f"{results['target_tokens']} target tokens, greedy completions of up to {results['max_new_tokens']} tokens",
         "",
         f"{'':<20}{'student':>12}{'teacher':>12}",
     ]
-    for name in ("parameters", *generation, "ce", "perplexity"):
+    for name in ("parameters", *generation, "ce", "perplexity", "tokens_per_second"):
         lines.append(f"{name:<20}{format_number(student[name]):>12}{format_number(teacher[name]):>12}")
     lines += ["", "student to teacher"] + [f"  {name:<18}{format_number(value):>12}" for name, value in pair.items()]
     if "categories" in results:

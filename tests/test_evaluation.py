@@ -234,3 +234,14 @@ def test_a_card_rendered_with_an_evaluation_holds_its_table_and_model_index():
     values = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert values == {"exact_match": 0.5, "token_f1": 0.75, "perplexity": round(math.exp(0.25), 4)}
     assert "| exact_match | 0.5000 | 1.0000 |" in card.text and "| greedy tokens/s | 300 | 100 |" in card.text
+
+
+def test_evaluate_refuses_data_without_prompts(workspace, capsys, monkeypatch):
+    tmp_path, recipe = workspace
+    _refuse_weights(monkeypatch)
+    text_data = tmp_path / "text_data"
+    text_data.mkdir()
+    (text_data / "eval.jsonl").write_text('{"text": "w1 w2 w3"}\n')
+    with pytest.raises(SystemExit):
+        main(["evaluate", recipe, "--model", str(tmp_path / "teacher"), "--dataset_name", str(text_data)])
+    assert "--split='eval': 1 of 1 examples have no prompt" in capsys.readouterr().err
