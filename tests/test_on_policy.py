@@ -308,3 +308,22 @@ def test_chat_prompts_train_on_policy_from_a_recipe(workspace, capsys):
     assert completions and all(
         r["prompt"].startswith("<user>") and r["prompt"].endswith("<asst>") for r in completions
     )
+
+
+def test_generation_leaves_the_model_and_the_random_state_as_they_were():
+    """Eval mode and the KV cache during generation only: training mode, gradient checkpointing, the config's
+    use_cache and the global random state (which a resumed run restores from its checkpoint) are untouched."""
+    model = tiny_llama(seed=1, hidden=32, layers=1)
+    model.gradient_checkpointing_enable()
+    model.config.use_cache = False
+    model.train()
+    rng = torch.get_rng_state()
+    config = make_args("/tmp/unused", generation_temperature=1.0).generation_config
+    config.update(pad_token_id=PAD, eos_token_id=EOS, use_cache=True)
+    first = hf_distill.generation.generate(model, [[5, 6, 7], [8]], config, seed=3, synced_gpus=False)
+    assert model.training and model.is_gradient_checkpointing and model.config.use_cache is False
+    assert torch.equal(torch.get_rng_state(), rng)
+    again = hf_distill.generation.generate(model, [[5, 6, 7], [8]], config, seed=3, synced_gpus=False)
+    other = hf_distill.generation.generate(model, [[5, 6, 7], [8]], config, seed=4, synced_gpus=False)
+    assert first == again and first.tokens != other.tokens
+    assert all(len(t) <= 5 for t in first.tokens)
