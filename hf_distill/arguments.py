@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from .field_docs import document_fields
 
 STUDENT_INITS = ("pretrained", "from_config")
-DATASET_FORMATS = ("auto", "text", "prompt_completion", "messages")
+DATASET_FORMATS = ("auto", "text", "prompt_completion", "messages", "prompt")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -59,7 +59,9 @@ class DataArguments:
             Split to evaluate on; `None` means no evaluation.
         dataset_format (`str`, *optional*, defaults to `"auto"`):
             `text` (loss on every token), `prompt_completion` (loss on the completion only), `messages` (chat
-            template; loss on assistant turns only), or `auto` to pick by the columns present.
+            template; loss on assistant turns only; a conversation that ends with a user turn is a prompt), `prompt`
+            (prompts only, for `lmbda: 1.0`, where the student writes every completion), or `auto` to pick by the
+            columns present.
         max_length (`int`, *optional*, defaults to `1024`):
             Examples longer than this many tokens are truncated (and counted in a warning).
         dataset_num_proc (`int`, *optional*, defaults to `None`):

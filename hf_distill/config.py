@@ -1,10 +1,11 @@
 """`DistillConfig`: `transformers.TrainingArguments` plus the distillation knobs."""
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import TrainingArguments
+from transformers import GenerationConfig, TrainingArguments
 
 from .field_docs import document_fields
 from .losses import ENSEMBLE_MODES, LOSS_CHUNK_SIZE, LOSS_TYPES, SPARSE_MODES, DivergenceSpec, check_ensemble_mode
@@ -107,6 +108,33 @@ class DistillConfig(TrainingArguments):
             elapsed seconds) to `output_dir/metrics.csv`, from a background thread of the main process. A run resumed
             from checkpoint-N first drops the rows past step N from `metrics.csv` and `samples.csv`, so each step
             appears once. `hf-distill report` plots the file.
+        lmbda (`float`, *optional*, defaults to `0.0`):
+            Probability, in [0, 1], that an optimizer step is on-policy (GKD): the student samples completions of
+            the step's prompts and learns from the teacher's distributions at every sampled token, with the divergence
+            alone (a CE on its own samples would reinforce its mistakes). Drawn once per optimizer step, the same on
+            every process, from `seed` and the step number. `0.0` is off-policy distillation only; with `1.0` every
+            step is on-policy and a prompt-only dataset is accepted. Needs a live teacher (no `teacher_cache_dir`).
+        seq_kd (`bool`, *optional*, defaults to `False`):
+            Sequence-level KD on the steps that are not on-policy: the teacher generates the completions, and the
+            student learns on them with the whole loss, the CE on the teacher's tokens weighted by `alpha` included.
+            Needs one live teacher (not an ensemble).
+        max_new_tokens (`int`, *optional*, defaults to `128`):
+            Longest generated completion, in tokens, >= 1; a completion that reaches it without an end-of-sequence
+            token is cut there and counted in `truncated_fraction`.
+        generation_temperature (`float`, *optional*, defaults to `1.0`):
+            Sampling temperature of the generated completions, >= 0, apart from the loss's `temperature`; `0.0` decodes
+            greedily.
+        generation_top_p (`float`, *optional*, defaults to `1.0`):
+            Nucleus sampling: sample among the most likely tokens whose probabilities add up to this, in (0, 1].
+        generation_top_k (`int`, *optional*, defaults to `0`):
+            Sample among the k most likely tokens only, >= 0; `0` turns it off.
+        generation_kwargs (`dict` or `str`, *optional*, defaults to `None`):
+            Further `transformers.GenerationConfig` fields, e.g. `{"repetition_penalty": 1.1}`, or the same as a
+            JSON string (on the command line). Fields with their own setting here, and unknown fields, are refused.
+        log_completions (`bool`, *optional*, defaults to `False`):
+            On the logged steps (every `logging_steps`) that generate, append each sequence's prompt, completion, its
+            per-token KD and whether it was cut to `output_dir/completions.csv`, from the main process. Rows past a
+            checkpoint are dropped when training resumes from it, as in `metrics.csv`.
     """
 
     # `list[str] | str`, in this order: HfArgumentParser then parses a command-line value as one str, and the recipe
@@ -129,6 +157,14 @@ class DistillConfig(TrainingArguments):
     max_nonfinite_steps: int = 3
     track_samples: list[str] = field(default_factory=lambda: ["eval"])
     metrics_csv: bool = True
+    lmbda: float = 0.0
+    seq_kd: bool = False
+    max_new_tokens: int = 128
+    generation_temperature: float = 1.0
+    generation_top_p: float = 1.0
+    generation_top_k: int = 0
+    generation_kwargs: dict[str, Any] | str | None = None
+    log_completions: bool = False
 
     def __post_init__(self):
         self._validate_distillation_fields()
@@ -158,6 +194,21 @@ class DistillConfig(TrainingArguments):
         """The loss options as the loss functions take them: `loss_type`, `temperature`, `beta`, `skew_lambda`,
         `alpha` (checked on construction, with errors naming the field)."""
         return DivergenceSpec(self.loss_type, self.temperature, self.beta, self.skew_lambda, self.alpha)
+
+    @property
+    def generates(self) -> bool:
+        """Whether some optimizer steps train on generated completions (`lmbda > 0` or `seq_kd`)."""
+        return self.lmbda > 0 or self.seq_kd
+
+    @property
+    def generation_config(self) -> GenerationConfig:
+        """The sampling settings as a `transformers.GenerationConfig` (token ids are the tokenizer's, added later)."""
+        sampling = {"do_sample": False}
+        if self.generation_temperature > 0:
+            sampling = dict(do_sample=True, temperature=self.generation_temperature, top_p=self.generation_top_p)
+            sampling["top_k"] = self.generation_top_k or None
+        extra = parse_generation_kwargs(self.generation_kwargs)
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, **sampling, **extra)
 
     @property
     def teacher_paths(self) -> list[str]:
@@ -201,8 +252,71 @@ class DistillConfig(TrainingArguments):
         unknown = set(self.track_samples) - {"eval", "train"}
         if unknown:
             raise ValueError(f"track_samples={self.track_samples} may only hold 'eval' and 'train'")
+        self._validate_generation_fields()
         if self.early_stop_patience is not None and str(self.eval_strategy) in ("no", "IntervalStrategy.NO"):
             raise ValueError(
                 f"early_stop_patience={self.early_stop_patience} needs evaluation: set eval_strategy to 'steps' or "
                 "'epoch' (it is 'no')"
             )
+
+    def _validate_generation_fields(self) -> None:
+        if not 0.0 <= self.lmbda <= 1.0:
+            raise ValueError(f"lmbda must be in [0, 1], got lmbda={self.lmbda}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got max_new_tokens={self.max_new_tokens}")
+        if not self.generation_temperature >= 0:
+            raise ValueError(
+                f"generation_temperature must be >= 0 (0 = greedy), got generation_temperature="
+                f"{self.generation_temperature}"
+            )
+        if not 0.0 < self.generation_top_p <= 1.0:
+            raise ValueError(f"generation_top_p must be in (0, 1], got generation_top_p={self.generation_top_p}")
+        if self.generation_top_k < 0:
+            raise ValueError(f"generation_top_k must be >= 0 (0 = off), got generation_top_k={self.generation_top_k}")
+        parse_generation_kwargs(self.generation_kwargs)
+        if not self.generates:
+            return
+        setting = f"lmbda={self.lmbda}" if self.lmbda > 0 else "seq_kd=True"
+        if self.teacher_cache_dir is not None:
+            raise ValueError(
+                f"{setting} trains on generated text, which a teacher cache cannot score: teacher_cache_dir="
+                f"{self.teacher_cache_dir!r} must be unset (a live teacher scores every generated token)"
+            )
+        if self.alpha == 1.0:
+            raise ValueError(f"{setting} needs a teacher, but alpha=1.0 loads none; set alpha < 1")
+        if self.seq_kd and len(self.teacher_paths) > 1:
+            raise ValueError(
+                f"seq_kd=True needs one teacher to generate, got an ensemble of {len(self.teacher_paths)} "
+                "(teacher_model_name_or_path)"
+            )
+
+
+def parse_generation_kwargs(value: dict[str, Any] | str | None) -> dict[str, Any]:
+    """`generation_kwargs` as a dict of valid `GenerationConfig` fields; errors name the field and the key."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"generation_kwargs={value!r} is not valid JSON: {err.msg}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"generation_kwargs must be a mapping, got generation_kwargs={value!r}")
+    defaults = GenerationConfig().to_dict()
+    for key in value:
+        if key in _OWN_GENERATION_FIELDS:
+            raise ValueError(f"generation_kwargs sets {key!r}, which has its own field: {_OWN_GENERATION_FIELDS[key]}")
+        if key not in defaults:
+            raise ValueError(f"generation_kwargs has {key!r}, which is not a transformers.GenerationConfig field")
+    return value
+
+
+# GenerationConfig fields that DistillConfig sets itself, and the fields that set them.
+_OWN_GENERATION_FIELDS = {
+    "max_new_tokens": "max_new_tokens",
+    "max_length": "max_new_tokens",
+    "do_sample": "generation_temperature (0 = greedy)",
+    "temperature": "generation_temperature",
+    "top_p": "generation_top_p",
+    "top_k": "generation_top_k",
+}

@@ -89,8 +89,13 @@ class BackgroundCSVWriter:
         try:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             new = not os.path.isfile(self.path) or os.path.getsize(self.path) == 0
+            columns = self.columns
+            if not new:
+                # A file a run resumed from began with other columns (an older version): rows keep its header.
+                with open(self.path, newline="") as existing:
+                    columns = next(csv.reader(existing), None) or columns
             with open(self.path, "a", newline="") as f:
-                writer = csv.DictWriter(f, self.columns, restval="", extrasaction="ignore")
+                writer = csv.DictWriter(f, columns, restval="", extrasaction="ignore")
                 if new:
                     writer.writeheader()
                 while True:

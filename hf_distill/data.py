@@ -16,7 +16,12 @@ from .losses import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
-FORMAT_COLUMNS = {"text": ("text",), "prompt_completion": ("prompt", "completion"), "messages": ("messages",)}
+FORMAT_COLUMNS = {
+    "text": ("text",),
+    "prompt_completion": ("prompt", "completion"),
+    "messages": ("messages",),
+    "prompt": ("prompt",),
+}
 # Columns of a train split with a cached teacher (`hf_distill.teacher_cache`): per example, n * K top-k ids, n * K
 # log-probabilities and n tails for its n target tokens; and the batch keys the collator lays them out under,
 # `(B, L - 1, K)` and `(B, L - 1)`, aligned with `labels[:, 1:]`.
@@ -62,7 +67,7 @@ def detect_format(dataset: Dataset, declared: str, split: str) -> str:
     """The format to tokenize with; raises naming the columns found and expected when they do not fit."""
     columns = set(dataset.column_names)
     if declared == "auto":
-        for fmt in ("messages", "prompt_completion", "text"):
+        for fmt in ("messages", "prompt_completion", "text", "prompt"):
             if set(FORMAT_COLUMNS[fmt]) <= columns:
                 return fmt
         expected = " or ".join(f"{list(c)}" for c in FORMAT_COLUMNS.values())
@@ -92,8 +97,17 @@ def _prompt_completion_example(example: dict, tokenizer: PreTrainedTokenizerBase
     return prompt + completion, [IGNORE_INDEX] * len(prompt) + completion
 
 
+def _prompt_example(example: dict, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    ids = tokenizer(example["prompt"])["input_ids"]
+    return ids, [IGNORE_INDEX] * len(ids)
+
+
 def _messages_example(example: dict, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
     messages = example["messages"]
+    if messages and messages[-1]["role"] != "assistant":
+        # A conversation waiting for the assistant's answer is a prompt: no target, and the generation prompt ends it.
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+        return list(ids), [IGNORE_INDEX] * len(ids)
     if "{% generation %}" in (tokenizer.chat_template or ""):
         out = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
         ids = list(out["input_ids"])
@@ -113,14 +127,25 @@ def _messages_example(example: dict, tokenizer: PreTrainedTokenizerBase) -> tupl
     return ids, labels
 
 
-_TOKENIZERS = {"text": _text_example, "prompt_completion": _prompt_completion_example, "messages": _messages_example}
+_TOKENIZERS = {
+    "text": _text_example,
+    "prompt_completion": _prompt_completion_example,
+    "messages": _messages_example,
+    "prompt": _prompt_example,
+}
 
 
 def tokenize_dataset(
-    dataset: Dataset, tokenizer: PreTrainedTokenizerBase, fmt: str, args: DataArguments, split: str
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: str,
+    args: DataArguments,
+    split: str,
+    keep_prompts: bool = False,
 ) -> Dataset:
-    """`input_ids` and `labels` (-100 where the format puts no loss), truncated to `max_length`; examples left
-    without any target token are dropped. Both counts are reported; an empty result is an error."""
+    """`input_ids` and `labels` (-100 where the format puts no loss), truncated to `max_length`. Examples left
+    without any target token are dropped, unless `keep_prompts` (on-policy training, which only needs the prompts).
+    Both counts are reported; an empty result is an error."""
     build = _TOKENIZERS[fmt]
     max_length = args.max_length
 
@@ -152,19 +177,25 @@ def tokenize_dataset(
         logger.warning(
             f"split {split!r}: {truncated} of {len(tokenized)} examples truncated to max_length={max_length}"
         )
-    kept = tokenized.filter(lambda e: e["has_target"], num_proc=args.dataset_num_proc, desc=f"Filtering {split}")
+    kept = tokenized
+    if not keep_prompts:
+        kept = tokenized.filter(lambda e: e["has_target"], num_proc=args.dataset_num_proc, desc=f"Filtering {split}")
     if len(kept) < len(tokenized):
         logger.warning(f"split {split!r}: dropped {len(tokenized) - len(kept)} examples with no target token")
     if len(kept) == 0:
         raise ValueError(
             f"split {split!r} has no example with a target token (of {len(tokenized)}): every label is masked "
-            f"for dataset_format={fmt!r}"
+            f"for dataset_format={fmt!r} (prompt-only data trains with lmbda=1.0 only)"
         )
     return kept.remove_columns(["truncated", "has_target"])
 
 
-def prepare_datasets(args: DataArguments, tokenizer: PreTrainedTokenizerBase) -> tuple[Dataset, Dataset | None]:
-    """Tokenized train and (optional) eval datasets."""
+def prepare_datasets(
+    args: DataArguments, tokenizer: PreTrainedTokenizerBase, prompts_only: bool = False
+) -> tuple[Dataset, Dataset | None]:
+    """Tokenized train and (optional) eval datasets. With `prompts_only` (`lmbda: 1.0`: the student writes every
+    completion) the train split may hold prompts without completions; the eval split, scored on its references,
+    may not."""
     raw = load_raw_dataset(args)
     splits = [(args.dataset_train_split, args.max_train_samples, "dataset_train_split")]
     if args.dataset_eval_split is not None:
@@ -179,7 +210,13 @@ def prepare_datasets(args: DataArguments, tokenizer: PreTrainedTokenizerBase) ->
         if len(dataset) == 0:
             raise ValueError(f"{field_name}={split!r} of {args.dataset_name!r} is empty")
         fmt = detect_format(dataset, args.dataset_format, split)
-        prepared.append(tokenize_dataset(dataset, tokenizer, fmt, args, split))
+        keep_prompts = prompts_only and field_name == "dataset_train_split"
+        if fmt == "prompt" and not keep_prompts:
+            needs = "lmbda=1.0 (every step on-policy)" if field_name == "dataset_train_split" else "a completion"
+            raise ValueError(
+                f"{field_name}={split!r} holds prompts only (column 'prompt', no 'completion'); it needs {needs}"
+            )
+        prepared.append(tokenize_dataset(dataset, tokenizer, fmt, args, split, keep_prompts))
     return prepared[0], prepared[1] if len(prepared) > 1 else None
 
 

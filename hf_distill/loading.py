@@ -32,6 +32,12 @@ def load_tokenizer(model_args: ModelArguments, config: DistillConfig):
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
     except (OSError, ValueError) as err:
         raise ValueError(f"tokenizer_name_or_path={name!r}: cannot load a tokenizer ({err})") from None
+    if config.generates and tokenizer.eos_token is None:
+        setting = f"lmbda={config.lmbda}" if config.lmbda > 0 else "seq_kd=True"
+        raise ValueError(
+            f"tokenizer_name_or_path={name!r} has no eos_token, but {setting} generates completions, which stop "
+            "there: use a tokenizer with an end-of-sequence token"
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

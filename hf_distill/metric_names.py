@@ -23,3 +23,12 @@ def prefixed(name: str, prefix: str = EVAL_PREFIX) -> str:
 # What a training log adds up, and what an evaluation reports (in this order in metrics.csv and the report).
 TRAIN_LOSSES = (LOSS, CE_LOSS, KD_LOSS)
 EVAL_METRICS = tuple(prefixed(name) for name in (*TRAIN_LOSSES, TEACHER_AGREEMENT))
+
+# What a training log of a run that generates adds (`lmbda > 0` or `seq_kd`): the mean length of the generated
+# completions in tokens, the fraction cut at `max_new_tokens`, the fraction of optimizer steps that were on-policy,
+# and the teacher's mean log-probability of the generated tokens.
+COMPLETION_LENGTH = "completion_length"
+TRUNCATED_FRACTION = "truncated_fraction"
+ON_POLICY_FRACTION = "on_policy_fraction"
+TEACHER_LOGPROB = "teacher_logprob"
+GENERATION_METRICS = (COMPLETION_LENGTH, TRUNCATED_FRACTION, ON_POLICY_FRACTION, TEACHER_LOGPROB)

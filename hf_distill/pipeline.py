@@ -27,7 +27,7 @@ def build_trainer(
     tokenizer = load_tokenizer(model_args, config)
     check_models_fit(model_args, config, tokenizer)
     with config.main_process_first(desc="tokenizing the dataset"):
-        train_dataset, eval_dataset = prepare_datasets(data_args, tokenizer)
+        train_dataset, eval_dataset = prepare_datasets(data_args, tokenizer, prompts_only=config.lmbda == 1.0)
     if config.uses_teacher_cache:
         train_dataset = attach_teacher_cache(data_args, config, tokenizer, train_dataset)
 

@@ -1,7 +1,8 @@
 """`hf-distill report OUTPUT_DIR`: plots of a run's `metrics.csv` and `samples.csv`, and a Markdown summary.
 
-Everything goes to `OUTPUT_DIR/report/`: `loss.png`, `ce_kd.png`, `learning_rate.png`, `kd_distribution.png` and
-`report.md`. The rounds of a multi-round run are concatenated on one global step axis, their boundaries marked.
+Everything goes to `OUTPUT_DIR/report/`: `loss.png`, `ce_kd.png`, `learning_rate.png`, `generation.png` (runs that
+generate completions), `kd_distribution.png` and `report.md`. The rounds of a multi-round run are concatenated on
+one global step axis, their boundaries marked.
 """
 
 import csv
@@ -9,7 +10,19 @@ import os
 import re
 from dataclasses import dataclass
 
-from .metric_names import CE_LOSS, EVAL_METRICS, KD_LOSS, LOSS, TEACHER_AGREEMENT, TRAIN_LOSSES, prefixed
+from .metric_names import (
+    CE_LOSS,
+    COMPLETION_LENGTH,
+    EVAL_METRICS,
+    KD_LOSS,
+    LOSS,
+    ON_POLICY_FRACTION,
+    TEACHER_AGREEMENT,
+    TEACHER_LOGPROB,
+    TRAIN_LOSSES,
+    TRUNCATED_FRACTION,
+    prefixed,
+)
 from .run_files import METRICS_FILE, SAMPLES_FILE
 
 REPORT_DIR = "report"
@@ -115,6 +128,16 @@ def write_report(output_dir: str, top: int = 10) -> str:
             ["CE", "KD"],
         ),
         "learning_rate.png": ("Learning rate", [[("train", "learning_rate")]], ["learning rate"]),
+        # Drawn for runs that generate (lmbda > 0 or seq_kd) only: the others have no such column.
+        "generation.png": (
+            "Generated completions",
+            [
+                [("train", COMPLETION_LENGTH)],
+                [("train", TEACHER_LOGPROB)],
+                [("train", TRUNCATED_FRACTION), ("train", ON_POLICY_FRACTION)],
+            ],
+            ["tokens", "teacher log-prob", "fraction"],
+        ),
     }
     for name, (title, rows, ylabels) in panels.items():
         fig, axes = figure(len(rows))

@@ -10,18 +10,21 @@ from accelerate import Accelerator
 from transformers import TrainerCallback
 
 from .csv_files import BackgroundCSVWriter, truncate_csv
-from .metric_names import EVAL_METRICS, LOSS, PER_TOKEN, TRAIN_LOSSES, prefixed
+from .metric_names import EVAL_METRICS, GENERATION_METRICS, LOSS, PER_TOKEN, TRAIN_LOSSES, prefixed
 
 METRICS_FILE = "metrics.csv"
 SAMPLES_FILE = "samples.csv"
-TRAIN_COLUMNS = (*TRAIN_LOSSES, "learning_rate", "grad_norm")
+COMPLETIONS_FILE = "completions.csv"
+TRAIN_COLUMNS = (*TRAIN_LOSSES, "learning_rate", "grad_norm", *GENERATION_METRICS)
 EVAL_COLUMNS = EVAL_METRICS
 METRICS_COLUMNS = ("step", "split", "epoch", *TRAIN_COLUMNS, "tokens_per_second", "elapsed_seconds", *EVAL_COLUMNS)
 SAMPLES_COLUMNS = ("step", "split", "id", "tokens", *PER_TOKEN.values())
+COMPLETIONS_COLUMNS = ("step", "id", "writer", "prompt", "completion", "tokens", "kd_loss", "truncated")
 
 
 class RunFilesCallback(TrainerCallback):
-    """Owns `output_dir/metrics.csv` and `output_dir/samples.csv`: their names, columns, flushes and resume.
+    """Owns `output_dir/metrics.csv`, `output_dir/samples.csv` and `output_dir/completions.csv`: their names, columns,
+    flushes and resume.
 
     `metrics.csv` gets each log of the main process as one row (columns `METRICS_COLUMNS`, `split` train or eval),
     written by a background thread so that training never waits on the disk. `samples.csv` gets one row per example
@@ -29,6 +32,8 @@ class RunFilesCallback(TrainerCallback):
     end of training both files are flushed (and `metrics.csv` fsync'ed): a checkpoint is never ahead of them. When
     training resumes from checkpoint-N, the rows past step N that the interrupted run left in both files are dropped
     first, so the files hold each step once, and `elapsed_seconds` continues from the last row kept.
+    `completions.csv` (columns `COMPLETIONS_COLUMNS`) gets the generated sequences `add_completions` is given, from
+    a background thread like `metrics.csv`, flushed and truncated with it.
 
     `DistillTrainer` always registers it, with `write_metrics=args.metrics_csv`: `samples.csv` needs its flushes and
     resume handling even when `metrics.csv` is off.
@@ -61,6 +66,8 @@ class RunFilesCallback(TrainerCallback):
         self.accelerator = accelerator
         self.metrics_path = os.path.join(output_dir, METRICS_FILE)
         self.samples_path = os.path.join(output_dir, SAMPLES_FILE)
+        self.completions_path = os.path.join(output_dir, COMPLETIONS_FILE)
+        self._completions: BackgroundCSVWriter | None = None
         self.tokens_seen = tokens_seen
         self.write_metrics = write_metrics
         self.eval_in_order = eval_in_order
@@ -130,6 +137,15 @@ class RunFilesCallback(TrainerCallback):
                 writer.writerows(self._samples)
         self._samples = []
 
+    # ---- completions.csv ----
+
+    def add_completions(self, rows: list[dict]) -> None:
+        """Append generated sequences (dicts with `COMPLETIONS_COLUMNS`), gathered already: main process only."""
+        if self._completions is None:
+            self._completions = BackgroundCSVWriter(self.completions_path, COMPLETIONS_COLUMNS)
+        for row in rows:
+            self._completions.write(row)
+
     # ---- events ----
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -140,6 +156,7 @@ class RunFilesCallback(TrainerCallback):
         # state.global_step is already the checkpoint's step here: Trainer loads the state before this event.
         last = truncate_csv(self.metrics_path, state.global_step) if self.write_metrics else None
         truncate_csv(self.samples_path, state.global_step)
+        truncate_csv(self.completions_path, state.global_step)
         # Rows are appended in time order: the last one kept carries the clock of the interrupted run.
         self._elapsed_before = float(last.get("elapsed_seconds") or 0) if last is not None else 0.0
         self._start = self._window_start = self._mark = time.perf_counter()
@@ -212,8 +229,10 @@ class RunFilesCallback(TrainerCallback):
     def _flush(self, state) -> None:
         # A checkpoint must not be ahead of the files: on resume, the rows up to its step are kept, never rewritten.
         self.flush_samples()
-        if state.is_world_process_zero and self._writer is not None:
-            self._writer.flush()
+        if state.is_world_process_zero:
+            for writer in (self._writer, self._completions):
+                if writer is not None:
+                    writer.flush()
 
     def _tokens(self) -> int:
         return self.tokens_seen() if self.tokens_seen is not None else 0
@@ -225,6 +244,7 @@ class RunFilesCallback(TrainerCallback):
         self._mark = now
 
     def _close(self) -> None:
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            writer.close()
+        writers, self._writer, self._completions = (self._writer, self._completions), None, None
+        for writer in writers:
+            if writer is not None:
+                writer.close()

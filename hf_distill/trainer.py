@@ -1,5 +1,6 @@
 """`DistillTrainer`: `transformers.Trainer` with a teacher and a distillation loss."""
 
+import dataclasses
 import inspect
 import os
 from collections.abc import Iterator
@@ -13,10 +14,12 @@ from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer
 from .checkpoints import last_complete_checkpoint, mark_complete, rotate_checkpoints
 from .config import DistillConfig
 from .data import CACHE_COLUMNS, DistillDataCollator
+from .generation import GENERATED_BY, StepGenerator, completion_rows
 from .hidden_states import final_hidden_states, lm_head, supports_hidden_states
 from .loading import load_teachers
 from .losses import (
     IGNORE_INDEX,
+    DistillationTerms,
     TeacherHeads,
     TeacherLogits,
     TopKTeacher,
@@ -89,6 +92,7 @@ class DistillTrainer(Trainer):
         super().__init__(model, args, **trainer_kwargs)
         student = self.accelerator.unwrap_model(self.model)
         self.teacher = build_teacher(args, teacher, student, self.processing_class, self.accelerator)
+        self._generator = self._build_generator() if args.generates else None
 
         self._train_sums = torch.zeros(2, device=self.args.device)
         self._train_window_start: int | None = None
@@ -113,6 +117,17 @@ class DistillTrainer(Trainer):
             eval_in_order=self.args.train_sampling_strategy != "group_by_length",
         )
         self.add_callback(self._run_files)
+
+    def _build_generator(self) -> StepGenerator:
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        members = self.teacher.members if isinstance(self.teacher, LiveTeacher) else []
+        setting = f"lmbda={self.args.lmbda}" if self.args.lmbda > 0 else "seq_kd=True"
+        if tokenizer is None:
+            raise ValueError(f"{setting} generates completions: pass the tokenizer as processing_class")
+        if self.args.seq_kd and len(members) != 1:
+            raise ValueError(f"seq_kd=True needs one teacher model to generate, got {len(members)}")
+        student = lambda: self.accelerator.unwrap_model(self.model)  # noqa: E731 (the model is wrapped later)
+        return StepGenerator(self.args, self.accelerator, tokenizer, student, members[0] if members else None)
 
     @property
     def teacher_model(self) -> nn.Module | list[nn.Module] | None:
@@ -177,6 +192,9 @@ class DistillTrainer(Trainer):
         self._step_ids = [i for batch in batch_samples for i in batch.get("id") or []]
         if not batch_samples or "labels" not in batch_samples[0]:
             return batch_samples, None
+        if self._generator is not None:
+            # Counted after generation: the divisor is the step's generated completion tokens.
+            batch_samples = self._generator(batch_samples, self.state.global_step)
         # The logits at position i predict the token at i + 1, so position 0 of each row is never a target.
         count = sum(batch["labels"][..., 1:].ne(IGNORE_INDEX).sum() for batch in batch_samples).to(device)
         if self.accelerator.num_processes > 1:
@@ -200,23 +218,37 @@ class DistillTrainer(Trainer):
 
         During evaluation (or whenever `num_items_in_batch` is None) the divisor is this micro-batch's own count.
         """
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "id", *CACHE_COLUMNS)}
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "id", GENERATED_BY, *CACHE_COLUMNS)}
         # Causal LM: the logits at position i predict the token at position i + 1.
         targets = inputs["labels"][:, 1:]
         mode = "train" if model.training else "eval"
+        spec, generated = self.args.divergence_spec, inputs.get(GENERATED_BY)
+        if generated == "student":
+            # The divergence alone on the student's own samples: a CE there would reinforce its mistakes.
+            spec = dataclasses.replace(spec, alpha=0.0)
         outputs = None
         if self.uses_fused_loss(mode):
             student = self.accelerator.unwrap_model(model)
             hidden = final_hidden_states(model, student, model_inputs)[:, :-1]
             teacher = self._teacher_source(model_inputs, inputs, mode, fused=True)
             terms = fused_distillation_loss(
-                hidden, lm_head(student), teacher, targets, self.args.divergence_spec, self.args.loss_chunk_size
+                hidden,
+                lm_head(student),
+                teacher,
+                targets,
+                spec,
+                self.args.loss_chunk_size,
+                score_targets=generated is not None,
             )
         else:
             outputs = model(**model_inputs)
             teacher = self._teacher_source(model_inputs, inputs, mode, fused=False)
-            terms = dense_distillation_terms(outputs.logits[:, :-1], teacher, targets, self.args.divergence_spec)
+            terms = dense_distillation_terms(
+                outputs.logits[:, :-1], teacher, targets, spec, score_targets=generated is not None
+            )
             self._record_examples(mode, inputs.get("id"), terms.per_example())
+        if generated:
+            self._record_generated(inputs, terms)
         loss, ce, kd, n_tokens = terms.loss, terms.ce.sum(), terms.kd.sum(), terms.mask.sum()
 
         if model.training and num_items_in_batch is not None:
@@ -247,6 +279,16 @@ class DistillTrainer(Trainer):
                 return self.teacher.heads(model_inputs, self.accelerator.unwrap_model)
             return self.teacher.logits(model_inputs)
 
+    def _record_generated(self, batch: dict[str, Any], terms: DistillationTerms) -> None:
+        self._generator.add_scores(terms.teacher_logprob)
+        logging_steps = self.state.logging_steps or self.args.logging_steps
+        step = self.state.global_step + 1
+        if self.args.log_completions and step % logging_steps == 0:
+            rows = completion_rows(batch, terms.per_example()["kd"], self._generator.tokenizer, step)
+            rows = gather_object(rows)
+            if self.accelerator.is_main_process:
+                self._run_files.add_completions(rows)
+
     def _record_examples(self, mode: str, ids: list | None, terms: dict[str, torch.Tensor]) -> None:
         """Per-example sums of a dense micro-batch: to samples.csv when tracked, and into the evaluation's totals."""
         if mode in self.args.track_samples:
@@ -272,6 +314,8 @@ class DistillTrainer(Trainer):
             logs[CE_LOSS] = sums[0].item()
             if self.teacher is not None:
                 logs[KD_LOSS] = sums[1].item()
+            if self._generator is not None:
+                logs.update(self._generator.window_logs())
             self._train_sums.zero_()
             self._train_window_start = None
             self._run_files.flush_samples()

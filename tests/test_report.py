@@ -28,6 +28,8 @@ def test_report_plots_and_lists_the_worst_examples(workspace, capsys):
 
     for name in PLOTS:
         assert_png(out / "report" / name)
+    # An off-policy run generates nothing: no plot of generated completions.
+    assert not (out / "report" / "generation.png").exists()
     report = (out / "report" / "report.md").read_text()
     for name in PLOTS:
         assert f"]({name})" in report

@@ -29,6 +29,7 @@ class _Plan:
     weights: tuple[float, ...] = ()
     mode: str = "mean_probs"
     sparse_mode: str = "renormalized"
+    score_targets: bool = False
 
 
 def _teacher_rows(plan: _Plan, teacher: tuple, rows: slice) -> torch.Tensor | TopKTeacher | None:
@@ -54,9 +55,10 @@ def _chunk(
     weights: torch.Tensor | None,
     plan: _Plan,
     with_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """CE, divergence and agreement of one chunk of float32 student rows, and, with `with_grad`, the gradient of
-    `sum(weights * (alpha * ce + (1 - alpha) * kd))` w.r.t. the chunk's raw logits `hidden @ s_weight.T + s_bias`.
+) -> tuple[torch.Tensor | None, ...]:
+    """CE, divergence, agreement and scored targets of one chunk of float32 student rows, and, with `with_grad`,
+    the gradient of `sum(weights * (alpha * ce + (1 - alpha) * kd))` w.r.t. the chunk's raw logits
+    `hidden @ s_weight.T + s_bias`.
 
     A function of its own so that every `(chunk, V)` intermediate is freed on return, before the caller's matmuls.
     """
@@ -66,15 +68,17 @@ def _chunk(
         # backward is done by the caller, straight into the accumulated gradients.
         raw.requires_grad_(with_grad)
         logits = plan.student.post_process(raw)
-        ce, kd, agree = position_terms(logits, targets, teacher_rows, plan.spec, plan.kd_vocab)
+        ce, kd, agree, scored = position_terms(
+            logits, targets, teacher_rows, plan.spec, plan.kd_vocab, plan.score_targets
+        )
         if not with_grad:
-            return ce, kd, agree, None
+            return ce, kd, agree, scored, None
         terms = [(plan.spec.alpha, ce)] if plan.spec.alpha > 0.0 else []
         if kd is not None:
             terms.append((1.0 - plan.spec.alpha, kd))
         objective = sum(w * (v if weights is None else v * weights).sum() for w, v in terms)
         (grad_raw,) = torch.autograd.grad(objective, raw)
-    return ce.detach(), None if kd is None else kd.detach(), agree, grad_raw
+    return ce.detach(), None if kd is None else kd.detach(), agree, scored, grad_raw
 
 
 def _chunked_pass(
@@ -110,6 +114,7 @@ def _chunked_pass(
     ce_values = torch.zeros(n, dtype=f32, device=s_hidden.device)
     kd_values = torch.zeros_like(ce_values)
     agree_values = torch.zeros_like(ce_values)
+    scored_values = torch.zeros_like(ce_values)
     grad_hidden = s_hidden.new_empty(s_hidden.shape, dtype=f32) if needs[0] else None
     grad_weight = torch.zeros_like(s_weight32) if needs[1] else None
     grad_bias = torch.zeros_like(s_bias32) if needs[2] else None
@@ -118,13 +123,15 @@ def _chunked_pass(
         rows = slice(start, min(start + plan.chunk_size, n))
         hidden = s_hidden[rows].to(f32)
         weights = None if grad_scale is None else grad_scale[rows]
-        ce, kd, agree, grad_raw = _chunk(
+        ce, kd, agree, scored, grad_raw = _chunk(
             hidden, s_weight32, s_bias32, _teacher_rows(plan, teacher, rows), targets[rows], weights, plan, with_grad
         )
         ce_values[rows] = ce
         if kd is not None:
             kd_values[rows] = kd
             agree_values[rows] = agree
+        if scored is not None:
+            scored_values[rows] = scored
         # Dropped as soon as possible, here and below, so that one chunk's buffers are alive at a time.
         if grad_hidden is not None:
             torch.mm(grad_raw, s_weight32, out=grad_hidden[rows])
@@ -133,7 +140,7 @@ def _chunked_pass(
         if grad_bias is not None:
             grad_bias += grad_raw.sum(0)
         del grad_raw
-    return ce_values, kd_values, agree_values, grad_hidden, grad_weight, grad_bias
+    return ce_values, kd_values, agree_values, scored_values, grad_hidden, grad_weight, grad_bias
 
 
 class _FusedLinearDistillation(torch.autograd.Function):
@@ -152,25 +159,25 @@ class _FusedLinearDistillation(torch.autograd.Function):
         ctx.plan, ctx.per_position, ctx.n_teacher = plan, per_position, len(teacher)
         ctx.dtypes = (s_hidden.dtype, s_weight.dtype, None if s_bias is None else s_bias.dtype)
         if per_position:
-            ce, kd, agree, *_ = _chunked_pass(s_hidden, s_weight, s_bias, teacher, targets, plan, (False,) * 3)
+            ce, kd, agree, scored, *_ = _chunked_pass(s_hidden, s_weight, s_bias, teacher, targets, plan, (False,) * 3)
             ctx.save_for_backward(s_hidden, s_weight, s_bias, targets, *teacher)
             # With alpha 0 or 1 the mix is `kd` or `ce` itself, which must not be both differentiable and not.
             out = mix(ce, kd, plan.spec.alpha).clone()
         else:
-            ce, kd, agree, *grads = _chunked_pass(s_hidden, s_weight, s_bias, teacher, targets, plan, needs)
+            ce, kd, agree, scored, *grads = _chunked_pass(s_hidden, s_weight, s_bias, teacher, targets, plan, needs)
             ctx.save_for_backward(*grads)
             ctx.consumed = False
             out = mix(ce.sum(), kd.sum(), plan.spec.alpha)
-        ctx.mark_non_differentiable(ce, kd, agree)
-        return out, ce, kd, agree
+        ctx.mark_non_differentiable(ce, kd, agree, scored)
+        return out, ce, kd, agree, scored
 
     @staticmethod
-    def backward(ctx, grad_out, _grad_ce, _grad_kd, _grad_agree):
+    def backward(ctx, grad_out, _grad_ce, _grad_kd, _grad_agree, _grad_scored):
         if ctx.per_position:
             s_hidden, s_weight, s_bias, targets, *teacher = ctx.saved_tensors
             needs = tuple(ctx.needs_input_grad[:3])
             scale = grad_out.float()
-            _, _, _, *grads = _chunked_pass(s_hidden, s_weight, s_bias, teacher, targets, ctx.plan, needs, scale)
+            _, _, _, _, *grads = _chunked_pass(s_hidden, s_weight, s_bias, teacher, targets, ctx.plan, needs, scale)
         else:
             if ctx.consumed:
                 raise RuntimeError(
@@ -211,6 +218,7 @@ def fused_distillation_loss(
     spec: DivergenceSpec,
     chunk_size: int = LOSS_CHUNK_SIZE,
     reduction: str = "sum",
+    score_targets: bool = False,
 ) -> DistillationTerms:
     """`alpha * CE + (1 - alpha) * T**2 * D` over the valid positions, from final hidden states and LM heads.
 
@@ -227,6 +235,7 @@ def fused_distillation_loss(
         chunk_size: valid positions projected at once, >= 1. The peak memory holds about ten float32
             `(chunk_size, V)` buffers on top of a float32 copy of the student head's gradient (and float32 copies of
             bf16/fp16 heads).
+        score_targets: also return the teacher's log-probability of each target (see `position_terms`).
         reduction: `"sum"` (the trainer's), `"mean"` or `"none"` (`(B, L)`, which projects every chunk again in
             backward, since each position then gets its own upstream gradient).
 
@@ -253,16 +262,25 @@ def fused_distillation_loss(
         teacher_tensors = tuple(
             t for hidden, head in zip(teacher.hidden, heads) for t in (hidden.detach()[mask], head.weight, head.bias)
         )
-    plan = _Plan(spec=spec, chunk_size=chunk_size, student=student_head.detach(), kd_vocab=kd_vocab, **plan_teacher)
+    plan = _Plan(
+        spec=spec,
+        chunk_size=chunk_size,
+        student=student_head.detach(),
+        kd_vocab=kd_vocab,
+        score_targets=score_targets,
+        **plan_teacher,
+    )
     per_position = reduction == "none"
     student = (student_hidden[mask], student_head.weight, student_head.bias)
     targets = labels[mask]
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in student):
-        out, ce, kd, agree = _FusedLinearDistillation.apply(*student, targets, plan, per_position, *teacher_tensors)
+        out, ce, kd, agree, scored = _FusedLinearDistillation.apply(
+            *student, targets, plan, per_position, *teacher_tensors
+        )
     else:
-        ce, kd, agree, *_ = _chunked_pass(*student, teacher_tensors, targets, plan, (False,) * 3)
+        ce, kd, agree, scored, *_ = _chunked_pass(*student, teacher_tensors, targets, plan, (False,) * 3)
         out = mix(ce, kd, spec.alpha) if per_position else mix(ce.sum(), kd.sum(), spec.alpha)
     loss = reduce(out, mask, "none") if per_position else out
     if reduction == "mean":
         loss = loss / mask.sum().clamp(min=1)
-    return DistillationTerms(loss, ce, kd, agree, mask)
+    return DistillationTerms(loss, ce, kd, agree, mask, scored)

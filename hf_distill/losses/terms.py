@@ -17,8 +17,10 @@ class DistillationTerms(NamedTuple):
 
     `loss` is `alpha * ce + (1 - alpha) * kd` reduced as asked (a sum by default) and the only member with a
     gradient. `ce` (cross-entropy at temperature 1 on the full student vocabulary), `kd` (divergence times
-    `temperature**2`, 0 without a teacher) and `agree` (1.0 where the student's and the teacher's most likely tokens
-    are the same, 0 without a teacher) are detached float32 values `(N,)` at the N valid positions of `mask` `(B, L)`.
+    `temperature**2`, 0 without a teacher), `agree` (1.0 where the student's and the teacher's most likely tokens
+    are the same, 0 without a teacher) and `teacher_logprob` (the teacher's log-probability of the target token,
+    when asked with `score_targets`, else 0) are detached float32 values `(N,)` at the N valid positions of `mask`
+    `(B, L)`.
     """
 
     loss: torch.Tensor
@@ -26,6 +28,7 @@ class DistillationTerms(NamedTuple):
     kd: torch.Tensor
     agree: torch.Tensor
     mask: torch.Tensor
+    teacher_logprob: torch.Tensor | None = None
 
     def per_example(self) -> dict[str, torch.Tensor]:
         """Sums over each example's valid positions `(B,)`: `ce`, `kd`, `agree` and `tokens` (their number)."""
@@ -39,11 +42,16 @@ def position_terms(
     teacher: torch.Tensor | TopKTeacher | None,
     spec: DivergenceSpec,
     kd_vocab: int,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """CE, divergence and agreement `(N,)` of `(N, V)` float32 student logits at N valid positions.
+    score_targets: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """CE, divergence, agreement and (with `score_targets`) the teacher's log-probability of each target `(N,)`, of
+    `(N, V)` float32 student logits at N valid positions.
 
     `teacher` is the softened teacher distribution `(N, kd_vocab)` as log-probabilities, or a top-k teacher's rows,
     or None (no divergence, no agreement). With `alpha == 0` the CE is reported but computed without a gradient.
+    The target's log-probability is taken from the teacher distribution brought back to temperature 1
+    (`log_softmax(temperature * log p)`: exactly the teacher's own for one teacher; for an ensemble, its combination
+    at the loss temperature, re-tempered); a target outside the compared vocabulary scores 0.
     """
     if spec.alpha > 0.0:
         ce = F.cross_entropy(logits, targets, reduction="none")
@@ -51,17 +59,23 @@ def position_terms(
         with torch.no_grad():
             ce = F.cross_entropy(logits, targets, reduction="none")
     if teacher is None:
-        return ce, None, None
+        return ce, None, None, None
+    scored = None
     if isinstance(teacher, TopKTeacher):
         log_s, log_t = sparse_log_probs(logits, teacher, spec.temperature)
         teacher_top1 = teacher.ids[:, 0]
     else:
         log_s, log_t = soften(logits[:, :kd_vocab], spec.temperature), teacher
         teacher_top1 = teacher.argmax(-1)
+        if score_targets:
+            with torch.no_grad():
+                at_one = teacher if spec.temperature == 1.0 else F.log_softmax(teacher * spec.temperature, dim=-1)
+                inside = targets < kd_vocab
+                scored = at_one.gather(-1, targets.clamp(max=kd_vocab - 1)[:, None])[:, 0].where(inside, 0.0)
     kd = tempered_divergence(log_s, log_t, spec)
     with torch.no_grad():
         agree = (logits[:, :kd_vocab].argmax(-1) == teacher_top1).float()
-    return ce, kd, agree
+    return ce, kd, agree, scored
 
 
 def dense_distillation_terms(
@@ -70,10 +84,12 @@ def dense_distillation_terms(
     labels: torch.Tensor,
     spec: DivergenceSpec,
     reduction: str = "sum",
+    score_targets: bool = False,
 ) -> DistillationTerms:
     """`alpha * CE + (1 - alpha) * T**2 * D` of full student logits `(B, L, V)` against a live teacher's logits
     (one model or an ensemble), a cached top-k, or no teacher (CE only), at the positions whose label is not
-    `IGNORE_INDEX`; with the autograd of the logits, in float32."""
+    `IGNORE_INDEX`; with the autograd of the logits, in float32. `score_targets` also returns the teacher's
+    log-probability of each target (`position_terms`)."""
     check_labels(labels, student_logits)
     if teacher is not None:
         teacher.check(labels, student_logits.shape[-1])
@@ -88,8 +104,9 @@ def dense_distillation_terms(
         with torch.no_grad():
             members = (t[mask] for t in teacher.logits)
             rows = softened_teacher(members, teacher.weights, teacher.mode, spec.temperature, kd_vocab)
-    ce, kd, agree = position_terms(logits, labels[mask], rows, spec, kd_vocab)
+    ce, kd, agree, scored = position_terms(logits, labels[mask], rows, spec, kd_vocab, score_targets)
     if kd is None:
         kd = agree = torch.zeros_like(ce)
     loss = reduce(mix(ce, kd, spec.alpha), mask, reduction)
-    return DistillationTerms(loss, ce.detach(), kd.detach(), agree, mask)
+    scored = torch.zeros_like(agree) if scored is None else scored
+    return DistillationTerms(loss, ce.detach(), kd.detach(), agree, mask, scored)

@@ -49,6 +49,19 @@ def test_ddp_equals_single_process(tmp_path):
     torch.testing.assert_close(torch.tensor(ddp_losses), torch.tensor(single_losses), rtol=1e-5, atol=1e-6)
 
 
+def test_on_policy_ddp_equals_single_process(tmp_path):
+    """Greedy on-policy steps: each process completes its own prompts, and the global count of generated tokens
+    normalises the loss, so 2 x 4 rows reach the weights of 1 x 8 (and the same logged losses)."""
+    ddp = run_two_processes(tmp_path / "ddp", "--on_policy", "--per_device_train_batch_size", "4")
+    single = build_trainer(parse_args([str(tmp_path / "single"), "--on_policy", "--per_device_train_batch_size", "8"]))
+    single.train()
+    assert_same_weights(ddp["weights"], weights(single))
+    ddp_logs = [(h["loss"], h["completion_length"]) for h in ddp["log_history"] if "loss" in h]
+    single_logs = [(h["loss"], h["completion_length"]) for h in single.state.log_history if "loss" in h]
+    assert len(ddp_logs) == 3 and all(h["on_policy_fraction"] == 1.0 for h in ddp["log_history"] if "loss" in h)
+    torch.testing.assert_close(torch.tensor(ddp_logs), torch.tensor(single_logs), rtol=1e-5, atol=1e-6)
+
+
 def test_ddp_with_gradient_accumulation(tmp_path):
     ddp = run_two_processes(
         tmp_path / "ddp", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2"

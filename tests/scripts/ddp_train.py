@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from testing_utils import pad_collator, tiny_llama, variable_length_dataset  # noqa: E402
+from testing_utils import pad_collator, tiny_llama, variable_length_dataset, word_tokenizer  # noqa: E402
 
 from hf_distill import DistillConfig, DistillTrainer  # noqa: E402
 from hf_distill.process_group import leave_process_group  # noqa: E402
@@ -68,6 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--count_syncs", action="store_true")
     parser.add_argument("--loss_chunk_size", type=int, default=1024)
     parser.add_argument("--evaluate", action="store_true")
+    parser.add_argument("--on_policy", action="store_true", help="lmbda=1: every step on the student's greedy samples")
     return parser.parse_args(argv)
 
 
@@ -92,6 +93,10 @@ def build_trainer(opts: argparse.Namespace) -> DistillTrainer:
         data_seed=0,
         temperature=2.0,
         loss_chunk_size=opts.loss_chunk_size,
+        lmbda=1.0 if opts.on_policy else 0.0,
+        max_new_tokens=5,
+        generation_temperature=0.0,
+        loss_type="reverse_kl" if opts.on_policy else "forward_kl",
     )
     return DistillTrainer(
         model=tiny_llama(seed=1, hidden=32, layers=1),
@@ -100,6 +105,7 @@ def build_trainer(opts: argparse.Namespace) -> DistillTrainer:
         train_dataset=half_masked_dataset() if opts.half_masked else variable_length_dataset(),
         eval_dataset=variable_length_dataset(EVAL_EXAMPLES, seed=3) if opts.evaluate else None,
         data_collator=pad_collator,
+        processing_class=word_tokenizer() if opts.on_policy else None,
     )
 
 
