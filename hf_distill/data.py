@@ -220,6 +220,19 @@ def prepare_datasets(
     return prepared[0], prepared[1] if len(prepared) > 1 else None
 
 
+def split_prompt(input_ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+    """An example's prompt, its tokens before its last run of target labels, and that run (its completion: the
+    prompt of `prompt_completion` data, the conversation before the last assistant turn of `messages` data). An
+    example without a target is all prompt."""
+    targets = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
+    if not targets:
+        return list(input_ids), []
+    start = end = targets[-1] + 1
+    while start > 0 and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return list(input_ids[:start]), list(input_ids[start:end])
+
+
 def layout_cached_teacher(labels: torch.Tensor, features: list[dict[str, Any]], ids: list | None) -> dict:
     """The cached top-k of each example (K ids and log-probabilities, flat, and one tail per target token) scattered
     onto the padded `labels[:, 1:]`; positions that are no target hold zeros, which the loss never reads.

@@ -17,10 +17,10 @@ import evaluate
 import torch
 
 from .atomic_write import atomic_write
-from .data import DistillDataCollator, load_raw_dataset, prepare_datasets
+from .data import DistillDataCollator, load_raw_dataset, prepare_datasets, split_prompt
 from .greedy_decoding import greedy_generate
 from .loading import load_student, load_teachers, load_tokenizer
-from .losses import IGNORE_INDEX, DivergenceSpec, TeacherLogits, dense_distillation_terms
+from .losses import DivergenceSpec, TeacherLogits, dense_distillation_terms
 from .model_card import format_number, generation_metrics, update_model_card
 from .modeling import load_causal_lm_config
 from .recipe import parse_recipe
@@ -49,15 +49,6 @@ def load_metrics(names: list[str] = ()) -> evaluate.CombinedEvaluations:
                 f"the Hub, which needs network{offline}: pass the path of a local copy of its script instead"
             ) from None
     return evaluate.combine(modules)
-
-
-def prompt_and_reference(input_ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
-    """The tokens before the last run of target labels, and that run."""
-    end = max(i for i, label in enumerate(labels) if label != IGNORE_INDEX) + 1
-    start = end
-    while start > 0 and labels[start - 1] != IGNORE_INDEX:
-        start -= 1
-    return input_ids[:start], input_ids[start:end]
 
 
 def teacher_forced_sums(student, teacher, dataset, tokenizer, batch_size: int) -> dict[str, torch.Tensor]:
@@ -115,7 +106,7 @@ def _group_results(rows: list[int], forced, predictions, references, metrics) ->
 def evaluate_models(student, teacher, tokenizer, dataset, categories, max_new_tokens: int, metrics, batch_size: int):
     """The results `hf-distill evaluate` reports, of the tokenized `dataset` (with `input_ids` and `labels`);
     `categories` names each example's category (or is None)."""
-    pairs = [prompt_and_reference(e["input_ids"], e["labels"]) for e in dataset]
+    pairs = [split_prompt(e["input_ids"], e["labels"]) for e in dataset]
     references = [tokenizer.decode(ref, skip_special_tokens=True).strip() for _, ref in pairs]
     prompts = [prompt for prompt, _ in pairs]
     for model in (student, teacher):
@@ -201,7 +192,7 @@ def run_evaluation(
         data_args, dataset_train_split=split, dataset_eval_split=None, max_train_samples=data_args.max_eval_samples
     )
     dataset, _ = prepare_datasets(split_args, tokenizer)
-    unprompted = sum(not prompt_and_reference(e["input_ids"], e["labels"])[0] for e in dataset)
+    unprompted = sum(not split_prompt(e["input_ids"], e["labels"])[0] for e in dataset)
     if unprompted:
         raise ValueError(
             f"--split={split!r}: {unprompted} of {len(dataset)} examples have no prompt (every token is a target, as "

@@ -17,6 +17,7 @@ from torch import nn
 from transformers import GenerationConfig
 
 from .config import DistillConfig
+from .data import split_prompt
 from .losses import IGNORE_INDEX
 from .metric_names import COMPLETION_LENGTH, ON_POLICY_FRACTION, TEACHER_LOGPROB, TRUNCATED_FRACTION
 
@@ -40,22 +41,17 @@ def generation_seed(config: DistillConfig, step: int, process_index: int, micro_
 
 
 def prompts(batch: dict) -> list[list[int]]:
-    """Each row's prompt: its tokens before its last run of target labels, or all its tokens when it has none."""
+    """Each row's prompt (`hf_distill.data.split_prompt`), padding left out."""
     rows = []
     for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
         length = int(mask.sum())
-        targets = (labels[:length] != IGNORE_INDEX).nonzero().flatten().tolist()
-        start = length
-        if targets:
-            start = targets[-1]
-            while start > 0 and labels[start - 1] != IGNORE_INDEX:
-                start -= 1
-        if start == 0:
+        prompt, _ = split_prompt(ids[:length].tolist(), labels[:length].tolist())
+        if not prompt:
             raise ValueError(
                 "a training example has no prompt (its first token is already a target, as in dataset_format "
                 "'text'): on-policy and seq_kd steps need prompt_completion, messages or prompt data"
             )
-        rows.append(ids[:start].tolist())
+        rows.append(prompt)
     return rows
 
 

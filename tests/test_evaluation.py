@@ -12,7 +12,8 @@ from testing_utils import ensemble_recipe, tiny_llama, variable_length_dataset, 
 from transformers import AutoModelForCausalLM
 
 from hf_distill.cli import main
-from hf_distill.evaluation import load_metrics, prompt_and_reference, teacher_forced_sums
+from hf_distill.data import split_prompt
+from hf_distill.evaluation import load_metrics, teacher_forced_sums
 from hf_distill.greedy_decoding import greedy_completions
 from hf_distill.metrics.answers import exact_match, normalize_answer, token_f1
 from hf_distill.model_card import render_model_card
@@ -70,7 +71,7 @@ def test_a_metric_that_cannot_load_is_one_line_naming_it(monkeypatch):
 def test_prompt_is_what_precedes_the_last_run_of_targets():
     ids = [1, 4, 10, 11, 5, 12, 2, 4, 13, 5, 14, 15, 2]
     labels = [-100] * 5 + [12, 2] + [-100] * 3 + [14, 15, 2]
-    assert prompt_and_reference(ids, labels) == (ids[:10], [14, 15, 2])
+    assert split_prompt(ids, labels) == (ids[:10], [14, 15, 2])
 
 
 def _explicit_terms(student, teacher, example):
