@@ -1,6 +1,5 @@
 """`DistillConfig`: `transformers.TrainingArguments` plus the distillation knobs."""
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,6 +8,7 @@ from transformers import GenerationConfig, TrainingArguments
 
 from .field_docs import document_fields
 from .losses import ENSEMBLE_MODES, LOSS_CHUNK_SIZE, LOSS_TYPES, SPARSE_MODES, DivergenceSpec, check_ensemble_mode
+from .modeling import parse_init_kwargs
 
 TEACHER_SOURCES = ("none", "model", "cache")
 
@@ -293,15 +293,7 @@ class DistillConfig(TrainingArguments):
 
 def parse_generation_kwargs(value: dict[str, Any] | str | None) -> dict[str, Any]:
     """`generation_kwargs` as a dict of valid `GenerationConfig` fields; errors name the field and the key."""
-    if value is None:
-        return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"generation_kwargs={value!r} is not valid JSON: {err.msg}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"generation_kwargs must be a mapping, got generation_kwargs={value!r}")
+    value = parse_init_kwargs(value, "generation_kwargs")
     defaults = GenerationConfig().to_dict()
     for key in value:
         if key in _OWN_GENERATION_FIELDS:

@@ -26,7 +26,7 @@ def resolve_dtype(init_kwargs: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def parse_init_kwargs(value: dict[str, Any] | str | None, field_name: str) -> dict[str, Any]:
-    """Model init kwargs from a dict, a JSON string (command line) or None."""
+    """A mapping field (model init kwargs, generation kwargs) from a dict, a JSON string (command line) or None."""
     if value is None:
         return {}
     if isinstance(value, str):
