@@ -203,7 +203,8 @@ class DistillTrainer(Trainer):
         model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "id", *CACHE_COLUMNS)}
         # Causal LM: the logits at position i predict the token at position i + 1.
         targets = inputs["labels"][:, 1:]
-        mode = "train" if model.training else "eval"
+        # The wrapped module's mode: a DeepSpeed engine's own `training` stays True in evaluation.
+        mode = "train" if self.accelerator.unwrap_model(model).training else "eval"
         outputs = None
         if self.uses_fused_loss(mode):
             student = self.accelerator.unwrap_model(model)

@@ -57,6 +57,9 @@ FSDP2 = {
     },
 }
 ENGINE_ARGS = {None: {}, "zero3": {"deepspeed": ZERO3}, "fsdp2": FSDP2}
+# Transformers cannot evaluate an FSDP2 model that was never prepared together with an optimizer (Accelerate's
+# `prepare` refuses a lone FSDP2 model).
+UNSUPPORTED = {"fsdp2": {"eval_first"}, "zero3": set()}
 ENGINE_TYPES = {"zero3": DistributedType.DEEPSPEED, "fsdp2": DistributedType.FSDP}
 
 # name: (DistillConfig overrides, number of teachers, what the run does besides training STEPS steps)
@@ -70,6 +73,8 @@ CASES: dict[str, tuple[dict[str, Any], int, str]] = {
     # step 2 and saves the final model.
     "resume": ({"alpha": 0.5, "loss_chunk_size": 7, "max_steps": 4, "save_steps": RESUME_STEP}, 1, "resume"),
     "eval": ({"alpha": 0.5}, 1, "evaluate"),
+    # Evaluation of a model never trained: the engine wraps it for inference only.
+    "eval_first": ({"alpha": 0.5}, 1, "evaluate_first"),
     # Step 2 is poisoned with NaN on rank 1 only (in one process: on the whole batch). A constant learning rate,
     # because a step skipped by DeepSpeed does not advance the schedule, and one skipped by hf_distill's guard does.
     "nan": ({"alpha": 0.5, "loss_chunk_size": 7, "max_steps": 4, "lr_scheduler_type": "constant"}, 1, "nan"),
@@ -114,7 +119,7 @@ def build_trainer(engine: str | None, output_dir: str, case: str, processes: int
         teacher_model=teacher[0] if n_teachers == 1 else teacher,
         args=args,
         train_dataset=variable_length_dataset(),
-        eval_dataset=variable_length_dataset(EVAL_EXAMPLES, seed=3) if action == "evaluate" else None,
+        eval_dataset=variable_length_dataset(EVAL_EXAMPLES, seed=3) if "evaluate" in action else None,
         data_collator=pad_collator,
     )
     if action == "nan":
@@ -206,10 +211,12 @@ def run_case(out_dir: str, engine: str, case: str) -> dict[str, Any]:
     result: dict[str, Any] = {"world_size": dist.get_world_size(), "uses_fused_loss": trainer.uses_fused_loss("train")}
     calls = FusedCalls()
     try:
-        trainer.train()
-        check_optimizer(trainer)
+        if action == "evaluate_first":
+            result["metrics"] = trainer.evaluate()
+        else:
+            trainer.train()
+            check_optimizer(trainer)
         if action == "evaluate":
-            # After training: Transformers cannot evaluate an FSDP2 model that was never prepared with an optimizer.
             result["metrics"] = trainer.evaluate()
         if action == "resume":
             result["uninterrupted_weights"] = full_weights(trainer)
