@@ -75,8 +75,8 @@ CASES: dict[str, tuple[dict[str, Any], int, str]] = {
     "eval": ({"alpha": 0.5}, 1, "evaluate"),
     # Evaluation of a model never trained: the engine wraps it for inference only.
     "eval_first": ({"alpha": 0.5}, 1, "evaluate_first"),
-    # Step 2 is poisoned with NaN on rank 1 only (in one process: on the whole batch). A constant learning rate,
-    # because a step skipped by DeepSpeed does not advance the schedule, and one skipped by hf_distill's guard does.
+    # Step 2 is poisoned with NaN on rank 1 only (in one process: on the whole batch). A constant learning rate, so
+    # that the comparison is of the skipped update, not of whether an engine's schedule counts a skipped step.
     "nan": ({"alpha": 0.5, "loss_chunk_size": 7, "max_steps": 4, "lr_scheduler_type": "constant"}, 1, "nan"),
 }
 
