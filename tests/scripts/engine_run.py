@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from accelerate.state import PartialState
 from accelerate.utils import DistributedType
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -48,9 +49,11 @@ ZERO3 = {
     "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
 }
 FSDP2 = {
-    "fsdp": "full_shard auto_wrap",
+    "fsdp": True,
     "fsdp_config": {
-        "fsdp_version": 2,
+        "version": 2,
+        "reshard_after_forward": True,
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
         "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
         # As accelerate_configs/fsdp2.yaml: sharded checkpoints; the final save switches to a full state dict.
         "state_dict_type": "SHARDED_STATE_DICT",
@@ -165,10 +168,21 @@ def check_engine(trainer: DistillTrainer, engine: str) -> None:
         assert params and not module.training and not any(p.requires_grad for p in params)
         if engine == "zero3":
             assert type(teacher).__name__ == "DeepSpeedEngine", type(teacher)
-            # Outside its forward a ZeRO-3 parameter is this process's partition, never the whole tensor.
-            assert all(tuple(p.shape) != tuple(p.ds_shape) for p in params)
-        else:
-            assert all(isinstance(p, DTensor) and p.to_local().numel() < p.numel() for p in params)
+        check_sharded(module, engine)
+
+
+def check_sharded(model: torch.nn.Module, engine: str) -> None:
+    """Every parameter is this process's part only; under FSDP2 each decoder layer is its own unit, as the
+    transformer-layer auto-wrap policy says."""
+    params = list(model.parameters())
+    assert params
+    if engine == "zero3":
+        # This process's partition (`ds_tensor`) is part of the whole. (Outside a forward the parameter itself is
+        # empty, except small ones that ZeRO-3 keeps gathered once used: below `stage3_param_persistence_threshold`.)
+        assert all(p.ds_tensor.numel() < p.ds_numel for p in params)
+    else:
+        assert all(isinstance(p, DTensor) and p.to_local().numel() < p.numel() for p in params)
+        assert all(isinstance(layer, FSDPModule) for layer in model.model.layers), type(model.model.layers[0])
 
 
 def optimizer_parameters(trainer: DistillTrainer) -> list[torch.Tensor]:
@@ -215,6 +229,8 @@ def run_case(out_dir: str, engine: str, case: str) -> dict[str, Any]:
             result["metrics"] = trainer.evaluate()
         else:
             trainer.train()
+            # The student is prepared by the engine when training starts.
+            check_sharded(trainer.accelerator.unwrap_model(trainer.model), engine)
             check_optimizer(trainer)
         if action == "evaluate":
             result["metrics"] = trainer.evaluate()
