@@ -221,7 +221,8 @@ class DistillTrainer(Trainer):
         model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "id", GENERATED_BY, *CACHE_COLUMNS)}
         # Causal LM: the logits at position i predict the token at position i + 1.
         targets = inputs["labels"][:, 1:]
-        mode = "train" if model.training else "eval"
+        # The wrapped module's mode: a DeepSpeed engine's own `training` stays True in evaluation.
+        mode = "train" if self.accelerator.unwrap_model(model).training else "eval"
         spec, generated = self.args.divergence_spec, inputs.get(GENERATED_BY)
         if generated == "student":
             # The divergence alone on the student's own samples: a CE there would reinforce its mistakes.
@@ -251,7 +252,7 @@ class DistillTrainer(Trainer):
             self._record_generated(inputs, terms)
         loss, ce, kd, n_tokens = terms.loss, terms.ce.sum(), terms.kd.sum(), terms.mask.sum()
 
-        if model.training and num_items_in_batch is not None:
+        if mode == "train" and num_items_in_batch is not None:
             # Each process holds its share of the step's tokens; DDP averages gradients over processes, so
             # multiplying by their number turns that average back into the sum that the global count divides.
             scale = self.accelerator.num_processes / num_items_in_batch

@@ -1,16 +1,13 @@
-"""Which engine gets which teacher: the decisions that a GPU user would otherwise be the first to run."""
+"""Which engine gets which teacher: the pure decisions, unit-tested. The engines themselves (the ZeRO-3 inference
+engine, the FSDP2-sharded teacher, ZeRO-3's dense path) run for real in tests/distributed/test_engines.py."""
 
-import sys
 import types
 
 import pytest
 import torch
 from accelerate.utils import DistributedType
-from test_trainer import make_args
-from testing_utils import VOCAB, pad_collator, tiny_llama, variable_length_dataset
+from testing_utils import VOCAB, tiny_llama
 
-import hf_distill.trainer
-from hf_distill import DistillTrainer
 from hf_distill.hidden_states import lm_head
 from hf_distill.modeling import check_vocabularies, output_width
 from hf_distill.teacher_placement import deepspeed_inference_config, is_deepspeed_zero3, place_teacher
@@ -76,28 +73,6 @@ def fake_accelerator(distributed_type, **extra):
     )
 
 
-def test_deepspeed_teacher_becomes_an_inference_engine(monkeypatch):
-    calls = []
-
-    class Engine(torch.nn.Module):
-        def __init__(self, module):
-            super().__init__()
-            self.module = module
-
-    def initialize(model, config):
-        calls.append(config)
-        return Engine(model), None, None, None
-
-    monkeypatch.setitem(sys.modules, "deepspeed", types.SimpleNamespace(initialize=initialize))
-    plugin = types.SimpleNamespace(deepspeed_config=ZERO3)
-    accelerator = fake_accelerator(DistributedType.DEEPSPEED, state=types.SimpleNamespace(deepspeed_plugin=plugin))
-    teacher = tiny_llama(seed=2)
-    engine = place_teacher(teacher, accelerator)
-    assert isinstance(engine, Engine) and engine.module is teacher
-    assert not engine.training and not any(p.requires_grad for p in teacher.parameters())
-    assert calls[0]["zero_optimization"]["stage"] == 3 and "optimizer" not in calls[0]
-
-
 def test_ddp_and_single_device_teacher_is_a_frozen_copy_on_the_device():
     teacher = tiny_llama(seed=2).train()
     placed = place_teacher(teacher, fake_accelerator(DistributedType.MULTI_GPU))
@@ -134,23 +109,3 @@ def test_zero3_partitioned_head_keeps_its_vocabulary_width():
 def test_chunked_loss_refuses_a_zero3_partitioned_head():
     with pytest.raises(ValueError, match=r"ZeRO-3 partition of shape \(0,\).*set loss_chunk_size=0"):
         lm_head(zero3_partitioned_head(tiny_llama(seed=1)))
-
-
-@pytest.mark.parametrize("zero3", [False, True])
-def test_zero3_training_takes_the_dense_path(tmp_path, monkeypatch, zero3):
-    decided_on = []
-
-    def fake_is_deepspeed_zero3(accelerator):
-        decided_on.append(accelerator)
-        return zero3
-
-    monkeypatch.setattr(hf_distill.trainer, "is_deepspeed_zero3", fake_is_deepspeed_zero3)
-    trainer = DistillTrainer(
-        model=tiny_llama(seed=1),
-        teacher_model=tiny_llama(seed=2),
-        args=make_args(tmp_path, loss_chunk_size=256),
-        train_dataset=variable_length_dataset(),
-        data_collator=pad_collator,
-    )
-    assert decided_on == [trainer.accelerator]
-    assert trainer.uses_fused_loss("train") is not zero3

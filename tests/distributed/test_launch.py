@@ -7,6 +7,8 @@ import sys
 
 import pytest
 from datasets import load_from_disk
+from testing_utils import VOCAB
+from transformers import AutoModelForCausalLM
 
 from hf_distill.cli import main
 
@@ -15,10 +17,11 @@ pytestmark = pytest.mark.distributed
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def launch(*args: str) -> subprocess.CompletedProcess:
-    """`accelerate launch` with the shipped 2-process CPU config; fails the test unless every process exited 0."""
-    config = os.path.join(ROOT, "accelerate_configs", "cpu_2proc.yaml")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, *args]
+def launch(*args: str, config: str = "cpu_2proc.yaml", options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`accelerate launch` with a shipped config (by default the 2-process CPU one) and launch `options`; fails the
+    test unless every process exited 0."""
+    config = os.path.join(ROOT, "accelerate_configs", config)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, *options, *args]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -32,6 +35,25 @@ def test_accelerate_launch_cpu_config_trains_with_two_processes(workspace):
     assert state["global_step"] == 2
     assert state["epoch"] == pytest.approx(0.5)
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_deepspeed_zero3_config_trains_on_cpu_with_two_processes(workspace):
+    """The shipped ZeRO-3 config as a user runs it on CPU, with the two settings that differ from its 8 GPUs: the
+    number of processes, and `bf16` in the recipe to match the config's mixed precision (else Transformers stops on the
+    mismatch). DeepSpeed finds no GPU and runs on its CPU accelerator, over a group Accelerate forms for it."""
+    tmp_path, recipe = workspace
+    result = launch(
+        os.path.join(ROOT, "train.py"), recipe, "--max_steps", "2", "--bf16", "true",
+        config="deepspeed_zero3.yaml", options=("--num_processes", "2"),
+    )  # fmt: skip
+    # Said when the trainer is built under DistributedType.DEEPSPEED, by rank 0 only.
+    assert result.stderr.count("is not enforced under DeepSpeed") == 1, result.stderr[-3000:]
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    # 32 training examples, 2 steps of 4 per process: epoch 0.5 with 2 processes, 0.25 with one.
+    assert state["global_step"] == 2 and state["epoch"] == pytest.approx(0.5)
+    # zero3_save_16bit_model: the final save gathers the partitions into one loadable model.
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert student.lm_head.weight.shape == (VOCAB, 32)
 
 
 def test_accelerate_launch_cpu_config_synchronises_the_two_replicas(workspace):
