@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 pytestmark = pytest.mark.distributed
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "engine_run.py")
-TRAINING = ["dense", "fused", "ce_only", "kd_only", "ensemble"]
+TRAINING = ["dense", "fused", "ce_only", "kd_only", "ensemble", "on_policy"]
 
 
 @pytest.fixture(scope="module", params=["zero3", "fsdp2"])

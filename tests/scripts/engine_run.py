@@ -28,7 +28,7 @@ from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from testing_utils import pad_collator, tiny_llama, variable_length_dataset  # noqa: E402
+from testing_utils import pad_collator, tiny_llama, variable_length_dataset, word_tokenizer  # noqa: E402
 
 import hf_distill.trainer  # noqa: E402
 from hf_distill import DistillConfig, DistillTrainer  # noqa: E402
@@ -72,6 +72,19 @@ CASES: dict[str, tuple[dict[str, Any], int, str]] = {
     "ce_only": ({"alpha": 1.0, "loss_chunk_size": 7}, 1, "train"),
     "kd_only": ({"alpha": 0.0, "loss_chunk_size": 7}, 1, "train"),
     "ensemble": ({"alpha": 0.5, "loss_chunk_size": 7, "teacher_weights": [0.25, 0.75]}, 2, "train"),
+    # Every step on the student's greedy completions: the ranks' prompts differ, so they finish generating at
+    # different lengths, and sharded parameters need `synced_gpus` (every rank runs forward until all are done).
+    "on_policy": (
+        {
+            "loss_chunk_size": 7,
+            "lmbda": 1.0,
+            "max_new_tokens": 5,
+            "generation_temperature": 0.0,
+            "loss_type": "reverse_kl",
+        },
+        1,
+        "train",
+    ),
     # 4 steps uninterrupted, with checkpoints at steps 2 and 4; then a second trainer resumes from the checkpoint of
     # step 2 and saves the final model.
     "resume": ({"alpha": 0.5, "loss_chunk_size": 7, "max_steps": 4, "save_steps": RESUME_STEP}, 1, "resume"),
@@ -124,6 +137,7 @@ def build_trainer(engine: str | None, output_dir: str, case: str, processes: int
         train_dataset=variable_length_dataset(),
         eval_dataset=variable_length_dataset(EVAL_EXAMPLES, seed=3) if "evaluate" in action else None,
         data_collator=pad_collator,
+        processing_class=word_tokenizer() if overrides.get("lmbda") else None,
     )
     if action == "nan":
         poison_step(trainer, NAN_STEP, rank=1 if processes > 1 else 0)
