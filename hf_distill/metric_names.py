@@ -24,6 +24,11 @@ def prefixed(name: str, prefix: str = EVAL_PREFIX) -> str:
 TRAIN_LOSSES = (LOSS, CE_LOSS, KD_LOSS)
 EVAL_METRICS = tuple(prefixed(name) for name in (*TRAIN_LOSSES, TEACHER_AGREEMENT))
 
+# What an evaluation with `eval_generate` adds: the greedy answers' exact match and token F1 with the references.
+EXACT_MATCH = "exact_match"
+TOKEN_F1 = "token_f1"
+GENERATED_EVAL_METRICS = tuple(prefixed(name) for name in (EXACT_MATCH, TOKEN_F1))
+
 # What a training log of a run that generates adds (`lmbda > 0` or `seq_kd`): the mean length of the generated
 # completions in tokens, the fraction cut at `max_new_tokens`, the fraction of optimizer steps that were on-policy,
 # and the teacher's mean log-probability of the generated tokens.

@@ -1,8 +1,8 @@
 """`hf-distill report OUTPUT_DIR`: plots of a run's `metrics.csv` and `samples.csv`, and a Markdown summary.
 
 Everything goes to `OUTPUT_DIR/report/`: `loss.png`, `ce_kd.png`, `learning_rate.png`, `generation.png` (runs that
-generate completions), `kd_distribution.png` and `report.md`. The rounds of a multi-round run are concatenated on
-one global step axis, their boundaries marked.
+generate completions), `answers.png` (runs with `eval_generate`), `kd_distribution.png` and `report.md`. The
+rounds of a multi-round run are concatenated on one global step axis, their boundaries marked.
 """
 
 import csv
@@ -14,11 +14,13 @@ from .metric_names import (
     CE_LOSS,
     COMPLETION_LENGTH,
     EVAL_METRICS,
+    EXACT_MATCH,
     KD_LOSS,
     LOSS,
     ON_POLICY_FRACTION,
     TEACHER_AGREEMENT,
     TEACHER_LOGPROB,
+    TOKEN_F1,
     TRAIN_LOSSES,
     TRUNCATED_FRACTION,
     prefixed,
@@ -128,6 +130,11 @@ def write_report(output_dir: str, top: int = 10) -> str:
             ["CE", "KD"],
         ),
         "learning_rate.png": ("Learning rate", [[("train", "learning_rate")]], ["learning rate"]),
+        "answers.png": (
+            "Greedy answers at evaluation (eval_generate)",
+            [[("eval", EXACT_MATCH), ("eval", TOKEN_F1)]],
+            ["score"],
+        ),
         # Drawn for runs that generate (lmbda > 0 or seq_kd) only: the others have no such column.
         "generation.png": (
             "Generated completions",

@@ -10,13 +10,21 @@ from accelerate import Accelerator
 from transformers import TrainerCallback
 
 from .csv_files import BackgroundCSVWriter, truncate_csv
-from .metric_names import EVAL_METRICS, GENERATION_METRICS, LOSS, PER_TOKEN, TRAIN_LOSSES, prefixed
+from .metric_names import (
+    EVAL_METRICS,
+    GENERATED_EVAL_METRICS,
+    GENERATION_METRICS,
+    LOSS,
+    PER_TOKEN,
+    TRAIN_LOSSES,
+    prefixed,
+)
 
 METRICS_FILE = "metrics.csv"
 SAMPLES_FILE = "samples.csv"
 COMPLETIONS_FILE = "completions.csv"
 TRAIN_COLUMNS = (*TRAIN_LOSSES, "learning_rate", "grad_norm", *GENERATION_METRICS)
-EVAL_COLUMNS = EVAL_METRICS
+EVAL_COLUMNS = (*EVAL_METRICS, *GENERATED_EVAL_METRICS)
 METRICS_COLUMNS = ("step", "split", "epoch", *TRAIN_COLUMNS, "tokens_per_second", "elapsed_seconds", *EVAL_COLUMNS)
 SAMPLES_COLUMNS = ("step", "split", "id", "tokens", *PER_TOKEN.values())
 COMPLETIONS_COLUMNS = ("step", "id", "writer", "prompt", "completion", "tokens", "kd_loss", "truncated")

@@ -14,6 +14,7 @@ from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer
 from .checkpoints import last_complete_checkpoint, mark_complete, rotate_checkpoints
 from .config import DistillConfig
 from .data import CACHE_COLUMNS, DistillDataCollator
+from .eval_generation import generation_metrics
 from .generation import GENERATED_BY, StepGenerator, completion_rows
 from .hidden_states import final_hidden_states, lm_head, supports_hidden_states
 from .loading import load_teachers
@@ -93,6 +94,8 @@ class DistillTrainer(Trainer):
         student = self.accelerator.unwrap_model(self.model)
         self.teacher = build_teacher(args, teacher, student, self.processing_class, self.accelerator)
         self._generator = self._build_generator() if args.generates else None
+        if args.eval_generate and getattr(self.processing_class, "tokenizer", self.processing_class) is None:
+            raise ValueError("eval_generate=True generates answers: pass the tokenizer as processing_class")
 
         self._train_sums = torch.zeros(2, device=self.args.device)
         self._train_window_start: int | None = None
@@ -344,6 +347,17 @@ class DistillTrainer(Trainer):
             if isinstance(self.teacher, LiveTeacher):
                 output.metrics[prefixed(KD_LOSS, prefix)] = kd
                 output.metrics[prefixed(TEACHER_AGREEMENT, prefix)] = agree
+        if self.args.eval_generate:
+            answers = generation_metrics(
+                self.accelerator.unwrap_model(self.model),
+                getattr(self.processing_class, "tokenizer", self.processing_class),
+                dataloader.dataset,
+                self.args.eval_max_new_tokens,
+                self.args.per_device_eval_batch_size,
+                self.accelerator,
+                synced_gpus=self.is_fsdp_enabled or self.is_deepspeed_enabled,
+            )
+            output.metrics.update({prefixed(name, metric_key_prefix): value for name, value in answers.items()})
         return output
 
     # ---- publishing ----
