@@ -121,7 +121,7 @@ def test_the_demo_data_has_a_category_per_conversation():
     assert categories == {"towns", "jobs", "sums", "counts", "reversals", "stories"}
 
 
-def _run_with_a_card(workspace):
+def run_with_a_card(workspace):
     """The workspace's student saved to the recipe's output_dir with a model card, and eval data with categories."""
     tmp_path, recipe = workspace
     out = tmp_path / "out"
@@ -138,7 +138,7 @@ def _run_with_a_card(workspace):
 
 
 def test_evaluate_command_writes_results_and_the_model_card(workspace, capsys):
-    out, recipe = _run_with_a_card(workspace)
+    out, recipe = run_with_a_card(workspace)
     output = workspace[0] / "results.json"
     main(["evaluate", recipe, "--output", str(output), "--max_new_tokens", "4", "--per_device_eval_batch_size", "3"])
     results = json.loads(output.read_text())
