@@ -104,6 +104,9 @@ def test_teacher_forced_metrics_equal_an_explicit_softmax():
         for name, value in expected.items():
             assert sums[name][i].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6), (i, name)
     assert sums["forward_kl"].sum() > 0 and sums["reverse_kl"].sum() > 0
+    # A process of a launch with fewer examples than processes gets none.
+    empty = teacher_forced_sums(student, teacher, dataset.select([]), word_tokenizer(), batch_size=4)
+    assert set(empty) == set(sums) and all(v.shape == (0,) for v in empty.values())
 
 
 def test_batched_greedy_completions_equal_one_prompt_at_a_time():
