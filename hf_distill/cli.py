@@ -14,6 +14,8 @@ import argparse
 import os
 import sys
 
+from accelerate import PartialState
+
 from .checks import check_recipe
 from .evaluation import format_results, run_evaluation
 from .pipeline import run_training
@@ -51,7 +53,8 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> None:
     results = run_evaluation(
         args.recipe, overrides, args.model, args.teacher, args.split, args.max_new_tokens, args.metric, args.output
     )
-    print(format_results(results))
+    if PartialState().is_main_process:
+        print(format_results(results))
 
 
 def _report(output_dir: str, top: int) -> None:

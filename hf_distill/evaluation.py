@@ -6,6 +6,10 @@ the generation metrics of their greedy completions (`evaluate` modules, combined
 built-in ones ship in `hf_distill/metrics/` and load by path, offline), the teacher-forced CE and perplexity on the
 reference, parameters and greedy tokens per second; for the pair: the student's forward and reverse KL to the
 teacher and their top-1 agreement. Per category too, when the data has a `category` column.
+
+Under `accelerate launch` the examples are split between the processes (generation and the teacher-forced pass),
+gathered, and every process computes the results of the whole split from them: the same as one process, timings
+aside; only the main process writes files (the CLI prints from it only).
 """
 
 import dataclasses
@@ -15,6 +19,8 @@ import os
 
 import evaluate
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 
 from .atomic_write import atomic_write
 from .data import DistillDataCollator, load_raw_dataset, prepare_datasets, split_prompt
@@ -85,7 +91,11 @@ def teacher_forced_sums(student, teacher, dataset, tokenizer, batch_size: int) -
         }
         for name, value in values.items():
             sums[name].append(value.cpu())
-    return {name: torch.cat(parts).double() for name, parts in sums.items()}
+    # A process of a launch can be handed no example (fewer examples than processes).
+    return {
+        name: torch.cat(parts).double() if parts else torch.zeros(0, dtype=torch.double)
+        for name, parts in sums.items()
+    }
 
 
 def _group_results(rows: list[int], forced, predictions, references, metrics) -> dict:
@@ -103,30 +113,64 @@ def _group_results(rows: list[int], forced, predictions, references, metrics) ->
     return {"examples": len(rows), "target_tokens": int(tokens), **models, "student_to_teacher": pair}
 
 
-def evaluate_models(student, teacher, tokenizer, dataset, categories, max_new_tokens: int, metrics, batch_size: int):
-    """The results `hf-distill evaluate` reports, of the tokenized `dataset` (with `input_ids` and `labels`);
-    `categories` names each example's category (or is None)."""
-    pairs = [split_prompt(e["input_ids"], e["labels"]) for e in dataset]
-    references = [tokenizer.decode(ref, skip_special_tokens=True).strip() for _, ref in pairs]
-    prompts = [prompt for prompt, _ in pairs]
+def _share(student, teacher, tokenizer, dataset, rows: list[int], max_new_tokens: int, batch_size: int) -> dict:
+    """One process's part of the evaluation: the greedy completions and teacher-forced sums of the examples `rows`,
+    with its generation counts and seconds."""
+    part = dataset.select(rows)
+    prompts = [split_prompt(e["input_ids"], e["labels"])[0] for e in part]
+    progress = PartialState().is_main_process
     for model in (student, teacher):
         # The first call of generate pays one-off costs (kernels, caches) that would count against whichever
         # model is timed first.
-        greedy_generate(model, tokenizer, prompts[:1], 2, desc="warm-up")
+        greedy_generate(model, tokenizer, prompts[:1], 2, desc="warm-up", progress=progress)
     runs = {
-        role: greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc=f"generating ({role})")
+        role: greedy_generate(
+            model, tokenizer, prompts, max_new_tokens, batch_size, desc=f"generating ({role})", progress=progress
+        )
         for role, model in (("student", student), ("teacher", teacher))
     }
-    forced = teacher_forced_sums(student, teacher, dataset, tokenizer, batch_size)
-    predictions = {role: run.texts for role, run in runs.items()}
+    forced = teacher_forced_sums(student, teacher, part, tokenizer, batch_size)
+    return {
+        "rows": rows,
+        "texts": {role: run.texts for role, run in runs.items()},
+        "counts": {role: (run.new_tokens, run.seconds) for role, run in runs.items()},
+        "forced": {name: values.tolist() for name, values in forced.items()},
+    }
+
+
+def evaluate_models(student, teacher, tokenizer, dataset, categories, max_new_tokens: int, metrics, batch_size: int):
+    """The results `hf-distill evaluate` reports, of the tokenized `dataset` (with `input_ids` and `labels`);
+    `categories` names each example's category (or is None).
+
+    Each process of a launch evaluates its contiguous share of the examples; the shares are gathered to every
+    process, in example order. Generation ran in parallel, so `generation_seconds` is the slowest process's and
+    `tokens_per_second` all processes' tokens over it."""
+    state = PartialState()
+    with state.split_between_processes(list(range(len(dataset)))) as rows:
+        mine = _share(student, teacher, tokenizer, dataset, rows, max_new_tokens, batch_size)
+    shares = gather_object([mine])
+    order = [i for share in shares for i in share["rows"]]
+    if order != list(range(len(dataset))):
+        raise RuntimeError(f"the gathered shares hold examples {order}, not each of the {len(dataset)} once in order")
+    predictions = {role: [t for share in shares for t in share["texts"][role]] for role in ("student", "teacher")}
+    forced = {
+        name: torch.tensor([v for share in shares for v in share["forced"][name]], dtype=torch.double)
+        for name in FORCED_TERMS
+    }
+    references = [
+        tokenizer.decode(split_prompt(e["input_ids"], e["labels"])[1], skip_special_tokens=True).strip()
+        for e in dataset
+    ]
     results = _group_results(list(range(len(dataset))), forced, predictions, references, metrics)
+    results["processes"] = state.num_processes
     for role, model in (("student", student), ("teacher", teacher)):
-        run = runs[role]
+        new_tokens = sum(share["counts"][role][0] for share in shares)
+        seconds = max(share["counts"][role][1] for share in shares)
         results[role].update(
             parameters=model.num_parameters(),
-            generated_tokens=run.new_tokens,
-            generation_seconds=run.seconds,
-            tokens_per_second=run.new_tokens / run.seconds,
+            generated_tokens=new_tokens,
+            generation_seconds=seconds,
+            tokens_per_second=new_tokens / seconds,
         )
     results["student_to_teacher"].update(
         parameter_ratio=results["student"]["parameters"] / results["teacher"]["parameters"],
@@ -166,7 +210,8 @@ def run_evaluation(
     """`hf-distill evaluate`: every argument is checked before any weight loads. The results go to `output` (when
     given) and, when the student is the recipe's run (its `output_dir`, the default), to `output_dir/evaluation.json`
     and the evaluation section of the run's model card (`README.md`, when it has one); another folder given with
-    `--model` is only read."""
+    `--model` is only read. Under `accelerate launch` every process returns the same results and only the main
+    process writes."""
     model_args, data_args, config = parse_recipe(recipe, overrides)
     if max_new_tokens < 1:
         raise ValueError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -180,18 +225,23 @@ def run_evaluation(
     split = split or data_args.dataset_eval_split
     if split is None:
         raise ValueError("the recipe has no dataset_eval_split: pass --split NAME")
-    raw = load_raw_dataset(data_args)
-    if split not in raw:
-        raise ValueError(f"--split={split!r} is not a split of {data_args.dataset_name!r}; it has {list(raw)}")
-    metrics = load_metrics(metric_names)
-    load_causal_lm_config(model, "--model", model_args.trust_remote_code)
-    load_causal_lm_config(teacher, "--teacher", model_args.trust_remote_code)
-    tokenizer = load_tokenizer(model_args, config)
-    # The split to evaluate, prepared as prepare_datasets prepares a train split: the same tokens and filters.
-    split_args = dataclasses.replace(
-        data_args, dataset_train_split=split, dataset_eval_split=None, max_train_samples=data_args.max_eval_samples
-    )
-    dataset, _ = prepare_datasets(split_args, tokenizer)
+    # Under a launch, the device is where Accelerate's state (the process group) is set up from the recipe's use_cpu.
+    device = config.device
+    state = PartialState()
+    # The main process fills the datasets and metrics caches before the others read them.
+    with state.main_process_first():
+        raw = load_raw_dataset(data_args)
+        if split not in raw:
+            raise ValueError(f"--split={split!r} is not a split of {data_args.dataset_name!r}; it has {list(raw)}")
+        metrics = load_metrics(metric_names)
+        load_causal_lm_config(model, "--model", model_args.trust_remote_code)
+        load_causal_lm_config(teacher, "--teacher", model_args.trust_remote_code)
+        tokenizer = load_tokenizer(model_args, config)
+        # The split to evaluate, prepared as prepare_datasets prepares a train split: the same tokens and filters.
+        split_args = dataclasses.replace(
+            data_args, dataset_train_split=split, dataset_eval_split=None, max_train_samples=data_args.max_eval_samples
+        )
+        dataset, _ = prepare_datasets(split_args, tokenizer)
     unprompted = sum(not split_prompt(e["input_ids"], e["labels"])[0] for e in dataset)
     if unprompted:
         raise ValueError(
@@ -204,8 +254,8 @@ def run_evaluation(
         dataclasses.replace(model_args, model_name_or_path=model, student_init="pretrained"), config
     )
     (teacher_model,) = load_teachers(config, model_args, teacher_model=teacher)
-    student.to(config.device)
-    teacher_model.to(config.device)
+    student.to(device)
+    teacher_model.to(device)
     results = {"student_path": model, "teacher_path": teacher, "dataset": data_args.dataset_name, "split": split}
     results["max_new_tokens"] = max_new_tokens
     results.update(
@@ -214,12 +264,15 @@ def run_evaluation(
             config.per_device_eval_batch_size,
         )
     )  # fmt: skip
-    if output:
-        _write_json(output, results)
-    if own_run:
-        _write_json(os.path.join(model, RESULTS_FILE), results)
-        if os.path.isfile(os.path.join(model, "README.md")):
-            update_model_card(os.path.join(model, "README.md"), results)
+    if state.is_main_process:
+        if output:
+            _write_json(output, results)
+        if own_run:
+            _write_json(os.path.join(model, RESULTS_FILE), results)
+            if os.path.isfile(os.path.join(model, "README.md")):
+                update_model_card(os.path.join(model, "README.md"), results)
+    # Every process returns once the files are there.
+    state.wait_for_everyone()
     return results
 
 

@@ -20,11 +20,17 @@ class GreedyRun(NamedTuple):
 
 
 def greedy_generate(
-    model, tokenizer, prompts_ids: list[list[int]], max_new_tokens: int, batch_size: int = 32, desc: str = "generating"
+    model,
+    tokenizer,
+    prompts_ids: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int = 32,
+    desc: str = "generating",
+    progress: bool = True,
 ) -> GreedyRun:
     """Greedy decoding (`do_sample=False`, the rest of the model's `generation_config` kept) of every prompt, in
     left-padded batches (`hf_distill.generation.generate`); prompts are batched in order of length so that little
-    padding is generated over."""
+    padding is generated over. `progress=False` hides the progress bar (a launch shows the main process's only)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got max_new_tokens={max_new_tokens}")
     if tokenizer.pad_token_id is None:
@@ -39,7 +45,7 @@ def greedy_generate(
     order = sorted(range(len(prompts_ids)), key=lambda i: len(prompts_ids[i]))
     texts: list[str] = [""] * len(prompts_ids)
     new_tokens, seconds = 0, 0.0
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
         rows = order[start : start + batch_size]
         began = time.perf_counter()
         # Greedy: the seed draws nothing.

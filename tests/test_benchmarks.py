@@ -39,3 +39,19 @@ def test_distill_vs_finetune_tiny():
     assert re.search(r"^\| distilled \| 0.2 \| [\d.]+ \| [\d.]+ \|", out, re.M)
     assert re.search(r"^\| fine-tuned \(no teacher\) \| 1.0 \| [\d.]+ \|", out, re.M)
     assert re.search(r"^distilled / fine-tuned eval CE: [\d.]+", out, re.M)
+
+
+def test_evaluate_demo_tiny():
+    out = run("evaluate_demo.py", "--max_steps", "2", "--max_eval_samples", "12", "--max_new_tokens", "4")
+    # The demo's shipped teacher and student configuration, whatever the training.
+    assert "| parameters | 1,933,824 | 302,976 | 302,976 |" in out
+    rows = {}
+    for label in ("exact match", "token F1", "top-1 agreement with the teacher"):
+        cells = re.search(rf"^\| {re.escape(label)} \| (\S+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.M).groups()
+        rows[label] = [None if c == "-" else float(c) for c in cells]
+        assert all(c is None or 0 <= c <= 1 for c in rows[label]), (label, cells)
+    # An exact match has a token F1 of 1, so no model's F1 is below its exact match.
+    assert all(em <= f1 for em, f1 in zip(rows["exact match"], rows["token F1"]))
+    categories = re.findall(r"^\| (\w+) \| (\d+) \|(?: [\d.]+ \|){6}$", out, re.M)
+    assert categories and sum(int(n) for _, n in categories) == 12
+    assert "eval split: 12 examples" in out and "distilled trained here (2 steps)" in out

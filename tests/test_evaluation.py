@@ -104,6 +104,9 @@ def test_teacher_forced_metrics_equal_an_explicit_softmax():
         for name, value in expected.items():
             assert sums[name][i].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6), (i, name)
     assert sums["forward_kl"].sum() > 0 and sums["reverse_kl"].sum() > 0
+    # A process of a launch with fewer examples than processes gets none.
+    empty = teacher_forced_sums(student, teacher, dataset.select([]), word_tokenizer(), batch_size=4)
+    assert set(empty) == set(sums) and all(v.shape == (0,) for v in empty.values())
 
 
 def test_batched_greedy_completions_equal_one_prompt_at_a_time():
@@ -121,7 +124,7 @@ def test_the_demo_data_has_a_category_per_conversation():
     assert categories == {"towns", "jobs", "sums", "counts", "reversals", "stories"}
 
 
-def _run_with_a_card(workspace):
+def run_with_a_card(workspace):
     """The workspace's student saved to the recipe's output_dir with a model card, and eval data with categories."""
     tmp_path, recipe = workspace
     out = tmp_path / "out"
@@ -138,7 +141,7 @@ def _run_with_a_card(workspace):
 
 
 def test_evaluate_command_writes_results_and_the_model_card(workspace, capsys):
-    out, recipe = _run_with_a_card(workspace)
+    out, recipe = run_with_a_card(workspace)
     output = workspace[0] / "results.json"
     main(["evaluate", recipe, "--output", str(output), "--max_new_tokens", "4", "--per_device_eval_batch_size", "3"])
     results = json.loads(output.read_text())
