@@ -17,3 +17,5 @@ test-all:
 bench:
 	python benchmarks/loss_memory.py
 	python benchmarks/distill_vs_finetune.py
+	python benchmarks/evaluate_demo.py
+	python benchmarks/on_policy_vs_off_policy.py
