@@ -13,7 +13,7 @@ from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer
 from .checkpoints import last_complete_checkpoint, mark_complete, rotate_checkpoints
 from .config import DistillConfig
 from .data import CACHE_COLUMNS, DistillDataCollator
-from .hidden_states import final_hidden_states, lm_head, supports_hidden_states
+from .hidden_states import final_hidden_states, fused_heads_reproduce_logits, lm_head
 from .loading import load_teachers
 from .losses import (
     IGNORE_INDEX,
@@ -95,12 +95,13 @@ class DistillTrainer(Trainer):
         self._eval_sums = torch.zeros(len(_EVAL_SUMS), device=self.args.device)
         # DeepSpeed ZeRO-3 takes the dense path: the chunked loss reads the LM head's weight outside its module's
         # forward, where ZeRO-3 holds an empty partition, and a weight gathered there would leave the gradient the loss
-        # computes for it no partition to land in.
+        # computes for it no partition to land in. Each model's head is probed against its own logits (one warning
+        # and the dense path where the chunked loss would compute other logits).
         live = self.teacher.members if isinstance(self.teacher, LiveTeacher) else []
         self._fused_loss_ok = (
             args.loss_chunk_size > 0
             and not is_deepspeed_zero3(self.accelerator)
-            and all(supports_hidden_states(self.accelerator.unwrap_model(m)) for m in (self.model, *live))
+            and fused_heads_reproduce_logits([self.model, *live], self.accelerator.unwrap_model)
         )
         self._step_ids: list = []
         self.add_callback(NonFiniteGuard(self, self.args.max_nonfinite_steps))

@@ -1,0 +1,226 @@
+"""Drop-in fidelity (issue 15): the chunked loss is never silently different from the model's own logits, PEFT
+students, and every Trainer option either works or is refused."""
+
+import logging
+
+import pytest
+import torch
+from testing_utils import pad_collator, tiny_llama, variable_length_dataset
+from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
+
+from hf_distill import DistillConfig, DistillTrainer
+from hf_distill.hidden_states import final_hidden_states, fused_heads_reproduce_logits, lm_head
+from hf_distill.losses import (
+    DivergenceSpec,
+    TeacherHeads,
+    TeacherLogits,
+    dense_distillation_terms,
+    fused_distillation_loss,
+)
+
+VOCAB = 64
+
+# Architecture -> config overrides that switch on its logit post-processing, so that the probe has something to see.
+ARCHITECTURES = {
+    "llama": {},
+    "mistral": {},
+    "qwen2": {},
+    "qwen3": {},
+    "qwen3_moe": {},
+    "gemma2": {"final_logit_softcapping": 3.0},
+    "gemma3_text": {"final_logit_softcapping": 3.0},
+    "cohere": {"logit_scale": 0.25},
+    "granite": {"logits_scaling": 8.0},
+    "granitemoe": {"logits_scaling": 8.0},
+    # logits_scaling is hidden_size / dim_model_base; multi-head latent attention needs its own head sizes
+    "minicpm3": dict(
+        dim_model_base=256,
+        num_key_value_heads=4,
+        qk_nope_head_dim=8,
+        qk_rope_head_dim=8,
+        v_head_dim=8,
+        kv_lora_rank=16,
+        q_lora_rank=16,
+    ),
+    "hyperclovax": {"logits_scaling": 3.0},
+    "falcon_h1": {"lm_head_multiplier": 0.5},
+    "phi3": {},
+    "olmo2": {},
+    "gpt2": {},
+    "opt": {},
+    "gpt_neox": {},
+    "smollm3": {},
+}
+
+
+def tiny(model_type: str, seed: int) -> torch.nn.Module:
+    if model_type not in CONFIG_MAPPING:
+        pytest.skip(f"transformers has no {model_type}")
+    sizes = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    config = AutoConfig.for_model(model_type, **{**sizes, **ARCHITECTURES[model_type]})
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+class ScaledLogitsLlama(LlamaForCausalLM):
+    """An architecture whose forward post-processes its logits in a way no config field tells."""
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, logits_to_keep=0, **kwargs):
+        out = super().forward(
+            input_ids=input_ids, attention_mask=attention_mask, labels=labels, logits_to_keep=logits_to_keep, **kwargs
+        )
+        out.logits = out.logits * 3.0
+        return out
+
+
+def scaled_logits_llama(seed: int) -> ScaledLogitsLlama:
+    torch.manual_seed(seed)
+    return ScaledLogitsLlama(tiny_llama(seed=seed).config)
+
+
+def _identity(model):
+    return model
+
+
+def _loss_and_grads(student, teacher, batch, fused: bool):
+    spec = DivergenceSpec(temperature=2.0, alpha=0.5)
+    targets = batch["labels"][:, 1:]
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    student.zero_grad()
+    if fused:
+        hidden = final_hidden_states(student, student, inputs)[:, :-1]
+        with torch.no_grad():
+            t_hidden = final_hidden_states(teacher, teacher, inputs)[:, :-1]
+        source = TeacherHeads([t_hidden], [lm_head(teacher)])
+        loss = fused_distillation_loss(hidden, lm_head(student), source, targets, spec, 5).loss
+    else:
+        with torch.no_grad():
+            t_logits = teacher(**inputs).logits[:, :-1]
+        loss = dense_distillation_terms(
+            student(**inputs).logits[:, :-1], TeacherLogits([t_logits]), targets, spec
+        ).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("role", ["student", "teacher"])
+@pytest.mark.parametrize("model_type", list(ARCHITECTURES))
+def test_architecture_matrix_fused_equals_dense(model_type, role):
+    """Each architecture, as student and as teacher (beside a tiny Llama): the probe accepts its head, and the chunked
+    loss equals the dense one from the model's own logits, in value and in the student's gradients."""
+    model = tiny(model_type, seed=1)
+    other = tiny_llama(seed=2, hidden=48).eval()
+    student, teacher = (model, other) if role == "student" else (other, model)
+    assert fused_heads_reproduce_logits([student, teacher], _identity)
+    batch = pad_collator(list(variable_length_dataset(n=3)))
+    dense, dense_grads = _loss_and_grads(student, teacher, batch, fused=False)
+    fused, fused_grads = _loss_and_grads(student, teacher, batch, fused=True)
+    torch.testing.assert_close(fused, dense, rtol=1e-5, atol=1e-5)
+    assert fused_grads.keys() == dense_grads.keys()
+    for name in dense_grads:
+        torch.testing.assert_close(fused_grads[name], dense_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("model_type", ["granite", "falcon_h1", "hyperclovax", "cohere"])
+def test_probe_catches_a_missing_multiplier(model_type, caplog, monkeypatch):
+    """Without the multiplier the probe sees the difference: it is what protects an architecture not yet known."""
+    monkeypatch.setattr("hf_distill.hidden_states.logit_multiplier", lambda model, config: 1.0)
+    model = tiny(model_type, seed=1)
+    with caplog.at_level(logging.WARNING, logger="hf_distill.hidden_states"):
+        assert not fused_heads_reproduce_logits([model], _identity)
+    assert type(model).__name__ in caplog.text and "differs from its own logits by" in caplog.text
+
+
+def make_args(tmp_path, **overrides):
+    defaults = dict(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=1e-3,
+        adam_epsilon=1e-6,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        seed=0,
+        data_seed=0,
+        temperature=2.0,
+    )
+    defaults.update(overrides)
+    return DistillConfig(**defaults)
+
+
+def trained_weights(tmp_path, student, teacher, **overrides):
+    trainer = DistillTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=make_args(tmp_path, **overrides),
+        train_dataset=variable_length_dataset(),
+        data_collator=pad_collator,
+    )
+    trainer.train()
+    return trainer, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def assert_same_weights(a, b, atol=1e-5):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=key)
+
+
+@pytest.mark.parametrize("role", ["student", "teacher"])
+def test_granite_trains_fused_to_the_dense_weights(tmp_path, role):
+    """Granite divides its logits by `logits_scaling`: the chunked path reproduces it (before, it trained on logits 8x
+    too large and reached other weights)."""
+
+    def run(name, chunk):
+        granite, llama = tiny("granite", seed=1).train(), tiny_llama(seed=2, hidden=48)
+        student, teacher = (granite, llama) if role == "student" else (tiny_llama(seed=1), granite)
+        return trained_weights(tmp_path / name, student, teacher, loss_chunk_size=chunk)
+
+    (dense, dense_weights), (fused, fused_weights) = run("dense", 0), run("fused", 5)
+    assert fused._fused_loss_ok and not dense._fused_loss_ok
+    assert_same_weights(dense_weights, fused_weights)
+
+
+@pytest.mark.parametrize("role", ["student", "teacher"])
+def test_unknown_logit_post_processing_falls_back_to_dense(tmp_path, role, caplog):
+    """A model whose forward scales its logits in a way no config says: one warning naming its class and the
+    difference, and training takes the dense path, reaching the dense weights."""
+
+    def run(name, chunk):
+        scaled, llama = scaled_logits_llama(seed=1), tiny_llama(seed=2, hidden=48)
+        student, teacher = (scaled, llama) if role == "student" else (tiny_llama(seed=1), scaled)
+        return trained_weights(tmp_path / name, student, teacher, loss_chunk_size=chunk)
+
+    dense, dense_weights = run("dense", 0)
+    with caplog.at_level(logging.WARNING, logger="hf_distill.hidden_states"):
+        fused, fused_weights = run("fused", 5)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "hf_distill.hidden_states"]
+    assert (
+        len(warnings) == 1 and "ScaledLogitsLlama" in warnings[0] and "differs from its own logits by" in warnings[0]
+    )
+    assert not fused._fused_loss_ok
+    assert_same_weights(dense_weights, fused_weights, atol=0)
+
+
+def test_probe_restores_training_mode(tmp_path):
+    student = tiny_llama(seed=1).train()
+    teacher = tiny_llama(seed=2).eval()
+    trainer = DistillTrainer(
+        model=student, teacher_model=teacher, args=make_args(tmp_path), train_dataset=variable_length_dataset()
+    )
+    assert trainer._fused_loss_ok and student.training and not teacher.training
