@@ -77,7 +77,7 @@ _MULTIPLYING_FIELDS = ("lm_head_multiplier", "output_multiplier")
 _MULTIPLYING_LOGITS_SCALING = ("hyperclovax",)
 
 # Tokens of the probe input: a few positions are enough to see a post-processing the head does not reproduce.
-_PROBE_IDS = (1, 2, 3, 5, 8)
+PROBE_IDS = (1, 2, 3, 5, 8)
 
 
 def logit_multiplier(model: nn.Module, config) -> float:
@@ -144,7 +144,7 @@ def _probe_difference(wrapped: nn.Module, unwrapped: nn.Module) -> tuple[float, 
     """Largest difference between `lm_head(unwrapped)` applied to the final hidden states and the model's own logits,
     on a probe input, in eval mode (restored after) and in the model's dtype; and the tolerance of that dtype."""
     head = lm_head(unwrapped)
-    ids = torch.tensor([_PROBE_IDS], device=head.weight.device).remainder(head.vocab_size)
+    ids = torch.tensor([PROBE_IDS], device=head.weight.device).remainder(head.vocab_size)
     training = wrapped.training
     wrapped.eval()
     try:

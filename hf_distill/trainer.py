@@ -26,7 +26,7 @@ from .losses import (
 from .losses.divergences import mix
 from .metric_names import CE_LOSS, KD_LOSS, LOSS, TEACHER_AGREEMENT, prefixed
 from .metric_names import TERMS as _EVAL_SUMS
-from .model_card import render_model_card
+from .model_card import add_peft_metadata, render_model_card
 from .nonfinite_guard import NonFiniteGuard
 from .run_files import RunFilesCallback
 from .teacher_placement import is_deepspeed_zero3
@@ -306,14 +306,33 @@ class DistillTrainer(Trainer):
 
     def create_model_card(
         self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
         model_name: str | None = None,
-        dataset_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        *,
+        dataset_name: str | list[str] | None = None,
         student_base: str | None = None,
-        **kwargs: Any,
     ) -> None:
-        """Write `output_dir/README.md` stating how the student was distilled (Trainer.push_to_hub calls this)."""
+        """Write `output_dir/README.md` stating how the student was distilled (Trainer.push_to_hub calls this).
+
+        Takes `Trainer.create_model_card`'s arguments; `dataset_name` and `student_base` are the same as `dataset` and
+        `finetuned_from`. A PEFT student keeps PEFT's metadata (`library_name: peft`, `base_model`).
+        """
         if not self.is_world_process_zero():
             return
+        tasks = [tasks] if isinstance(tasks, str) else list(tasks or [])
+        if len(tasks) > 1:
+            raise ValueError(f"tasks={tasks}: the model card has one pipeline_tag; give one task")
+        student = self.accelerator.unwrap_model(self.model)
+        peft_config = getattr(student, "peft_config", None)
+        if peft_config and not (student_base or finetuned_from):
+            finetuned_from = peft_config[student.active_adapter].base_model_name_or_path
         teacher = None
         if self.teacher is not None:
             teacher = self.args.teacher_model_name_or_path
@@ -324,15 +343,23 @@ class DistillTrainer(Trainer):
         eval_metrics = next((h for h in reversed(self.state.log_history) if "eval_loss" in h), {})
         card = render_model_card(
             model_name=model_name or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir)),
-            student_base=student_base,
+            student_base=student_base or finetuned_from,
             teacher=teacher,
-            dataset=dataset_name,
+            dataset=dataset_name or dataset,
             alpha=self.args.alpha,
             loss_type=self.args.loss_type,
             temperature=self.args.temperature,
             steps=self.state.global_step,
             eval_metrics=eval_metrics,
+            tags=tags,
+            language=language,
+            license=license,
+            dataset_tags=dataset_tags,
+            dataset_args=dataset_args,
+            pipeline_tag=tasks[0] if tasks else "text-generation",
         )
         os.makedirs(self.args.output_dir, exist_ok=True)
         with open(os.path.join(self.args.output_dir, "README.md"), "w") as f:
             f.write(card)
+        if peft_config:
+            add_peft_metadata(self.args.output_dir, student)

@@ -2,6 +2,7 @@
 students, and every Trainer option either works or is refused."""
 
 import logging
+import os
 
 import pytest
 import torch
@@ -224,3 +225,100 @@ def test_probe_restores_training_mode(tmp_path):
         model=student, teacher_model=teacher, args=make_args(tmp_path), train_dataset=variable_length_dataset()
     )
     assert trainer._fused_loss_ok and student.training and not teacher.training
+
+
+# ---- PEFT students ----
+
+LORA_CASES = {
+    "decoder": dict(target_modules=["q_proj", "v_proj"]),
+    "modules_to_save_head": dict(target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"]),
+    "lora_head": dict(target_modules=["q_proj", "v_proj", "lm_head"]),
+}
+
+
+def lora_student(case: str, **overrides):
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM", **LORA_CASES[case])
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    model = peft.get_peft_model(tiny_llama(seed=1), config)
+    # LoRA's B starts at zero; a random one makes the adapters' contribution to the logits (and its errors) visible.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    return model
+
+
+def trainable_weights(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
+
+
+@pytest.mark.parametrize("case", list(LORA_CASES))
+def test_peft_student_runs_the_fused_loss_to_the_dense_weights(tmp_path, case, caplog):
+    def run(name, chunk):
+        trainer, _ = trained_weights(
+            tmp_path / name, lora_student(case), tiny_llama(seed=2, hidden=48), loss_chunk_size=chunk
+        )
+        return trainer
+
+    with caplog.at_level(logging.WARNING, logger="hf_distill.hidden_states"):
+        dense, fused = run("dense", 0), run("fused", 5)
+    assert fused._fused_loss_ok, caplog.text
+    a, b = trainable_weights(dense), trainable_weights(fused)
+    assert any("lora_A" in k for k in a) and (case != "modules_to_save_head" or any("modules_to_save" in k for k in a))
+    assert_same_weights(a, b)
+
+
+def test_peft_head_with_dropout_falls_back_with_one_line(tmp_path, caplog):
+    student = lora_student("lora_head", lora_dropout=0.1)
+    with caplog.at_level(logging.WARNING, logger="hf_distill.hidden_states"):
+        trainer = DistillTrainer(
+            model=student,
+            teacher_model=tiny_llama(seed=2),
+            args=make_args(tmp_path, loss_chunk_size=5),
+            train_dataset=variable_length_dataset(),
+        )
+    assert not trainer._fused_loss_ok
+    assert "LlamaForCausalLM (in a PeftModelForCausalLM)" in caplog.text and "lora_dropout=0.1" in caplog.text
+
+
+def _card(path):
+    from huggingface_hub import ModelCard
+
+    return ModelCard.load(os.path.join(path, "README.md"))
+
+
+def test_peft_model_card_keeps_peft_metadata_and_the_distillation_section(tmp_path):
+    student = lora_student("decoder")
+    student.peft_config["default"].base_model_name_or_path = "org/base-model"
+    trainer, _ = trained_weights(tmp_path, student, tiny_llama(seed=2), max_steps=1)
+    trainer.save_model(str(tmp_path))
+    trainer.create_model_card()
+    card = _card(tmp_path)
+    assert card.data.library_name == "peft" and card.data.base_model == "org/base-model"
+    assert {"hf_distill", "distillation", "lora"} <= set(card.data.tags)
+    assert "| Student base | `org/base-model` |" in card.text and "| Teacher |" in card.text
+    assert "- PEFT " in card.text
+
+
+def test_create_model_card_takes_trainers_arguments(tmp_path):
+    trainer, _ = trained_weights(tmp_path, tiny_llama(seed=1), tiny_llama(seed=2), max_steps=1)
+    trainer.create_model_card(
+        language="en",
+        license="apache-2.0",
+        tags=["mine"],
+        model_name="my-student",
+        finetuned_from="org/student-base",
+        tasks="text-generation",
+        dataset_tags="org/data",
+        dataset="Org Data",
+        dataset_args="default",
+    )
+    card = _card(tmp_path)
+    assert card.data.language == "en" and card.data.license == "apache-2.0"
+    assert card.data.tags == ["hf_distill", "distillation", "mine"] and card.data.base_model == "org/student-base"
+    assert card.data.datasets == ["org/data"] and card.data.pipeline_tag == "text-generation"
+    assert "# my-student" in card.text and "| Dataset | `Org Data` (default) |" in card.text
+    with pytest.raises(ValueError, match=r"^tasks=\['a', 'b'\]: the model card has one pipeline_tag"):
+        trainer.create_model_card(tasks=["a", "b"])
