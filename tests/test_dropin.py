@@ -322,3 +322,44 @@ def test_create_model_card_takes_trainers_arguments(tmp_path):
     assert "# my-student" in card.text and "| Dataset | `Org Data` (default) |" in card.text
     with pytest.raises(ValueError, match=r"^tasks=\['a', 'b'\]: the model card has one pipeline_tag"):
         trainer.create_model_card(tasks=["a", "b"])
+
+
+# ---- TrainingArguments that change the loss ----
+
+
+@pytest.mark.parametrize("chunk", [0, 5])
+def test_label_smoothing_is_applied_to_the_ce_like_labelsmoother(tmp_path, chunk):
+    """`label_smoothing_factor` smooths the CE (dense and chunked); before, it was accepted and ignored. With alpha=1
+    the logged loss of the first step is Trainer's `LabelSmoother` value on the initial student."""
+    from transformers.trainer_pt_utils import LabelSmoother
+
+    # One batch of the whole (4-example) data set: the first step's loss is on the initial weights.
+    batch = pad_collator(list(variable_length_dataset(n=4)))
+    with torch.no_grad():
+        logits = tiny_llama(seed=1)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    expected = LabelSmoother(epsilon=0.2)({"logits": logits}, batch["labels"], shift_labels=True)
+    mask = batch["labels"][:, 1:] != -100
+    by_torch = torch.nn.functional.cross_entropy(
+        logits[:, :-1][mask], batch["labels"][:, 1:][mask], label_smoothing=0.2
+    )
+    torch.testing.assert_close(expected, by_torch, rtol=1e-5, atol=1e-6)
+
+    def run(name, smoothing):
+        trainer = DistillTrainer(
+            model=tiny_llama(seed=1),
+            args=make_args(tmp_path / name, alpha=1.0, label_smoothing_factor=smoothing, loss_chunk_size=chunk),
+            train_dataset=variable_length_dataset(n=4),
+            data_collator=pad_collator,
+        )
+        trainer.train()
+        return trainer, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+    (smoothed, smoothed_weights), (_, plain_weights) = run("smoothed", 0.2), run("plain", 0.0)
+    first = next(h for h in smoothed.state.log_history if "loss" in h)
+    assert first["loss"] == pytest.approx(expected.item(), rel=1e-5)
+    assert any(not torch.allclose(smoothed_weights[k], plain_weights[k]) for k in plain_weights)
+
+
+def test_label_smoothing_out_of_range_is_refused():
+    with pytest.raises(ValueError, match=r"^label_smoothing must be in \[0, 1\), got label_smoothing=1.0 \("):
+        make_args("unused", label_smoothing_factor=1.0)

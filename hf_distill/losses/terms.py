@@ -43,13 +43,14 @@ def position_terms(
     """CE, divergence and agreement `(N,)` of `(N, V)` float32 student logits at N valid positions.
 
     `teacher` is the softened teacher distribution `(N, kd_vocab)` as log-probabilities, or a top-k teacher's rows,
-    or None (no divergence, no agreement). With `alpha == 0` the CE is reported but computed without a gradient.
+    or None (no divergence, no agreement). With `alpha == 0` the CE is reported but computed without a gradient. The
+    CE is label-smoothed by `spec.label_smoothing`.
     """
     if spec.alpha > 0.0:
-        ce = F.cross_entropy(logits, targets, reduction="none")
+        ce = F.cross_entropy(logits, targets, reduction="none", label_smoothing=spec.label_smoothing)
     else:
         with torch.no_grad():
-            ce = F.cross_entropy(logits, targets, reduction="none")
+            ce = F.cross_entropy(logits, targets, reduction="none", label_smoothing=spec.label_smoothing)
     if teacher is None:
         return ce, None, None
     if isinstance(teacher, TopKTeacher):
