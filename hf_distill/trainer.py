@@ -278,12 +278,6 @@ class DistillTrainer(Trainer):
             self._run_files.flush_samples()
         super().log(logs, start_time)
 
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        # Without compute_metrics the logits of the whole eval set (examples x tokens x vocabulary) would be gathered
-        # only to be thrown away.
-        loss_only = prediction_loss_only or self.compute_metrics is None
-        return super().prediction_step(model, inputs, loss_only, ignore_keys=ignore_keys)
-
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ):

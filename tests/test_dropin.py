@@ -363,3 +363,37 @@ def test_label_smoothing_is_applied_to_the_ce_like_labelsmoother(tmp_path, chunk
 def test_label_smoothing_out_of_range_is_refused():
     with pytest.raises(ValueError, match=r"^label_smoothing must be in \[0, 1\), got label_smoothing=1.0 \("):
         make_args("unused", label_smoothing_factor=1.0)
+
+
+# ---- Trainer's methods ----
+
+
+def test_predict_returns_logits_and_evaluate_stays_loss_only(tmp_path, monkeypatch):
+    """Like plain Trainer: predict() without compute_metrics returns the logits (before, None), while evaluate()
+    without compute_metrics gathers no logits (Trainer.evaluate asks for the loss only)."""
+    data = variable_length_dataset(n=4)
+    trainer = DistillTrainer(
+        model=tiny_llama(seed=1),
+        teacher_model=tiny_llama(seed=2),
+        args=make_args(tmp_path, per_device_eval_batch_size=4),
+        eval_dataset=data,
+        data_collator=pad_collator,
+    )
+    output = trainer.predict(data)
+    batch = pad_collator(list(data))
+    with torch.no_grad():
+        logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(torch.as_tensor(output.predictions), logits, rtol=1e-5, atol=1e-5)
+    assert (output.label_ids == batch["labels"].numpy()).all()
+    assert {"test_loss", "test_ce_loss", "test_kd_loss"} <= output.metrics.keys()
+
+    loss_only = []
+    step = DistillTrainer.prediction_step
+
+    def recording_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        loss_only.append(prediction_loss_only)
+        return step(self, model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+    monkeypatch.setattr(DistillTrainer, "prediction_step", recording_step)
+    metrics = trainer.evaluate()
+    assert loss_only == [True] and metrics["eval_loss"] == pytest.approx(output.metrics["test_loss"], rel=1e-6)
