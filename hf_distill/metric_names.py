@@ -8,6 +8,8 @@ LOSS = "loss"
 CE_LOSS = "ce_loss"
 KD_LOSS = "kd_loss"
 TEACHER_AGREEMENT = "teacher_agreement"
+# exp of the evaluation's CE: what `run_clm.py`'s `exp(eval_loss)` means for plain fine-tuning.
+PERPLEXITY = "perplexity"
 
 # The logged per-token mean of each term but `tokens`, in the order of TERMS.
 PER_TOKEN = {"ce": CE_LOSS, "kd": KD_LOSS, "agree": TEACHER_AGREEMENT}
@@ -23,3 +25,5 @@ def prefixed(name: str, prefix: str = EVAL_PREFIX) -> str:
 # What a training log adds up, and what an evaluation reports (in this order in metrics.csv and the report).
 TRAIN_LOSSES = (LOSS, CE_LOSS, KD_LOSS)
 EVAL_METRICS = tuple(prefixed(name) for name in (*TRAIN_LOSSES, TEACHER_AGREEMENT))
+# What an evaluation reports beside `eval_loss`: never part of a hyperparameter search's default objective.
+EVAL_EXTRAS = tuple(prefixed(name) for name in (CE_LOSS, KD_LOSS, TEACHER_AGREEMENT, PERPLEXITY))

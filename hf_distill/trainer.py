@@ -9,6 +9,7 @@ import torch
 from accelerate.utils import gather_object
 from torch import nn
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer
+from transformers.trainer_utils import default_compute_objective
 
 from .checkpoints import last_complete_checkpoint, mark_complete, rotate_checkpoints
 from .config import DistillConfig
@@ -24,7 +25,7 @@ from .losses import (
     fused_distillation_loss,
 )
 from .losses.divergences import mix
-from .metric_names import CE_LOSS, KD_LOSS, LOSS, TEACHER_AGREEMENT, prefixed
+from .metric_names import CE_LOSS, EVAL_EXTRAS, KD_LOSS, LOSS, PERPLEXITY, TEACHER_AGREEMENT, prefixed
 from .metric_names import TERMS as _EVAL_SUMS
 from .model_card import add_peft_metadata, render_model_card
 from .nonfinite_guard import NonFiniteGuard
@@ -291,10 +292,19 @@ class DistillTrainer(Trainer):
             prefix = metric_key_prefix
             output.metrics[prefixed(LOSS, prefix)] = mix(ce, kd, self.args.alpha)
             output.metrics[prefixed(CE_LOSS, prefix)] = ce
+            if self.args.label_smoothing_factor == 0:
+                # `exp(eval_loss)` (run_clm.py) mixes CE and KD; the perplexity is the CE's (a smoothed CE has none).
+                output.metrics[prefixed(PERPLEXITY, prefix)] = torch.tensor(ce, dtype=torch.float64).exp().item()
             if isinstance(self.teacher, LiveTeacher):
                 output.metrics[prefixed(KD_LOSS, prefix)] = kd
                 output.metrics[prefixed(TEACHER_AGREEMENT, prefix)] = agree
         return output
+
+    def hyperparameter_search(self, hp_space=None, compute_objective=None, *args, **kwargs):
+        """`Trainer.hyperparameter_search`, whose default objective is `distill_objective`: `eval_loss`, or the sum of
+        `compute_metrics`' metrics when it has some, as for Trainer; never hf_distill's own evaluation metrics."""
+        objective = distill_objective if compute_objective is None else compute_objective
+        return super().hyperparameter_search(hp_space, objective, *args, **kwargs)
 
     # ---- publishing ----
 
@@ -357,3 +367,11 @@ class DistillTrainer(Trainer):
             f.write(card)
         if peft_config:
             add_peft_metadata(self.args.output_dir, student)
+
+
+def distill_objective(metrics: dict[str, float]) -> float:
+    """Trainer's `default_compute_objective` without the metrics DistillTrainer adds (`eval_ce_loss`, `eval_kd_loss`,
+    `eval_teacher_agreement`, `eval_perplexity`) and the timing Trainer adds at the first evaluation
+    (`eval_model_preparation_time`), which it would add to the objective or return instead of the loss."""
+    kept = {k: v for k, v in metrics.items() if k not in EVAL_EXTRAS and not k.endswith("_model_preparation_time")}
+    return default_compute_objective(kept)

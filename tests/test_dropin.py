@@ -397,3 +397,53 @@ def test_predict_returns_logits_and_evaluate_stays_loss_only(tmp_path, monkeypat
     monkeypatch.setattr(DistillTrainer, "prediction_step", recording_step)
     metrics = trainer.evaluate()
     assert loss_only == [True] and metrics["eval_loss"] == pytest.approx(output.metrics["test_loss"], rel=1e-6)
+
+
+def test_hyperparameter_search_default_objective_is_the_eval_loss(tmp_path, monkeypatch):
+    """Trainer's default objective sums every metric but `eval_loss`: with DistillTrainer's own metrics it summed CE,
+    KD and teacher agreement. The default is now `eval_loss` (or, with compute_metrics, the sum of its metrics)."""
+    from transformers import Trainer
+
+    from hf_distill.trainer import distill_objective
+
+    data = variable_length_dataset(n=4)
+    trainer = DistillTrainer(
+        model=tiny_llama(seed=1),
+        teacher_model=tiny_llama(seed=2),
+        args=make_args(tmp_path),
+        eval_dataset=data,
+        data_collator=pad_collator,
+    )
+    metrics = trainer.evaluate()
+    assert {"eval_ce_loss", "eval_kd_loss", "eval_teacher_agreement", "eval_perplexity"} <= metrics.keys()
+    assert distill_objective(metrics) == metrics["eval_loss"]
+    assert distill_objective({**metrics, "eval_accuracy": 0.25}) == 0.25  # compute_metrics' metric, as for Trainer
+
+    passed = {}
+    monkeypatch.setattr(
+        Trainer, "hyperparameter_search", lambda self, hp, objective, *a, **k: passed.update(f=objective)
+    )
+    trainer.hyperparameter_search(n_trials=1)
+    assert passed["f"] is distill_objective
+    mine = lambda m: 0.0  # noqa: E731
+    trainer.hyperparameter_search(compute_objective=mine)
+    assert passed["f"] is mine
+
+
+def test_eval_perplexity_is_exp_of_the_eval_ce(tmp_path):
+    data = variable_length_dataset(n=4)
+    trainer = DistillTrainer(
+        model=tiny_llama(seed=1),
+        teacher_model=tiny_llama(seed=2),
+        args=make_args(tmp_path, per_device_eval_batch_size=4),
+        eval_dataset=data,
+        data_collator=pad_collator,
+    )
+    metrics = trainer.evaluate()
+    batch = pad_collator(list(data))
+    with torch.no_grad():
+        logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    mask = batch["labels"][:, 1:] != -100
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1][mask], batch["labels"][:, 1:][mask])
+    assert metrics["eval_perplexity"] == pytest.approx(ce.exp().item(), rel=1e-5)
+    assert metrics["eval_perplexity"] != pytest.approx(torch.tensor(metrics["eval_loss"]).exp().item(), rel=1e-3)
