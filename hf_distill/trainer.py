@@ -13,6 +13,7 @@ from transformers.trainer_utils import default_compute_objective
 
 from .checkpoints import last_complete_checkpoint, mark_complete, rotate_checkpoints
 from .config import DistillConfig
+from .context_length import check_batch_length, teacher_contexts
 from .data import CACHE_COLUMNS, DistillDataCollator
 from .hidden_states import final_hidden_states, fused_heads_reproduce_logits, lm_head
 from .loading import load_teachers
@@ -104,6 +105,7 @@ class DistillTrainer(Trainer):
             and not is_deepspeed_zero3(self.accelerator)
             and fused_heads_reproduce_logits([self.model, *live], self.accelerator.unwrap_model)
         )
+        self._teacher_contexts = teacher_contexts([self.accelerator.unwrap_model(m) for m in live])
         self._step_ids: list = []
         self.add_callback(NonFiniteGuard(self, self.args.max_nonfinite_steps))
         self._target_tokens_seen = torch.zeros((), dtype=torch.long, device=self.args.device)
@@ -186,6 +188,14 @@ class DistillTrainer(Trainer):
         self._target_tokens_seen += count
         # A step without any target token has a zero loss; the floor keeps 0 / 0 from turning it into NaN.
         return batch_samples, count.clamp(min=1)
+
+    def _prepare_inputs(self, inputs: dict[str, torch.Tensor | Any]) -> dict[str, torch.Tensor | Any]:
+        """Trainer's, then every batch (training and evaluation) is checked against the teachers' context lengths,
+        before any forward pass."""
+        inputs = super()._prepare_inputs(inputs)
+        if "input_ids" in inputs:
+            check_batch_length(inputs["input_ids"].shape[-1], self._teacher_contexts)
+        return inputs
 
     def target_tokens_seen(self) -> int:
         """Target tokens (labels != -100) of the optimizer steps trained so far, summed over processes."""

@@ -3,6 +3,7 @@ students, and every Trainer option either works or is refused."""
 
 import logging
 import os
+import re
 
 import pytest
 import torch
@@ -447,3 +448,32 @@ def test_eval_perplexity_is_exp_of_the_eval_ce(tmp_path):
     ce = torch.nn.functional.cross_entropy(logits[:, :-1][mask], batch["labels"][:, 1:][mask])
     assert metrics["eval_perplexity"] == pytest.approx(ce.exp().item(), rel=1e-5)
     assert metrics["eval_perplexity"] != pytest.approx(torch.tensor(metrics["eval_loss"]).exp().item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_teacher_context_shorter_than_the_batch_is_one_line_before_compute(tmp_path, ensemble):
+    """Before: an IndexError from inside GPT-2's position embedding. Now one line naming the teacher and both
+    lengths, raised before any forward pass, in training and in evaluation."""
+    short = tiny("gpt2", seed=3)
+    short.config.name_or_path = "org/short-teacher"
+    short.config.n_positions = 8
+    teacher = [tiny_llama(seed=2), short] if ensemble else short
+    student = tiny_llama(seed=1)
+    forwards = []
+    student.register_forward_pre_hook(lambda *a: forwards.append(1))
+    trainer = DistillTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=make_args(tmp_path),
+        train_dataset=variable_length_dataset(),
+        eval_dataset=variable_length_dataset(n=4),
+        data_collator=pad_collator,
+    )
+    name = "1 (org/short-teacher)" if ensemble else "org/short-teacher"
+    message = "^" + re.escape(f"teacher {name} reads at most max_position_embeddings=8 positions, but a batch has ")
+    forwards.clear()  # the build-time probe of the heads
+    with pytest.raises(ValueError, match=message + r"\d+; set max_length <= 8 \(or truncate the data\)$"):
+        trainer.train()
+    with pytest.raises(ValueError, match="reads at most max_position_embeddings=8"):
+        trainer.evaluate()
+    assert forwards == []
