@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from .losses import LMHead
@@ -154,6 +155,11 @@ def _probe_difference(wrapped: nn.Module, unwrapped: nn.Module) -> tuple[float, 
             fused = head.detach().logits(hidden.to(head.weight.dtype))
     finally:
         wrapped.train(training)
+        # FSDP2 leaves the last units of a forward (final norm, LM head) unsharded for the backward, which a no-grad
+        # probe never runs: left so, `parameters()` would hand an optimizer the unsharded copies, not the shards.
+        for module in wrapped.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
     if fused.shape != own.shape:
         return float("inf"), 0.0
     difference = (fused.float() - own.float()).abs().max().item()

@@ -77,6 +77,11 @@ class DistillTrainer(Trainer):
                 "compute_loss_func is not used by DistillTrainer, whose loss is alpha * CE + (1 - alpha) * KD; "
                 "subclass DistillTrainer and override compute_loss to change it"
             )
+        if args.label_names not in (None, ["labels"]):
+            raise ValueError(
+                f"label_names={args.label_names}: DistillTrainer reads the targets from the batch's 'labels'; name "
+                "that column 'labels' and leave label_names unset"
+            )
         if args.early_stop_patience is not None:
             if trainer_kwargs.get("eval_dataset") is None:
                 raise ValueError(f"early_stop_patience={args.early_stop_patience} needs an eval_dataset")

@@ -477,3 +477,11 @@ def test_teacher_context_shorter_than_the_batch_is_one_line_before_compute(tmp_p
     with pytest.raises(ValueError, match="reads at most max_position_embeddings=8"):
         trainer.evaluate()
     assert forwards == []
+
+
+def test_other_label_names_are_refused(tmp_path):
+    """Before: accepted, then a KeyError 'labels' from inside compute_loss at the first step."""
+    with pytest.raises(ValueError, match=r"^label_names=\['target'\]: DistillTrainer reads the targets from"):
+        DistillTrainer(model=tiny_llama(seed=1), args=make_args(tmp_path, alpha=1.0, label_names=["target"]))
+    trainer = DistillTrainer(model=tiny_llama(seed=1), args=make_args(tmp_path, alpha=1.0, label_names=["labels"]))
+    assert trainer.teacher is None
