@@ -485,3 +485,9 @@ def test_other_label_names_are_refused(tmp_path):
         DistillTrainer(model=tiny_llama(seed=1), args=make_args(tmp_path, alpha=1.0, label_names=["target"]))
     trainer = DistillTrainer(model=tiny_llama(seed=1), args=make_args(tmp_path, alpha=1.0, label_names=["labels"]))
     assert trainer.teacher is None
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma2", "cohere", "granite", "minicpm3", "falcon_h1"])
+def test_probe_accepts_bfloat16_models(model_type):
+    """In bfloat16 the probe compares in the model's dtype with that dtype's tolerance: no false dense fallback."""
+    assert fused_heads_reproduce_logits([tiny(model_type, seed=1).to(torch.bfloat16)], _identity)
