@@ -82,6 +82,11 @@ class DistillTrainer(Trainer):
                 f"label_names={args.label_names}: DistillTrainer reads the targets from the batch's 'labels'; name "
                 "that column 'labels' and leave label_names unset"
             )
+        if not args.average_tokens_across_devices and args.world_size > 1:
+            raise ValueError(
+                "average_tokens_across_devices=False: DistillTrainer always divides by the step's target tokens "
+                "across processes (the result then does not depend on how the batch is split); leave it True"
+            )
         if args.early_stop_patience is not None:
             if trainer_kwargs.get("eval_dataset") is None:
                 raise ValueError(f"early_stop_patience={args.early_stop_patience} needs an eval_dataset")

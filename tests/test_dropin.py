@@ -491,3 +491,13 @@ def test_other_label_names_are_refused(tmp_path):
 def test_probe_accepts_bfloat16_models(model_type):
     """In bfloat16 the probe compares in the model's dtype with that dtype's tolerance: no false dense fallback."""
     assert fused_heads_reproduce_logits([tiny(model_type, seed=1).to(torch.bfloat16)], _identity)
+
+
+def test_per_device_token_average_is_refused_under_several_processes(tmp_path, monkeypatch):
+    """Trainer's per-process token average would be silently replaced by the global one: refused where it differs
+    (several processes), accepted with one process, where both are the same."""
+    args = make_args(tmp_path, alpha=1.0, average_tokens_across_devices=False)
+    DistillTrainer(model=tiny_llama(seed=1), args=args)
+    monkeypatch.setattr(DistillConfig, "world_size", property(lambda self: 2))
+    with pytest.raises(ValueError, match=r"^average_tokens_across_devices=False: DistillTrainer always divides by"):
+        DistillTrainer(model=tiny_llama(seed=1), args=args)
