@@ -2,6 +2,7 @@
 students, and every Trainer option either works or is refused."""
 
 import logging
+import math
 import os
 import re
 
@@ -501,3 +502,18 @@ def test_per_device_token_average_is_refused_under_several_processes(tmp_path, m
     monkeypatch.setattr(DistillConfig, "world_size", property(lambda self: 2))
     with pytest.raises(ValueError, match=r"^average_tokens_across_devices=False: DistillTrainer always divides by"):
         DistillTrainer(model=tiny_llama(seed=1), args=args)
+
+
+# ---- scripts written for Trainer ----
+
+
+def test_run_clm_with_the_three_line_swap(tmp_path, monkeypatch):
+    """run_clm.py's flow (grouped blocks, default_data_collator, labels = input_ids) distils on the demo models; its
+    `exp(eval_loss)` is not the perplexity, `eval_perplexity` is, and it is exp(eval_ce_loss)."""
+    import run_clm_distill
+
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    metrics = run_clm_distill.main(str(tmp_path / "out"), max_steps=2)
+    assert metrics["train_loss"] > 0 and {"eval_loss", "eval_ce_loss", "eval_kd_loss"} <= metrics.keys()
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_ce_loss"]), rel=1e-9)
+    assert metrics["perplexity"] != pytest.approx(metrics["eval_perplexity"], rel=1e-3)
