@@ -134,6 +134,8 @@ def _unsupported(model: nn.Module) -> str | None:
     tensors = _head_tensors(head)
     if isinstance(tensors, str):
         return tensors
+    if not tensors[0].is_floating_point():
+        return f"its LM head weight is {tensors[0].dtype} (quantized), which the chunked loss cannot multiply by"
     # A PEFT model's forward passes its keyword arguments on to the model it wraps.
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if "logits_to_keep" not in inspect.signature(base.forward).parameters:

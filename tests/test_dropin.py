@@ -517,3 +517,23 @@ def test_run_clm_with_the_three_line_swap(tmp_path, monkeypatch):
     assert metrics["train_loss"] > 0 and {"eval_loss", "eval_ce_loss", "eval_kd_loss"} <= metrics.keys()
     assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_ce_loss"]), rel=1e-9)
     assert metrics["perplexity"] != pytest.approx(metrics["eval_perplexity"], rel=1e-3)
+
+
+def test_unreadable_models_fall_back_with_one_line(caplog):
+    """Models the chunked loss cannot read are named, with the reason, instead of silently losing the memory saving."""
+
+    class NoKeep(LlamaForCausalLM):
+        def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+    quantized = tiny_llama(seed=1)
+    quantized.lm_head.weight = torch.nn.Parameter(quantized.lm_head.weight.to(torch.int8), requires_grad=False)
+    cases = {
+        NoKeep(tiny_llama(seed=1).config): "NoKeep.forward takes no logits_to_keep",
+        quantized: "its LM head weight is torch.int8 (quantized)",
+    }
+    for model, reason in cases.items():
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="hf_distill.hidden_states"):
+            assert not fused_heads_reproduce_logits([model], _identity)
+        assert len(caplog.records) == 1 and reason in caplog.text and type(model).__name__ in caplog.text
