@@ -46,7 +46,16 @@ ARCHITECTURES = {
         q_lora_rank=16,
     ),
     "hyperclovax": {"logits_scaling": 3.0},
-    "falcon_h1": {"lm_head_multiplier": 0.5},
+    # Small Mamba-2 mixers: the default sizes make its reference scan (no mamba_ssm kernel) take seconds.
+    "falcon_h1": dict(
+        lm_head_multiplier=0.5,
+        mamba_d_state=8,
+        mamba_n_heads=4,
+        mamba_d_head=8,
+        mamba_d_ssm=32,
+        mamba_n_groups=1,
+        mamba_chunk_size=16,
+    ),
     "phi3": {},
     "olmo2": {},
     "gpt2": {},
