@@ -361,7 +361,8 @@ class DistillTrainer(Trainer):
         if self.teacher is not None:
             teacher = self.args.teacher_model_name_or_path
             if teacher is None:
-                teacher = [m.config.name_or_path for m in self.teacher.members]
+                # A teacher built from a config has no name: its class says at least what it was.
+                teacher = [m.config.name_or_path or type(m).__name__ for m in self.teacher.members]
             if not isinstance(teacher, str):
                 teacher = ", ".join(teacher)
         eval_metrics = next((h for h in reversed(self.state.log_history) if "eval_loss" in h), {})

@@ -309,7 +309,7 @@ def test_peft_model_card_keeps_peft_metadata_and_the_distillation_section(tmp_pa
     card = _card(tmp_path)
     assert card.data.library_name == "peft" and card.data.base_model == "org/base-model"
     assert {"hf_distill", "distillation", "lora"} <= set(card.data.tags)
-    assert "| Student base | `org/base-model` |" in card.text and "| Teacher |" in card.text
+    assert "| Student base | `org/base-model` |" in card.text and "| Teacher | `LlamaForCausalLM` |" in card.text
     assert "- PEFT " in card.text
 
 
