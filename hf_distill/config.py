@@ -201,8 +201,11 @@ class DistillConfig(TrainingArguments):
     @property
     def divergence_spec(self) -> DivergenceSpec:
         """The loss options as the loss functions take them: `loss_type`, `temperature`, `beta`, `skew_lambda`,
-        `alpha` (checked on construction, with errors naming the field)."""
-        return DivergenceSpec(self.loss_type, self.temperature, self.beta, self.skew_lambda, self.alpha)
+        `alpha`, and Trainer's `label_smoothing_factor` for the CE (checked on construction, with errors naming the
+        field)."""
+        return DivergenceSpec(
+            self.loss_type, self.temperature, self.beta, self.skew_lambda, self.alpha, self.label_smoothing_factor
+        )
 
     @property
     def generates(self) -> bool:

@@ -8,6 +8,8 @@ LOSS = "loss"
 CE_LOSS = "ce_loss"
 KD_LOSS = "kd_loss"
 TEACHER_AGREEMENT = "teacher_agreement"
+# exp of the evaluation's CE: what `run_clm.py`'s `exp(eval_loss)` means for plain fine-tuning.
+PERPLEXITY = "perplexity"
 
 # The logged per-token mean of each term but `tokens`, in the order of TERMS.
 PER_TOKEN = {"ce": CE_LOSS, "kd": KD_LOSS, "agree": TEACHER_AGREEMENT}
@@ -28,6 +30,12 @@ EVAL_METRICS = tuple(prefixed(name) for name in (*TRAIN_LOSSES, TEACHER_AGREEMEN
 EXACT_MATCH = "exact_match"
 TOKEN_F1 = "token_f1"
 GENERATED_EVAL_METRICS = tuple(prefixed(name) for name in (EXACT_MATCH, TOKEN_F1))
+
+# What an evaluation reports beside `eval_loss`: never part of a hyperparameter search's default objective.
+EVAL_EXTRAS = (
+    *(prefixed(name) for name in (CE_LOSS, KD_LOSS, TEACHER_AGREEMENT, PERPLEXITY)),
+    *GENERATED_EVAL_METRICS,
+)
 
 # What a training log of a run that generates adds (`lmbda > 0` or `seq_kd`): the mean length of the generated
 # completions in tokens, the fraction cut at `max_new_tokens`, the fraction of optimizer steps that were on-policy,

@@ -4,10 +4,18 @@ evaluate`): a table of student and teacher, and the student's results as Hub `mo
 import os
 
 import yaml
-from huggingface_hub import EvalResult
+from huggingface_hub import EvalResult, ModelCard
 from huggingface_hub.repocard_data import eval_results_to_model_index
 
 from .metric_names import EVAL_METRICS
+
+TAGS = ["hf_distill", "distillation"]
+
+
+def _as_list(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
 def render_model_card(
@@ -15,30 +23,49 @@ def render_model_card(
     model_name: str,
     student_base: str | None,
     teacher: str | None,
-    dataset: str | None,
+    dataset: str | list[str] | None,
     alpha: float,
     loss_type: str,
     temperature: float,
     steps: int,
     eval_metrics: dict[str, float],
+    tags: str | list[str] | None = None,
+    language: str | list[str] | None = None,
+    license: str | None = None,
+    dataset_tags: str | list[str] | None = None,
+    dataset_args: str | list[str] | None = None,
+    pipeline_tag: str = "text-generation",
+    library_name: str = "transformers",
     evaluation: dict | None = None,
 ) -> str:
-    """Markdown with YAML metadata the hub understands (base model, datasets, tags); with the evaluation section
-    and `model-index` of `evaluation`, results written by `hf-distill evaluate`, when given."""
+    """Markdown with YAML metadata the hub understands (base model, datasets, tags, language, license).
+
+    The arguments from `tags` to `library_name` are those of `Trainer.create_model_card`: `tags` are added to
+    hf_distill's, `dataset_tags` (else `dataset`) are the metadata's `datasets`, `dataset_args` are shown beside the
+    dataset. `evaluation`, results written by `hf-distill evaluate`, adds the evaluation section and `model-index`.
+    """
     metadata = {
-        "library_name": "transformers",
-        "tags": ["hf_distill", "distillation"],
-        "pipeline_tag": "text-generation",
+        "library_name": library_name,
+        "tags": TAGS + [t for t in _as_list(tags) if t not in TAGS],
+        "pipeline_tag": pipeline_tag,
     }
     if student_base:
         metadata["base_model"] = student_base
-    if dataset:
-        metadata["datasets"] = [dataset]
+    datasets = _as_list(dataset)
+    if datasets or dataset_tags:
+        metadata["datasets"] = _as_list(dataset_tags) or datasets
+    if language:
+        metadata["language"] = language
+    if license:
+        metadata["license"] = license
     method = "plain fine-tuning (alpha = 1.0, no teacher)" if teacher is None else f"distilled from `{teacher}`"
+    shown_dataset = ", ".join(f"`{d}`" for d in datasets) or "not recorded"
+    if dataset_args:
+        shown_dataset += f" ({', '.join(_as_list(dataset_args))})"
     rows = [
         ("Student base", f"`{student_base}`" if student_base else "trained from scratch"),
         ("Teacher", f"`{teacher}`" if teacher else "none"),
-        ("Dataset", f"`{dataset}`" if dataset else "not recorded"),
+        ("Dataset", shown_dataset),
         ("Loss", f"{alpha} * CE + {1 - alpha:g} * T^2 * {loss_type}"),
         ("Loss type", loss_type),
         ("Temperature", f"{temperature:g}"),
@@ -159,3 +186,16 @@ def update_model_card(path: str, evaluation: dict) -> None:
     body = body.rstrip("\n") + "\n\n" + evaluation_section(evaluation)
     with open(path, "w") as f:
         f.write(f"---\n{yaml.safe_dump(metadata, sort_keys=False)}---\n{body}")
+
+
+def add_peft_metadata(output_dir: str, peft_model) -> None:
+    """Let PEFT add its metadata to `output_dir/README.md` (`library_name: peft`, `base_model`, its version), as
+    `Trainer.create_model_card` does, keeping the card's tags, which PEFT would replace with its own, and its
+    `base_model` where PEFT's is empty (a base model built from a config has no name)."""
+    path = os.path.join(output_dir, "README.md")
+    before = ModelCard.load(path).data
+    peft_model.create_or_update_model_card(output_dir)
+    card = ModelCard.load(path)
+    card.data.tags = list(dict.fromkeys([*(before.tags or []), *(card.data.tags or [])]))
+    card.data.base_model = card.data.base_model or before.base_model
+    card.save(path)

@@ -10,13 +10,15 @@ import torch
 from accelerate.utils import gather_object
 from torch import nn
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer
+from transformers.trainer_utils import default_compute_objective
 
 from .checkpoints import last_complete_checkpoint, mark_complete, rotate_checkpoints
 from .config import DistillConfig
+from .context_length import check_batch_length, teacher_contexts
 from .data import CACHE_COLUMNS, DistillDataCollator
 from .eval_generation import generation_metrics
 from .generation import GENERATED_BY, StepGenerator, completion_rows
-from .hidden_states import final_hidden_states, lm_head, supports_hidden_states
+from .hidden_states import final_hidden_states, fused_heads_reproduce_logits, lm_head
 from .loading import load_teachers
 from .losses import (
     IGNORE_INDEX,
@@ -28,9 +30,9 @@ from .losses import (
     fused_distillation_loss,
 )
 from .losses.divergences import mix
-from .metric_names import CE_LOSS, KD_LOSS, LOSS, TEACHER_AGREEMENT, prefixed
+from .metric_names import CE_LOSS, EVAL_EXTRAS, KD_LOSS, LOSS, PERPLEXITY, TEACHER_AGREEMENT, prefixed
 from .metric_names import TERMS as _EVAL_SUMS
-from .model_card import render_model_card
+from .model_card import add_peft_metadata, render_model_card
 from .nonfinite_guard import NonFiniteGuard
 from .run_files import RunFilesCallback
 from .teacher_placement import is_deepspeed_zero3
@@ -79,6 +81,16 @@ class DistillTrainer(Trainer):
                 "compute_loss_func is not used by DistillTrainer, whose loss is alpha * CE + (1 - alpha) * KD; "
                 "subclass DistillTrainer and override compute_loss to change it"
             )
+        if args.label_names not in (None, ["labels"]):
+            raise ValueError(
+                f"label_names={args.label_names}: DistillTrainer reads the targets from the batch's 'labels'; name "
+                "that column 'labels' and leave label_names unset"
+            )
+        if not args.average_tokens_across_devices and args.world_size > 1:
+            raise ValueError(
+                "average_tokens_across_devices=False: DistillTrainer always divides by the step's target tokens "
+                "across processes (the result then does not depend on how the batch is split); leave it True"
+            )
         if args.early_stop_patience is not None:
             if trainer_kwargs.get("eval_dataset") is None:
                 raise ValueError(f"early_stop_patience={args.early_stop_patience} needs an eval_dataset")
@@ -102,13 +114,15 @@ class DistillTrainer(Trainer):
         self._eval_sums = torch.zeros(len(_EVAL_SUMS), device=self.args.device)
         # DeepSpeed ZeRO-3 takes the dense path: the chunked loss reads the LM head's weight outside its module's
         # forward, where ZeRO-3 holds an empty partition, and a weight gathered there would leave the gradient the loss
-        # computes for it no partition to land in.
+        # computes for it no partition to land in. Each model's head is probed against its own logits (one warning
+        # and the dense path where the chunked loss would compute other logits).
         live = self.teacher.members if isinstance(self.teacher, LiveTeacher) else []
         self._fused_loss_ok = (
             args.loss_chunk_size > 0
             and not is_deepspeed_zero3(self.accelerator)
-            and all(supports_hidden_states(self.accelerator.unwrap_model(m)) for m in (self.model, *live))
+            and fused_heads_reproduce_logits([self.model, *live], self.accelerator.unwrap_model)
         )
+        self._teacher_contexts = teacher_contexts([self.accelerator.unwrap_model(m) for m in live])
         self._step_ids: list = []
         self.add_callback(NonFiniteGuard(self, self.args.max_nonfinite_steps))
         self._target_tokens_seen = torch.zeros((), dtype=torch.long, device=self.args.device)
@@ -205,6 +219,14 @@ class DistillTrainer(Trainer):
         self._target_tokens_seen += count
         # A step without any target token has a zero loss; the floor keeps 0 / 0 from turning it into NaN.
         return batch_samples, count.clamp(min=1)
+
+    def _prepare_inputs(self, inputs: dict[str, torch.Tensor | Any]) -> dict[str, torch.Tensor | Any]:
+        """Trainer's, then every batch (training and evaluation) is checked against the teachers' context lengths,
+        before any forward pass."""
+        inputs = super()._prepare_inputs(inputs)
+        if "input_ids" in inputs:
+            check_batch_length(inputs["input_ids"].shape[-1], self._teacher_contexts)
+        return inputs
 
     def target_tokens_seen(self) -> int:
         """Target tokens (labels != -100) of the optimizer steps trained so far, summed over processes."""
@@ -325,12 +347,6 @@ class DistillTrainer(Trainer):
             self._run_files.flush_samples()
         super().log(logs, start_time)
 
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        # Without compute_metrics the logits of the whole eval set (examples x tokens x vocabulary) would be gathered
-        # only to be thrown away.
-        loss_only = prediction_loss_only or self.compute_metrics is None
-        return super().prediction_step(model, inputs, loss_only, ignore_keys=ignore_keys)
-
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ):
@@ -344,6 +360,9 @@ class DistillTrainer(Trainer):
             prefix = metric_key_prefix
             output.metrics[prefixed(LOSS, prefix)] = mix(ce, kd, self.args.alpha)
             output.metrics[prefixed(CE_LOSS, prefix)] = ce
+            if self.args.label_smoothing_factor == 0:
+                # `exp(eval_loss)` (run_clm.py) mixes CE and KD; the perplexity is the CE's (a smoothed CE has none).
+                output.metrics[prefixed(PERPLEXITY, prefix)] = torch.tensor(ce, dtype=torch.float64).exp().item()
             if isinstance(self.teacher, LiveTeacher):
                 output.metrics[prefixed(KD_LOSS, prefix)] = kd
                 output.metrics[prefixed(TEACHER_AGREEMENT, prefix)] = agree
@@ -360,37 +379,79 @@ class DistillTrainer(Trainer):
             output.metrics.update({prefixed(name, metric_key_prefix): value for name, value in answers.items()})
         return output
 
+    def hyperparameter_search(self, hp_space=None, compute_objective=None, *args, **kwargs):
+        """`Trainer.hyperparameter_search`, whose default objective is `distill_objective`: `eval_loss`, or the sum of
+        `compute_metrics`' metrics when it has some, as for Trainer; never hf_distill's own evaluation metrics."""
+        objective = distill_objective if compute_objective is None else compute_objective
+        return super().hyperparameter_search(hp_space, objective, *args, **kwargs)
+
     # ---- publishing ----
 
     def create_model_card(
         self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
         model_name: str | None = None,
-        dataset_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        *,
+        dataset_name: str | list[str] | None = None,
         student_base: str | None = None,
-        **kwargs: Any,
     ) -> None:
-        """Write `output_dir/README.md` stating how the student was distilled (Trainer.push_to_hub calls this)."""
+        """Write `output_dir/README.md` stating how the student was distilled (Trainer.push_to_hub calls this).
+
+        Takes `Trainer.create_model_card`'s arguments; `dataset_name` and `student_base` are the same as `dataset` and
+        `finetuned_from`. A PEFT student keeps PEFT's metadata (`library_name: peft`, `base_model`).
+        """
         if not self.is_world_process_zero():
             return
+        tasks = [tasks] if isinstance(tasks, str) else list(tasks or [])
+        if len(tasks) > 1:
+            raise ValueError(f"tasks={tasks}: the model card has one pipeline_tag; give one task")
+        student = self.accelerator.unwrap_model(self.model)
+        peft_config = getattr(student, "peft_config", None)
+        if peft_config and not (student_base or finetuned_from):
+            finetuned_from = peft_config[student.active_adapter].base_model_name_or_path
         teacher = None
         if self.teacher is not None:
             teacher = self.args.teacher_model_name_or_path
             if teacher is None:
-                teacher = [m.config.name_or_path for m in self.teacher.members]
+                # A teacher built from a config has no name: its class says at least what it was.
+                teacher = [m.config.name_or_path or type(m).__name__ for m in self.teacher.members]
             if not isinstance(teacher, str):
                 teacher = ", ".join(teacher)
         eval_metrics = next((h for h in reversed(self.state.log_history) if "eval_loss" in h), {})
         card = render_model_card(
             model_name=model_name or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir)),
-            student_base=student_base,
+            student_base=student_base or finetuned_from,
             teacher=teacher,
-            dataset=dataset_name,
+            dataset=dataset_name or dataset,
             alpha=self.args.alpha,
             loss_type=self.args.loss_type,
             temperature=self.args.temperature,
             steps=self.state.global_step,
             eval_metrics=eval_metrics,
+            tags=tags,
+            language=language,
+            license=license,
+            dataset_tags=dataset_tags,
+            dataset_args=dataset_args,
+            pipeline_tag=tasks[0] if tasks else "text-generation",
         )
         os.makedirs(self.args.output_dir, exist_ok=True)
         with open(os.path.join(self.args.output_dir, "README.md"), "w") as f:
             f.write(card)
+        if peft_config:
+            add_peft_metadata(self.args.output_dir, student)
+
+
+def distill_objective(metrics: dict[str, float]) -> float:
+    """Trainer's `default_compute_objective` without the metrics DistillTrainer adds (`eval_ce_loss`, `eval_kd_loss`,
+    `eval_teacher_agreement`, `eval_perplexity`) and the timing Trainer adds at the first evaluation
+    (`eval_model_preparation_time`), which it would add to the objective or return instead of the loss."""
+    kept = {k: v for k, v in metrics.items() if k not in EVAL_EXTRAS and not k.endswith("_model_preparation_time")}
+    return default_compute_objective(kept)

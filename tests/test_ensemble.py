@@ -10,6 +10,7 @@ from testing_utils import ensemble_recipe, tiny_llama, variable_length_dataset
 
 from hf_distill import DistillTrainer
 from hf_distill.cli import main
+from hf_distill.hidden_states import PROBE_IDS
 from hf_distill.losses import ENSEMBLE_MODES
 from hf_distill.teachers import LiveTeacher
 
@@ -128,10 +129,14 @@ def test_ensemble_trains_the_same_chunked_and_dense(tmp_path, mode):
     reaches the weights of the dense path (each member's full logits combined by LiveTeacher)."""
     pair = [tiny_llama(seed=2, hidden=48, layers=2), tiny_llama(seed=5, hidden=32, layers=1)]
     projected = []
+
+    def record(module, args, kwargs):
+        # The trainer's build-time probe of each head (hidden_states.PROBE_IDS) runs the full forward once.
+        if kwargs["input_ids"].tolist() != [list(PROBE_IDS)]:
+            projected.append(kwargs.get("logits_to_keep", 0))
+
     for member in pair:
-        member.register_forward_pre_hook(
-            lambda module, args, kwargs: projected.append(kwargs.get("logits_to_keep", 0)), with_kwargs=True
-        )
+        member.register_forward_pre_hook(record, with_kwargs=True)
     chunked = train(
         tmp_path / "chunked", teacher=pair, teacher_ensemble=mode, teacher_weights=[1, 3], loss_chunk_size=5
     )

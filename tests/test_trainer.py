@@ -422,9 +422,6 @@ def test_chunked_path_trains_to_the_dense_weights_with_tied_embeddings(tmp_path)
 
 def test_chunked_path_never_projects_all_positions(tmp_path):
     student, teacher = tiny_llama(seed=1, hidden=32, layers=1), tiny_llama(seed=2, hidden=48, layers=2)
-    projected = []
-    for model in (student, teacher):
-        model.lm_head.register_forward_hook(lambda m, args, out: projected.append(tuple(args[0].shape)))
     trainer = DistillTrainer(
         model=student,
         teacher_model=teacher,
@@ -432,6 +429,10 @@ def test_chunked_path_never_projects_all_positions(tmp_path):
         train_dataset=variable_length_dataset(),
         data_collator=pad_collator,
     )
+    # Hooked after the trainer is built: building it probes each head against the model's own (projected) logits.
+    projected = []
+    for model in (student, teacher):
+        model.lm_head.register_forward_hook(lambda m, args, out: projected.append(tuple(args[0].shape)))
     trainer.train()
     assert len(projected) == 4 and all(shape[1] == 0 for shape in projected), projected
 

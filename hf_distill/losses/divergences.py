@@ -22,7 +22,9 @@ class DivergenceSpec:
 
     `loss_type` picks D (see `distillation_loss`); `beta` is the teacher weight of the `jsd` mixture, in (0, 1);
     `skew_lambda` the skew of the `skew_*` divergences, in [0, 1); `temperature` > 0 softens both distributions;
-    `alpha` in [0, 1] weighs the CE. Checked when built, with errors that name the field and its value.
+    `alpha` in [0, 1] weighs the CE; `label_smoothing` in [0, 1) smooths the CE's targets as
+    `torch.nn.functional.cross_entropy(label_smoothing=...)` does (Trainer's `label_smoothing_factor`). Checked when
+    built, with errors that name the field and its value.
     """
 
     loss_type: str = "forward_kl"
@@ -30,6 +32,7 @@ class DivergenceSpec:
     beta: float = 0.5
     skew_lambda: float = 0.1
     alpha: float = 0.5
+    label_smoothing: float = 0.0
 
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:
@@ -42,6 +45,11 @@ class DivergenceSpec:
             raise ValueError(f"skew_lambda must be in [0, 1), got skew_lambda={self.skew_lambda}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got alpha={self.alpha}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(
+                f"label_smoothing must be in [0, 1), got label_smoothing={self.label_smoothing} (Trainer's "
+                "label_smoothing_factor)"
+            )
 
 
 def check_reduction(reduction: str) -> None:

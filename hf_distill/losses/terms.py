@@ -52,12 +52,13 @@ def position_terms(
     The target's log-probability is taken from the teacher distribution brought back to temperature 1
     (`log_softmax(temperature * log p)`: exactly the teacher's own for one teacher; for an ensemble, its combination
     at the loss temperature, re-tempered); a target outside the compared vocabulary scores 0.
+    The CE is label-smoothed by `spec.label_smoothing`.
     """
     if spec.alpha > 0.0:
-        ce = F.cross_entropy(logits, targets, reduction="none")
+        ce = F.cross_entropy(logits, targets, reduction="none", label_smoothing=spec.label_smoothing)
     else:
         with torch.no_grad():
-            ce = F.cross_entropy(logits, targets, reduction="none")
+            ce = F.cross_entropy(logits, targets, reduction="none", label_smoothing=spec.label_smoothing)
     if teacher is None:
         return ce, None, None, None
     scored = None
