@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, gather_object
 from torch import nn
 from transformers import GenerationConfig
 
@@ -154,6 +154,20 @@ class StepGenerator:
         self._sums = torch.zeros(4, device=accelerator.device)
         self._steps = self._on_policy_steps = 0
 
+    @classmethod
+    def build(
+        cls, config, accelerator, processing_class, teachers: list[nn.Module], student: Callable[[], nn.Module]
+    ) -> "StepGenerator":
+        """The generator of a `DistillTrainer`: its tokenizer (`processing_class`, or its `tokenizer`) is required,
+        and `seq_kd` needs exactly one live teacher (`teachers`) to write the completions."""
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        setting = f"lmbda={config.lmbda}" if config.lmbda > 0 else "seq_kd=True"
+        if tokenizer is None:
+            raise ValueError(f"{setting} generates completions: pass the tokenizer as processing_class")
+        if config.seq_kd and len(teachers) != 1:
+            raise ValueError(f"seq_kd=True needs one teacher model to generate, got {len(teachers)}")
+        return cls(config, accelerator, tokenizer, student, teachers[0] if teachers else None)
+
     def __call__(self, batches: list[dict], step: int) -> list[dict]:
         """The micro-batches of optimizer step `step`, with generated completions when the step generates."""
         self._steps += 1
@@ -172,9 +186,15 @@ class StepGenerator:
             generated.append({**completion_batch(batch, prompt_ids, completions, self.pad_id), GENERATED_BY: writer})
         return generated
 
-    def add_scores(self, teacher_logprob: torch.Tensor) -> None:
-        """The teacher's log-probabilities of one generated micro-batch's target tokens."""
-        self._sums[3] += teacher_logprob.sum().to(self._sums.device)
+    def record(self, batch: dict, terms, step: int, logging_steps: int, run_files) -> None:
+        """One generated micro-batch's loss terms (`DistillationTerms`) at optimizer step `step`: the teacher's
+        log-probabilities of its tokens, and with `log_completions` on a logged step its rows of `completions.csv`,
+        gathered from every process (a collective: call on all) and written by `run_files` on the main process."""
+        self._sums[3] += terms.teacher_logprob.sum().to(self._sums.device)
+        if self.config.log_completions and step % logging_steps == 0:
+            rows = gather_object(completion_rows(batch, terms.per_example()["kd"], self.tokenizer, step))
+            if self.accelerator.is_main_process:
+                run_files.add_completions(rows)
 
     def window_logs(self) -> dict[str, float]:
         """The statistics since the last call, over every process (a collective: call on all)."""

@@ -1,5 +1,7 @@
 """The names of the metrics a run logs, defined once for the trainer, the CSV files, the model card and the report."""
 
+from transformers.trainer_utils import default_compute_objective
+
 # Per-example sums over target tokens that the trainer accumulates: CE, KD, top-1 matches with the teacher, and the
 # number of target tokens that turns the others into per-token means. Also the order of its evaluation sums.
 TERMS = ("ce", "kd", "agree", "tokens")
@@ -45,3 +47,11 @@ TRUNCATED_FRACTION = "truncated_fraction"
 ON_POLICY_FRACTION = "on_policy_fraction"
 TEACHER_LOGPROB = "teacher_logprob"
 GENERATION_METRICS = (COMPLETION_LENGTH, TRUNCATED_FRACTION, ON_POLICY_FRACTION, TEACHER_LOGPROB)
+
+
+def distill_objective(metrics: dict[str, float]) -> float:
+    """`DistillTrainer.hyperparameter_search`'s default objective: Trainer's `default_compute_objective` without the
+    metrics DistillTrainer adds (`EVAL_EXTRAS`) and the timing Trainer adds at the first evaluation
+    (`eval_model_preparation_time`), which it would add to the objective or return instead of the loss."""
+    kept = {k: v for k, v in metrics.items() if k not in EVAL_EXTRAS and not k.endswith("_model_preparation_time")}
+    return default_compute_objective(kept)

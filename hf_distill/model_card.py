@@ -199,3 +199,58 @@ def add_peft_metadata(output_dir: str, peft_model) -> None:
     card.data.tags = list(dict.fromkeys([*(before.tags or []), *(card.data.tags or [])]))
     card.data.base_model = card.data.base_model or before.base_model
     card.save(path)
+
+
+def write_model_card(
+    trainer,
+    *,
+    language: str | None = None,
+    license: str | None = None,
+    tags: str | list[str] | None = None,
+    model_name: str | None = None,
+    finetuned_from: str | None = None,
+    tasks: str | list[str] | None = None,
+    dataset_tags: str | list[str] | None = None,
+    dataset: str | list[str] | None = None,
+    dataset_args: str | list[str] | None = None,
+) -> None:
+    """Write `output_dir/README.md` of a `DistillTrainer`'s run, with `Trainer.create_model_card`'s arguments. A
+    PEFT student keeps PEFT's metadata (`library_name: peft`, `base_model`)."""
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks or [])
+    if len(tasks) > 1:
+        raise ValueError(f"tasks={tasks}: the model card has one pipeline_tag; give one task")
+    args, student = trainer.args, trainer.accelerator.unwrap_model(trainer.model)
+    peft_config = getattr(student, "peft_config", None)
+    if peft_config and not finetuned_from:
+        finetuned_from = peft_config[student.active_adapter].base_model_name_or_path
+    teacher = None
+    if trainer.teacher is not None:
+        teacher = args.teacher_model_name_or_path
+        if teacher is None:
+            # A teacher built from a config has no name: its class says at least what it was.
+            teacher = [m.config.name_or_path or type(m).__name__ for m in trainer.teacher.members]
+        if not isinstance(teacher, str):
+            teacher = ", ".join(teacher)
+    eval_metrics = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), {})
+    card = render_model_card(
+        model_name=model_name or args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir)),
+        student_base=finetuned_from,
+        teacher=teacher,
+        dataset=dataset,
+        alpha=args.alpha,
+        loss_type=args.loss_type,
+        temperature=args.temperature,
+        steps=trainer.state.global_step,
+        eval_metrics=eval_metrics,
+        tags=tags,
+        language=language,
+        license=license,
+        dataset_tags=dataset_tags,
+        dataset_args=dataset_args,
+        pipeline_tag=tasks[0] if tasks else "text-generation",
+    )
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "README.md"), "w") as f:
+        f.write(card)
+    if peft_config:
+        add_peft_metadata(args.output_dir, student)

@@ -9,20 +9,18 @@ from typing import Any
 import torch
 from accelerate.utils import gather_object
 from torch import nn
-from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer
-from transformers.trainer_utils import default_compute_objective
+from transformers import PreTrainedModel, Trainer
 
 from .checkpoints import last_complete_checkpoint, mark_complete, rotate_checkpoints
 from .config import DistillConfig
 from .context_length import check_batch_length, teacher_contexts
 from .data import CACHE_COLUMNS, DistillDataCollator
 from .eval_generation import generation_metrics
-from .generation import GENERATED_BY, StepGenerator, completion_rows
+from .generation import GENERATED_BY, StepGenerator
 from .hidden_states import final_hidden_states, fused_heads_reproduce_logits, lm_head
 from .loading import load_teachers
 from .losses import (
     IGNORE_INDEX,
-    DistillationTerms,
     TeacherHeads,
     TeacherLogits,
     TopKTeacher,
@@ -30,13 +28,14 @@ from .losses import (
     fused_distillation_loss,
 )
 from .losses.divergences import mix
-from .metric_names import CE_LOSS, EVAL_EXTRAS, KD_LOSS, LOSS, PERPLEXITY, TEACHER_AGREEMENT, prefixed
+from .metric_names import CE_LOSS, KD_LOSS, LOSS, PERPLEXITY, TEACHER_AGREEMENT, distill_objective, prefixed
 from .metric_names import TERMS as _EVAL_SUMS
-from .model_card import add_peft_metadata, render_model_card
+from .model_card import write_model_card
 from .nonfinite_guard import NonFiniteGuard
 from .run_files import RunFilesCallback
 from .teacher_placement import is_deepspeed_zero3
 from .teachers import CachedTeacher, LiveTeacher, build_teacher
+from .trainer_arguments import checked_trainer_kwargs
 
 
 class DistillTrainer(Trainer):
@@ -76,28 +75,7 @@ class DistillTrainer(Trainer):
         # by keyword, or both); they then all go on by keyword.
         bound = inspect.signature(Trainer.__init__).bind(self, model, args, *trainer_args, **trainer_kwargs)
         trainer_kwargs = {k: v for k, v in bound.arguments.items() if k not in ("self", "model", "args")}
-        if trainer_kwargs.get("compute_loss_func") is not None:
-            raise ValueError(
-                "compute_loss_func is not used by DistillTrainer, whose loss is alpha * CE + (1 - alpha) * KD; "
-                "subclass DistillTrainer and override compute_loss to change it"
-            )
-        if args.label_names not in (None, ["labels"]):
-            raise ValueError(
-                f"label_names={args.label_names}: DistillTrainer reads the targets from the batch's 'labels'; name "
-                "that column 'labels' and leave label_names unset"
-            )
-        if not args.average_tokens_across_devices and args.world_size > 1:
-            raise ValueError(
-                "average_tokens_across_devices=False: DistillTrainer always divides by the step's target tokens "
-                "across processes (the result then does not depend on how the batch is split); leave it True"
-            )
-        if args.early_stop_patience is not None:
-            if trainer_kwargs.get("eval_dataset") is None:
-                raise ValueError(f"early_stop_patience={args.early_stop_patience} needs an eval_dataset")
-            trainer_kwargs["callbacks"] = [
-                *(trainer_kwargs.get("callbacks") or []),
-                EarlyStoppingCallback(args.early_stop_patience, args.early_stop_min_delta),
-            ]
+        trainer_kwargs = checked_trainer_kwargs(args, trainer_kwargs)
 
         # A teacher given by path is loaded with `args.teacher_model_init_kwargs` alone: the trainer knows no student
         # model arguments (`loading.teacher_init_kwargs`).
@@ -105,7 +83,11 @@ class DistillTrainer(Trainer):
         super().__init__(model, args, **trainer_kwargs)
         student = self.accelerator.unwrap_model(self.model)
         self.teacher = build_teacher(args, teacher, student, self.processing_class, self.accelerator)
-        self._generator = self._build_generator() if args.generates else None
+        self._generator = None
+        if args.generates:
+            members = self.teacher.members if isinstance(self.teacher, LiveTeacher) else []
+            student = lambda: self.accelerator.unwrap_model(self.model)  # noqa: E731 (the model is wrapped later)
+            self._generator = StepGenerator.build(args, self.accelerator, self.processing_class, members, student)
         if args.eval_generate and getattr(self.processing_class, "tokenizer", self.processing_class) is None:
             raise ValueError("eval_generate=True generates answers: pass the tokenizer as processing_class")
 
@@ -134,17 +116,6 @@ class DistillTrainer(Trainer):
             eval_in_order=self.args.train_sampling_strategy != "group_by_length",
         )
         self.add_callback(self._run_files)
-
-    def _build_generator(self) -> StepGenerator:
-        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
-        members = self.teacher.members if isinstance(self.teacher, LiveTeacher) else []
-        setting = f"lmbda={self.args.lmbda}" if self.args.lmbda > 0 else "seq_kd=True"
-        if tokenizer is None:
-            raise ValueError(f"{setting} generates completions: pass the tokenizer as processing_class")
-        if self.args.seq_kd and len(members) != 1:
-            raise ValueError(f"seq_kd=True needs one teacher model to generate, got {len(members)}")
-        student = lambda: self.accelerator.unwrap_model(self.model)  # noqa: E731 (the model is wrapped later)
-        return StepGenerator(self.args, self.accelerator, tokenizer, student, members[0] if members else None)
 
     @property
     def teacher_model(self) -> nn.Module | list[nn.Module] | None:
@@ -274,7 +245,8 @@ class DistillTrainer(Trainer):
             )
             self._record_examples(mode, inputs.get("id"), terms.per_example())
         if generated:
-            self._record_generated(inputs, terms)
+            logging_steps = self.state.logging_steps or self.args.logging_steps
+            self._generator.record(inputs, terms, self.state.global_step + 1, logging_steps, self._run_files)
         loss, ce, kd, n_tokens = terms.loss, terms.ce.sum(), terms.kd.sum(), terms.mask.sum()
 
         if mode == "train" and num_items_in_batch is not None:
@@ -304,16 +276,6 @@ class DistillTrainer(Trainer):
             if fused:
                 return self.teacher.heads(model_inputs, self.accelerator.unwrap_model)
             return self.teacher.logits(model_inputs)
-
-    def _record_generated(self, batch: dict[str, Any], terms: DistillationTerms) -> None:
-        self._generator.add_scores(terms.teacher_logprob)
-        logging_steps = self.state.logging_steps or self.args.logging_steps
-        step = self.state.global_step + 1
-        if self.args.log_completions and step % logging_steps == 0:
-            rows = completion_rows(batch, terms.per_example()["kd"], self._generator.tokenizer, step)
-            rows = gather_object(rows)
-            if self.accelerator.is_main_process:
-                self._run_files.add_completions(rows)
 
     def _record_examples(self, mode: str, ids: list | None, terms: dict[str, torch.Tensor]) -> None:
         """Per-example sums of a dense micro-batch: to samples.csv when tracked, and into the evaluation's totals."""
@@ -407,51 +369,16 @@ class DistillTrainer(Trainer):
         Takes `Trainer.create_model_card`'s arguments; `dataset_name` and `student_base` are the same as `dataset` and
         `finetuned_from`. A PEFT student keeps PEFT's metadata (`library_name: peft`, `base_model`).
         """
-        if not self.is_world_process_zero():
-            return
-        tasks = [tasks] if isinstance(tasks, str) else list(tasks or [])
-        if len(tasks) > 1:
-            raise ValueError(f"tasks={tasks}: the model card has one pipeline_tag; give one task")
-        student = self.accelerator.unwrap_model(self.model)
-        peft_config = getattr(student, "peft_config", None)
-        if peft_config and not (student_base or finetuned_from):
-            finetuned_from = peft_config[student.active_adapter].base_model_name_or_path
-        teacher = None
-        if self.teacher is not None:
-            teacher = self.args.teacher_model_name_or_path
-            if teacher is None:
-                # A teacher built from a config has no name: its class says at least what it was.
-                teacher = [m.config.name_or_path or type(m).__name__ for m in self.teacher.members]
-            if not isinstance(teacher, str):
-                teacher = ", ".join(teacher)
-        eval_metrics = next((h for h in reversed(self.state.log_history) if "eval_loss" in h), {})
-        card = render_model_card(
-            model_name=model_name or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir)),
-            student_base=student_base or finetuned_from,
-            teacher=teacher,
-            dataset=dataset_name or dataset,
-            alpha=self.args.alpha,
-            loss_type=self.args.loss_type,
-            temperature=self.args.temperature,
-            steps=self.state.global_step,
-            eval_metrics=eval_metrics,
-            tags=tags,
-            language=language,
-            license=license,
-            dataset_tags=dataset_tags,
-            dataset_args=dataset_args,
-            pipeline_tag=tasks[0] if tasks else "text-generation",
-        )
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        with open(os.path.join(self.args.output_dir, "README.md"), "w") as f:
-            f.write(card)
-        if peft_config:
-            add_peft_metadata(self.args.output_dir, student)
-
-
-def distill_objective(metrics: dict[str, float]) -> float:
-    """Trainer's `default_compute_objective` without the metrics DistillTrainer adds (`eval_ce_loss`, `eval_kd_loss`,
-    `eval_teacher_agreement`, `eval_perplexity`) and the timing Trainer adds at the first evaluation
-    (`eval_model_preparation_time`), which it would add to the objective or return instead of the loss."""
-    kept = {k: v for k, v in metrics.items() if k not in EVAL_EXTRAS and not k.endswith("_model_preparation_time")}
-    return default_compute_objective(kept)
+        if self.is_world_process_zero():
+            write_model_card(
+                self,
+                language=language,
+                license=license,
+                tags=tags,
+                model_name=model_name,
+                finetuned_from=finetuned_from or student_base,
+                tasks=tasks,
+                dataset_tags=dataset_tags,
+                dataset=dataset_name or dataset,
+                dataset_args=dataset_args,
+            )

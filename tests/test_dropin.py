@@ -415,7 +415,7 @@ def test_hyperparameter_search_default_objective_is_the_eval_loss(tmp_path, monk
     KD and teacher agreement. The default is now `eval_loss` (or, with compute_metrics, the sum of its metrics)."""
     from transformers import Trainer
 
-    from hf_distill.trainer import distill_objective
+    from hf_distill.metric_names import distill_objective
 
     data = variable_length_dataset(n=4)
     trainer = DistillTrainer(
