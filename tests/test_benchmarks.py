@@ -39,3 +39,22 @@ def test_distill_vs_finetune_tiny():
     assert re.search(r"^\| distilled \| 0.2 \| [\d.]+ \| [\d.]+ \|", out, re.M)
     assert re.search(r"^\| fine-tuned \(no teacher\) \| 1.0 \| [\d.]+ \|", out, re.M)
     assert re.search(r"^distilled / fine-tuned eval CE: [\d.]+", out, re.M)
+
+
+def test_on_policy_speed_tiny():
+    out = run(
+        "on_policy_speed.py",
+        *("--max_steps", "3", "--skip_steps", "1", "--repeats", "1", "--batch_size", "2", "--max_new_tokens", "4"),
+        *("--student_hidden", "32", "--teacher_hidden", "64"),
+    )
+    rows = {
+        name: re.search(
+            rf"^\| {re.escape(name)} \| [\d.]+ \| [\d., ]+ \| [\d.]+ \| ([\d.]+) \| ([\d.]+) \| [\d.]+ \|$", out, re.M
+        )
+        for name in ("hf_distill DistillTrainer", "TRL DistillationTrainer")
+    }
+    assert all(rows.values()), out
+    # Greedy decoding from the same weights: both trainers generate completions of the same mean length.
+    assert rows["hf_distill DistillTrainer"][1] == rows["TRL DistillationTrainer"][1]
+    assert float(rows["TRL DistillationTrainer"][2]) == 1.0
+    assert re.search(r"^hf_distill / TRL median on-policy step time: [\d.]+x \((meets|misses)", out, re.M)
