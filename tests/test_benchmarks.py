@@ -58,3 +58,24 @@ def test_on_policy_speed_tiny():
     assert rows["hf_distill DistillTrainer"][1] == rows["TRL DistillationTrainer"][1]
     assert float(rows["TRL DistillationTrainer"][2]) == 1.0
     assert re.search(r"^hf_distill / TRL median on-policy step time: [\d.]+x \((meets|misses)", out, re.M)
+
+
+def test_step_overhead_tiny():
+    out = run(
+        "step_overhead.py",
+        *("--max_steps", "3", "--skip_steps", "1", "--repeats", "1", "--vocab", "1000", "--seq_len", "16"),
+        *("--student_hidden", "32", "--teacher_hidden", "64", "--student_layers", "1", "--teacher_layers", "1"),
+    )
+    losses = []
+    for name in ("bare loop", "hf_distill DistillTrainer", "TRL GKDTrainer (lmbda=0)"):
+        row = re.search(
+            rf"^\| {re.escape(name)} \| [\d.]+ \| [\d., ]+ \| \d+ \| ([\d.]+) \| [\d.]+ \| [\d.]+ \| [\d.]+ \|$",
+            out,
+            re.M,
+        )
+        assert row, name
+        losses.append(float(row[1]))
+    # The same start, data and loss maths: the three do the same work, to float32 rounding.
+    assert max(losses) - min(losses) <= 1e-4 * max(losses), losses
+    assert re.search(r"^DistillTrainer / bare loop: [\d.]+x \((meets|misses) the target of 1.05x\)", out, re.M)
+    assert re.search(r"^DistillTrainer / TRL GKDTrainer \(lmbda=0\): [\d.]+x", out, re.M)
