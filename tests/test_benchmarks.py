@@ -79,3 +79,26 @@ def test_step_overhead_tiny():
     assert max(losses) - min(losses) <= 1e-4 * max(losses), losses
     assert re.search(r"^DistillTrainer / bare loop: [\d.]+x \((meets|misses) the target of 1.05x\)", out, re.M)
     assert re.search(r"^DistillTrainer / TRL GKDTrainer \(lmbda=0\): [\d.]+x", out, re.M)
+
+
+def test_gpu_benchmark_smoke_on_cpu():
+    out = run(os.path.join("gpu", "run.py"), "--smoke", "--no_compile")
+    values = {}
+    for name in ("dense", "hf_distill fused", "TRL _chunked_divergence_loss"):
+        row = re.search(rf"^\| 64 \| 512 \| {re.escape(name)} \| ([\d.e-]+) \| [\d.]+ \|", out, re.M)
+        assert row, name
+        values[name] = float(row[1])
+    # The three compute the same generalised JSD (beta 0.5) of the same inputs.
+    for name, value in values.items():
+        assert abs(value - values["dense"]) <= 1e-5 * values["dense"], (name, values)
+    for name in ("hf_distill fused", "hf_distill dense", "plain fine-tuning", "TRL GKDTrainer"):
+        assert re.search(rf"^\| {re.escape(name)}[^|]* \| [\d.]+ \| [\d,]+ \| - \| [\d.]+ \|$", out, re.M), name
+
+
+def test_gpu_benchmark_stops_at_once_without_cuda():
+    result = subprocess.run(
+        [sys.executable, os.path.join("benchmarks", "gpu", "run.py")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "needs a CUDA GPU" in result.stderr
+    assert not result.stdout
