@@ -3,6 +3,7 @@
 import dataclasses
 import inspect
 import os
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -94,6 +95,8 @@ class DistillTrainer(Trainer):
         self.teacher = build_teacher(args, teacher, student, self.processing_class, self.accelerator)
         self._generator = self._build_generator() if args.generates else None
 
+        # Wrapper -> unwrapped model (`_unwrap`).
+        self._unwrapped: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._train_sums = torch.zeros(2, device=self.args.device)
         self._train_window_start: int | None = None
         self._eval_sums = torch.zeros(len(_EVAL_SUMS), device=self.args.device)
@@ -126,7 +129,7 @@ class DistillTrainer(Trainer):
             raise ValueError(f"{setting} generates completions: pass the tokenizer as processing_class")
         if self.args.seq_kd and len(members) != 1:
             raise ValueError(f"seq_kd=True needs one teacher model to generate, got {len(members)}")
-        student = lambda: self.accelerator.unwrap_model(self.model)  # noqa: E731 (the model is wrapped later)
+        student = lambda: self._unwrap(self.model)  # noqa: E731 (the model is wrapped later)
         return StepGenerator(self.args, self.accelerator, tokenizer, student, members[0] if members else None)
 
     @property
@@ -228,7 +231,7 @@ class DistillTrainer(Trainer):
             spec = dataclasses.replace(spec, alpha=0.0)
         outputs = None
         if self.uses_fused_loss(mode):
-            student = self.accelerator.unwrap_model(model)
+            student = self._unwrap(model)
             hidden = final_hidden_states(model, student, model_inputs)[:, :-1]
             teacher = self._teacher_source(model_inputs, inputs, mode, fused=True)
             terms = fused_distillation_loss(
@@ -261,6 +264,15 @@ class DistillTrainer(Trainer):
             loss = loss / n_tokens.clamp(min=1)
         return (loss, outputs) if return_outputs else loss
 
+    def _unwrap(self, model: nn.Module) -> nn.Module:
+        """`accelerator.unwrap_model(model)`, looked up once per wrapper (whose inner model never changes): Accelerate
+        looks up installed packages on every call (about 1 ms where DeepSpeed is installed), and every micro-batch
+        needs the student and each teacher unwrapped."""
+        unwrapped = self._unwrapped.get(model)
+        if unwrapped is None:
+            unwrapped = self._unwrapped[model] = self.accelerator.unwrap_model(model)
+        return unwrapped
+
     def uses_fused_loss(self, mode: str) -> bool:
         """Whether `compute_loss` takes the fused chunked path in `mode` ("train" or "eval")."""
         # Evaluation and per-example training statistics need per-example values, which only the dense path has.
@@ -276,7 +288,7 @@ class DistillTrainer(Trainer):
             return None
         with self.accelerator.autocast():
             if fused:
-                return self.teacher.heads(model_inputs, self.accelerator.unwrap_model)
+                return self.teacher.heads(model_inputs, self._unwrap)
             return self.teacher.logits(model_inputs)
 
     def _record_generated(self, batch: dict[str, Any], terms: DistillationTerms) -> None:
