@@ -15,6 +15,7 @@ import os
 import sys
 
 from .checks import check_recipe
+from .cpu_threads import warn_if_oversubscribed
 from .evaluation import format_results, run_evaluation
 from .pipeline import run_training
 from .process_group import leave_process_group
@@ -25,6 +26,7 @@ from .teacher_cache import build_teacher_cache
 
 
 def _train(recipe: str, overrides: list[str]) -> None:
+    warn_if_oversubscribed()
     if is_multi_round(recipe):
         run_rounds(parse_rounds(recipe, overrides))
     else:
