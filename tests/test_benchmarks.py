@@ -102,3 +102,19 @@ def test_gpu_benchmark_stops_at_once_without_cuda():
     assert result.returncode == 1
     assert "needs a CUDA GPU" in result.stderr
     assert not result.stdout
+
+
+def test_gpu_benchmark_models_are_the_published_sizes():
+    # The GPU run builds these only on a GPU; on the meta device they cost nothing here.
+    import importlib.util
+
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    spec = importlib.util.spec_from_file_location("gpu_run", os.path.join(ROOT, "benchmarks", "gpu", "run.py"))
+    gpu_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_run)
+    for config, billions in ((gpu_run.QWEN_0_5B, 0.494), (gpu_run.QWEN_7B, 7.615)):
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(Qwen2Config(**config))
+        assert round(sum(p.numel() for p in model.parameters()) / 1e9, 3) == billions
