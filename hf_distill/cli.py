@@ -17,6 +17,7 @@ import sys
 from accelerate import PartialState
 
 from .checks import check_recipe
+from .cpu_threads import warn_if_oversubscribed
 from .evaluation import format_results, run_evaluation
 from .pipeline import run_training
 from .process_group import leave_process_group
@@ -27,6 +28,7 @@ from .teacher_cache import build_teacher_cache
 
 
 def _train(recipe: str, overrides: list[str]) -> None:
+    warn_if_oversubscribed()
     if is_multi_round(recipe):
         run_rounds(parse_rounds(recipe, overrides))
     else:

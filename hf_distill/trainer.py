@@ -3,6 +3,7 @@
 import dataclasses
 import inspect
 import os
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -86,11 +87,13 @@ class DistillTrainer(Trainer):
         self._generator = None
         if args.generates:
             members = self.teacher.members if isinstance(self.teacher, LiveTeacher) else []
-            student = lambda: self.accelerator.unwrap_model(self.model)  # noqa: E731 (the model is wrapped later)
+            student = lambda: self._unwrap(self.model)  # noqa: E731 (the model is wrapped later)
             self._generator = StepGenerator.build(args, self.accelerator, self.processing_class, members, student)
         if args.eval_generate and getattr(self.processing_class, "tokenizer", self.processing_class) is None:
             raise ValueError("eval_generate=True generates answers: pass the tokenizer as processing_class")
 
+        # Wrapper -> unwrapped model (`_unwrap`).
+        self._unwrapped: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._train_sums = torch.zeros(2, device=self.args.device)
         self._train_window_start: int | None = None
         self._eval_sums = torch.zeros(len(_EVAL_SUMS), device=self.args.device)
@@ -218,14 +221,14 @@ class DistillTrainer(Trainer):
         # Causal LM: the logits at position i predict the token at position i + 1.
         targets = inputs["labels"][:, 1:]
         # The wrapped module's mode: a DeepSpeed engine's own `training` stays True in evaluation.
-        mode = "train" if self.accelerator.unwrap_model(model).training else "eval"
+        mode = "train" if self._unwrap(model).training else "eval"
         spec, generated = self.args.divergence_spec, inputs.get(GENERATED_BY)
         if generated == "student":
             # The divergence alone on the student's own samples: a CE there would reinforce its mistakes.
             spec = dataclasses.replace(spec, alpha=0.0)
         outputs = None
         if self.uses_fused_loss(mode):
-            student = self.accelerator.unwrap_model(model)
+            student = self._unwrap(model)
             hidden = final_hidden_states(model, student, model_inputs)[:, :-1]
             teacher = self._teacher_source(model_inputs, inputs, mode, fused=True)
             terms = fused_distillation_loss(
@@ -259,6 +262,15 @@ class DistillTrainer(Trainer):
             loss = loss / n_tokens.clamp(min=1)
         return (loss, outputs) if return_outputs else loss
 
+    def _unwrap(self, model: nn.Module) -> nn.Module:
+        """`accelerator.unwrap_model(model)`, looked up once per wrapper (whose inner model never changes): Accelerate
+        looks up installed packages on every call (about 1 ms where DeepSpeed is installed), and every micro-batch
+        needs the student and each teacher unwrapped."""
+        unwrapped = self._unwrapped.get(model)
+        if unwrapped is None:
+            unwrapped = self._unwrapped[model] = self.accelerator.unwrap_model(model)
+        return unwrapped
+
     def uses_fused_loss(self, mode: str) -> bool:
         """Whether `compute_loss` takes the fused chunked path in `mode` ("train" or "eval")."""
         # Evaluation and per-example training statistics need per-example values, which only the dense path has.
@@ -274,7 +286,7 @@ class DistillTrainer(Trainer):
             return None
         with self.accelerator.autocast():
             if fused:
-                return self.teacher.heads(model_inputs, self.accelerator.unwrap_model)
+                return self.teacher.heads(model_inputs, self._unwrap)
             return self.teacher.logits(model_inputs)
 
     def _record_examples(self, mode: str, ids: list | None, terms: dict[str, torch.Tensor]) -> None:

@@ -481,3 +481,24 @@ def test_compute_loss_func_is_refused(tmp_path):
             train_dataset=variable_length_dataset(),
             compute_loss_func=lambda outputs, labels, num_items_in_batch: outputs.loss,
         )
+
+
+def test_each_model_is_unwrapped_once_however_many_steps(tmp_path, monkeypatch):
+    # Accelerate's unwrap_model looks up installed packages on every call (about 1 ms with DeepSpeed installed);
+    # the trainer keeps each wrapper's inner model instead of asking again at every micro-batch.
+    from accelerate import Accelerator
+
+    calls = []
+    unwrap = Accelerator.unwrap_model
+
+    def counting(self, model, *args, **kwargs):
+        calls.append(model)
+        return unwrap(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "unwrap_model", counting)
+    train(tmp_path / "few", max_steps=2)
+    few = len(calls)
+    calls.clear()
+    trainer = train(tmp_path / "many", max_steps=6, gradient_accumulation_steps=2, per_device_train_batch_size=4)
+    assert trainer.uses_fused_loss("train")
+    assert len(calls) == few
