@@ -352,3 +352,19 @@ def test_teacher_ensemble_matches_dense(mode, loss_type):
     torch.testing.assert_close(chunked, dense, **TOL)
     for got, expected in zip(chunked_grads, dense_grads):
         torch.testing.assert_close(got, expected, **TOL)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_autocast_leaves_the_float32_maths_alone(dtype, reduction):
+    """Under `torch.autocast` (as Trainer runs a bf16/fp16 step) the chunk maths stays float32: the same value and
+    gradients as without autocast (before: bf16 refused the in-place products, fp16 overflowed on the log floor)."""
+    inputs = make_inputs(seed=16)
+    plain = chunked_loss(inputs, chunk_size=5, reduction=reduction, temperature=2.0)
+    plain_grads = student_grads(plain.sum(), inputs)
+    with torch.autocast("cpu", dtype=dtype):
+        autocast = chunked_loss(inputs, chunk_size=5, reduction=reduction, temperature=2.0)
+    assert autocast.dtype == torch.float32
+    torch.testing.assert_close(autocast, plain, rtol=0, atol=0)
+    for got, want in zip(student_grads(autocast.sum(), inputs), plain_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

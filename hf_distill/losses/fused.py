@@ -172,6 +172,8 @@ class _FusedLinearDistillation(torch.autograd.Function):
         return out, ce, kd, agree, scored
 
     @staticmethod
+    @torch.autocast("cpu", enabled=False)
+    @torch.autocast("cuda", enabled=False)
     def backward(ctx, grad_out, _grad_ce, _grad_kd, _grad_agree, _grad_scored):
         if ctx.per_position:
             s_hidden, s_weight, s_bias, targets, *teacher = ctx.saved_tensors
@@ -273,6 +275,14 @@ def fused_distillation_loss(
     per_position = reduction == "none"
     student = (student_hidden[mask], student_head.weight, student_head.bias)
     targets = labels[mask]
+    # The chunk maths is float32 by design: under torch.autocast its matmuls would come out in bf16/fp16 (the in-place
+    # `out=` products then refuse them, and fp16 cannot hold the log-probability floor).
+    with torch.autocast(student_hidden.device.type, enabled=False):
+        return _fused(student, targets, plan, per_position, teacher_tensors, mask, reduction)
+
+
+def _fused(student, targets, plan, per_position, teacher_tensors, mask, reduction) -> DistillationTerms:
+    spec = plan.spec
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in student):
         out, ce, kd, agree, scored = _FusedLinearDistillation.apply(
             *student, targets, plan, per_position, *teacher_tensors
