@@ -8,6 +8,7 @@ from transformers import GenerationConfig, TrainingArguments
 
 from .field_docs import document_fields
 from .losses import ENSEMBLE_MODES, LOSS_CHUNK_SIZE, LOSS_TYPES, SPARSE_MODES, DivergenceSpec, check_ensemble_mode
+from .losses.sparse import check_sparse_mode
 from .modeling import parse_init_kwargs
 
 TEACHER_SOURCES = ("none", "model", "cache")
@@ -74,8 +75,10 @@ class DistillConfig(TrainingArguments):
             agree at `temperature=1`). Evaluation, which has no cache, reports the CE only.
         teacher_cache_mode (`str`, *optional*, defaults to `"renormalized"`):
             How a cached top-k becomes a distribution (`hf_distill.losses.sparse_distillation_loss`):
-            `renormalized` compares teacher and student restricted to the teacher's top-k tokens, `tail_bucket` adds
-            one bucket holding all other tokens' mass.
+            `renormalized` compares teacher and student restricted to the teacher's top-k tokens, both renormalised;
+            `tail_bucket` adds one bucket holding all other tokens' mass; `teacher_renormalized` renormalises the
+            teacher's top-k only and compares it with the student's full-vocabulary log-probabilities at those tokens
+            (DistillKit's objective, and axolotl's without `kd_normalize_topk`; `loss_type: forward_kl` only).
         early_stop_patience (`int`, *optional*, defaults to `None`):
             Stop after this many evaluations without an improvement of `eval_loss` larger than
             `early_stop_min_delta`. `None` turns early stopping off. Needs an eval dataset and an `eval_strategy`.
@@ -249,6 +252,8 @@ class DistillConfig(TrainingArguments):
                 f"teacher_cache_mode={self.teacher_cache_mode!r} is not supported; choose one of "
                 f"{', '.join(SPARSE_MODES)}"
             )
+        if self.teacher_cache_dir is not None:
+            check_sparse_mode(self.teacher_cache_mode, self.loss_type)
         if self.early_stop_patience is not None and self.early_stop_patience < 1:
             raise ValueError(
                 f"early_stop_patience must be >= 1 or None, got early_stop_patience={self.early_stop_patience}"

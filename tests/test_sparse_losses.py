@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hf_distill import DistillConfig
 from hf_distill.losses import (
     LOSS_TYPES,
     SPARSE_MODES,
@@ -15,6 +16,9 @@ from hf_distill.losses import (
 )
 
 B, L, V = 2, 5, 11
+
+# The modes that define every loss type (teacher_renormalized is forward KL only: tested on its own).
+EVERY_LOSS_TYPE_MODES = [mode for mode in SPARSE_MODES if mode != "teacher_renormalized"]
 
 
 def inputs(seed=0):
@@ -33,7 +37,7 @@ def teacher_topk(teacher_logits, k):
     return ids, logprobs, tail
 
 
-@pytest.mark.parametrize("mode", SPARSE_MODES)
+@pytest.mark.parametrize("mode", EVERY_LOSS_TYPE_MODES)
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 @pytest.mark.parametrize("reduction", ["sum", "none"])
 def test_full_vocabulary_topk_equals_dense(mode, loss_type, reduction):
@@ -110,7 +114,7 @@ def test_bad_arguments(kwargs, message):
         sparse_distillation_loss(student, ids[:1], logprobs[:1], labels)
 
 
-@pytest.mark.parametrize("mode", SPARSE_MODES)
+@pytest.mark.parametrize("mode", EVERY_LOSS_TYPE_MODES)
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 @pytest.mark.parametrize("reduction", ["sum", "none"])
 def test_chunked_sparse_equals_dense_sparse(mode, loss_type, reduction):
@@ -157,3 +161,42 @@ def test_chunked_sparse_bad_arguments():
         linear_distillation_loss(hidden, weight, hidden, weight, labels, teacher_topk=TopKTeacher(ids, logprobs, None))
     with pytest.raises(ValueError, match="needs teacher_hidden and teacher_weight, or teacher_topk"):
         linear_distillation_loss(hidden, weight, None, None, labels)
+
+
+def test_teacher_renormalized_against_its_formula_and_the_dense_loss():
+    """DistillKit's objective (axolotl's without kd_normalize_topk): the teacher's top-k renormalised at T against the
+    student's full-vocabulary log-probabilities at those ids, sum_k p_k (log p_k - log q_k); with K = V, forward KL."""
+    student, teacher, labels = inputs(7)
+    ids, logprobs, _ = teacher_topk(teacher, 4)
+    got = sparse_distillation_loss(
+        student, ids, logprobs, labels, mode="teacher_renormalized", temperature=2.0, reduction="none"
+    )
+    mask = labels != -100
+    p = torch.softmax(logprobs.double() / 2.0, -1)
+    q = torch.log_softmax(student.double() / 2.0, -1).gather(-1, ids)
+    expected = 4.0 * (p * (p.log() - q)).sum(-1) * mask
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+    # It exceeds `renormalized` by minus the log of the student's tempered top-k mass.
+    renormalized = sparse_distillation_loss(student, ids, logprobs, labels, temperature=2.0, reduction="none")
+    mass = torch.log_softmax(student.double() / 2.0, -1).gather(-1, ids).logsumexp(-1)
+    torch.testing.assert_close(got.double(), (renormalized.double() - 4.0 * mass) * mask, rtol=1e-5, atol=1e-6)
+    full_ids, full_logprobs, _ = teacher_topk(teacher, V)
+    torch.testing.assert_close(
+        sparse_distillation_loss(student, full_ids, full_logprobs, labels, mode="teacher_renormalized"),
+        distillation_loss(student, teacher, labels),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_teacher_renormalized_is_forward_kl_only(tmp_path):
+    student, teacher, labels = inputs()
+    ids, logprobs, _ = teacher_topk(teacher, 3)
+    message = "teacher_cache_mode='teacher_renormalized' is defined for loss_type='forward_kl' only"
+    with pytest.raises(ValueError, match=message):
+        sparse_distillation_loss(student, ids, logprobs, labels, mode="teacher_renormalized", loss_type="jsd")
+    with pytest.raises(ValueError, match=message):
+        DistillConfig(
+            output_dir=str(tmp_path), teacher_cache_dir="cache", teacher_cache_mode="teacher_renormalized",
+            loss_type="reverse_kl",
+        )  # fmt: skip

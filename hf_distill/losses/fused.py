@@ -8,7 +8,7 @@ import torch
 from .divergences import IGNORE_INDEX, DivergenceSpec, check_reduction, mix, reduce
 from .ensemble import softened_teacher
 from .sources import LMHead, TeacherHeads
-from .sparse import TopKTeacher
+from .sparse import TopKTeacher, check_sparse_mode
 from .terms import DistillationTerms, position_terms
 
 # Valid positions projected at once by default: `benchmarks/loss_memory.py` measured 256 at 0.12x the dense memory
@@ -210,6 +210,8 @@ def _check(student_hidden, student_head, teacher, labels, spec, chunk_size, redu
         )
     if spec.alpha < 1.0:
         teacher.check(labels, student_head.vocab_size)
+        if isinstance(teacher, TopKTeacher):
+            check_sparse_mode(teacher.mode, spec.loss_type)
 
 
 def fused_distillation_loss(

@@ -15,7 +15,19 @@ from .divergences import (
     tempered_divergence,
 )
 
-SPARSE_MODES = ("renormalized", "tail_bucket")
+SPARSE_MODES = ("renormalized", "tail_bucket", "teacher_renormalized")
+
+
+def check_sparse_mode(mode: str, loss_type: str) -> None:
+    """`teacher_renormalized` compares a distribution with log-probabilities that do not sum to 1 over the K ids:
+    defined as forward KL only (the cross-entropy form DistillKit and axolotl use)."""
+    if mode not in SPARSE_MODES:
+        raise ValueError(f"mode={mode!r} is not supported; choose one of {', '.join(SPARSE_MODES)}")
+    if mode == "teacher_renormalized" and loss_type != "forward_kl":
+        raise ValueError(
+            f"teacher_cache_mode='teacher_renormalized' is defined for loss_type='forward_kl' only, got "
+            f"loss_type={loss_type!r}"
+        )
 
 
 class TopKTeacher(NamedTuple):
@@ -34,8 +46,7 @@ class TopKTeacher(NamedTuple):
 
     def check(self, labels: torch.Tensor, student_vocab: int) -> None:
         """Raise a one-line ValueError if the top-k does not fit `labels` and a student of `student_vocab` logits."""
-        if self.mode not in SPARSE_MODES:
-            raise ValueError(f"mode={self.mode!r} is not supported; choose one of {', '.join(SPARSE_MODES)}")
+        check_sparse_mode(self.mode, "forward_kl")
         if self.ids.shape != self.logprobs.shape or self.ids.shape[:-1] != labels.shape:
             raise ValueError(
                 f"topk_ids {tuple(self.ids.shape)} and topk_logprobs {tuple(self.logprobs.shape)} must both be "
@@ -59,6 +70,9 @@ def sparse_log_probs(
     """Student and teacher log-probabilities `(N, K)` (renormalized) or `(N, K + 1)` (tail_bucket, tail last) of
     `(N, V)` student logits and a teacher's `(N, K)` rows, softened by `temperature`."""
     ids, logprobs = teacher.ids, teacher.logprobs.float()
+    if teacher.mode == "teacher_renormalized":
+        log_s = F.log_softmax(student_logits.float() / temperature, dim=-1).gather(-1, ids)
+        return log_s, F.log_softmax(logprobs / temperature, dim=-1)
     if teacher.mode == "renormalized":
         log_s = F.log_softmax(student_logits.float().gather(-1, ids) / temperature, dim=-1)
         return log_s, F.log_softmax(logprobs / temperature, dim=-1)
@@ -101,16 +115,21 @@ def sparse_distillation_loss(
             is unknown, so its bucket is tempered as one pseudo-token of log-probability `tail_logprob`, i.e.
             `p_T ∝ exp([topk_logprobs, tail_logprob] / T)`. At T = 1 that is exact; at T > 1 it under-states the
             teacher's tempered tail (sum_j p_j**(1/T) >= (sum_j p_j)**(1/T)), at T < 1 it over-states it.
+            `"teacher_renormalized"`: the teacher's top-k renormalised, against the student's full-vocabulary
+            log-probabilities at those K ids (not renormalised): `sum_k p_T,k (log p_T,k - log q_S,k)`, which is
+            `renormalized`'s value minus `log` of the student's tempered top-k mass. DistillKit's objective, and
+            axolotl's without `kd_normalize_topk`. Defined for `loss_type="forward_kl"` only.
         loss_type, temperature, beta, skew_lambda, reduction: as in `distillation_loss`.
 
-    Every `loss_type` is supported in both modes: each divergence is defined for any pair of distributions on the
-    same finite set of points, and both modes compare two such distributions. Renormalised mode gives no gradient to
-    the student's mass outside the top-k (only its shape over the K ids is trained); tail_bucket mode does. With K = V
-    both modes equal `distillation_loss`.
+    Every `loss_type` is supported in the first two modes: each divergence is defined for any pair of distributions
+    on the same finite set of points, and both modes compare two such distributions. Renormalised mode gives no
+    gradient to the student's mass outside the top-k (only its shape over the K ids is trained); tail_bucket and
+    teacher_renormalized modes do. With K = V all three modes equal `distillation_loss`.
     """
     spec = DivergenceSpec(loss_type, temperature, beta, skew_lambda)
     check_reduction(reduction)
     check_labels(labels, student_logits)
+    check_sparse_mode(mode, loss_type)
     teacher = TopKTeacher(topk_ids, topk_logprobs, tail_logprob, mode)
     teacher.check(labels, student_logits.shape[-1])
     mask = labels != IGNORE_INDEX
