@@ -1,0 +1,58 @@
+"""Inputs and faults that used to train silently into something wrong: each is now refused with one line naming what
+is wrong (or warned about, or survived). docs/errors.md lists the same rows."""
+
+import logging
+
+import pytest
+from test_bad_input import error_line, no_weights  # noqa: F401 (no_weights is a fixture)
+
+from hf_distill import DistillConfig
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--max_steps", "-5"], "max_steps must be >= 1, or -1 to train num_train_epochs, got max_steps=-5"),
+        (["--max_steps", "0"], "max_steps must be >= 1, or -1 to train num_train_epochs, got max_steps=0"),
+        (
+            ["--max_steps", "-1", "--num_train_epochs", "0"],
+            "num_train_epochs must be > 0 when max_steps=-1 (nothing would train), got num_train_epochs=0.0",
+        ),
+        (["--per_device_train_batch_size", "0"], "per_device_train_batch_size must be >= 1, got "
+         "per_device_train_batch_size=0"),
+        (["--per_device_eval_batch_size", "0"], "per_device_eval_batch_size must be >= 1, got "
+         "per_device_eval_batch_size=0"),
+        (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps must be >= 1, got "
+         "gradient_accumulation_steps=0"),
+        (["--fp16", "true"], "fp16=True needs a GPU, but this run is on the cpu; set fp16: false (bf16 works on cpu)"),
+        (["--temperature", "inf"], "temperature must be finite, got temperature=inf"),
+        (["--temperature", "nan"], "temperature must be > 0, got temperature=nan"),
+    ],
+)  # fmt: skip
+def test_training_arguments_trainer_would_mishandle(workspace, capsys, no_weights, override, message):  # noqa: F811
+    _, recipe = workspace
+    assert error_line(capsys, ["train", recipe, *override]) == f"hf-distill: error: {message}"
+
+
+def test_check_validates_an_fp16_recipe_as_if_on_the_cpu(workspace, capsys):
+    _, recipe = workspace
+    with open(recipe, "a") as f:
+        f.write("fp16: true\n")
+    from hf_distill.cli import main
+
+    main(["check", str(recipe)])
+    assert capsys.readouterr().out.strip() == f"{recipe}: ok"
+
+
+@pytest.mark.parametrize(("temperature", "warned"), [(1e6, "uniform"), (0.01, "one-hot"), (2.0, None)])
+def test_temperature_outside_the_sane_range_is_warned_about(tmp_path, caplog, temperature, warned):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.argument_checks"):
+        DistillConfig(output_dir=str(tmp_path), temperature=temperature, report_to="none")
+    lines = [r.getMessage() for r in caplog.records if r.name == "hf_distill.argument_checks"]
+    if warned is None:
+        assert lines == []
+    else:
+        assert lines == [
+            f"temperature={temperature} is outside [0.05, 20.0]: the softened distributions are nearly {warned}, so "
+            "the divergence says little about the teacher"
+        ]
