@@ -7,6 +7,7 @@ import pytest
 from test_bad_input import error_line, no_weights  # noqa: F401 (no_weights is a fixture)
 
 from hf_distill import DistillConfig
+from hf_distill.recipe import RecipeError, load_yaml
 
 
 @pytest.mark.parametrize(
@@ -56,3 +57,25 @@ def test_temperature_outside_the_sane_range_is_warned_about(tmp_path, caplog, te
             f"temperature={temperature} is outside [0.05, 20.0]: the softened distributions are nearly {warned}, so "
             "the divergence says little about the teacher"
         ]
+
+
+def test_a_key_given_twice_in_a_recipe_names_the_key_and_both_lines(workspace, capsys, no_weights):  # noqa: F811
+    _, recipe = workspace
+    lines = open(recipe).read().splitlines()
+    with open(recipe, "a") as f:
+        f.write("beta: 0.2\nskew_lambda: 0.2\nbeta: 0.4\n")
+    first, second = len(lines) + 1, len(lines) + 3
+    message = f"hf-distill: error: {recipe}: duplicate key 'beta' at lines {first} and {second}; keep one"
+    assert error_line(capsys, ["train", str(recipe)]) == message
+    assert error_line(capsys, ["check", str(recipe)]) == message
+
+
+def test_a_key_given_twice_inside_a_round_is_refused_too(tmp_path):
+    recipe = tmp_path / "rounds.yaml"
+    recipe.write_text("alpha: 0.5\nrounds:\n  - output_dir: a\n    max_steps: 2\n    max_steps: 3\n")
+    with pytest.raises(RecipeError) as info:
+        load_yaml(str(recipe))
+    assert str(info.value) == f"{recipe}: duplicate key 'max_steps' at lines 4 and 5; keep one"
+    # Mappings of the same key at different places are not duplicates.
+    recipe.write_text("rounds:\n  - max_steps: 2\n  - max_steps: 3\n")
+    assert load_yaml(str(recipe)) == {"rounds": [{"max_steps": 2}, {"max_steps": 3}]}
