@@ -4,7 +4,7 @@ is wrong (or warned about, or survived). docs/errors.md lists the same rows."""
 import logging
 
 import pytest
-from test_bad_input import error_line, no_weights  # noqa: F401 (no_weights is a fixture)
+from test_bad_input import error_line, no_weights, write_split  # noqa: F401 (no_weights is a fixture)
 
 from hf_distill import DistillConfig
 from hf_distill.recipe import RecipeError, load_yaml
@@ -79,3 +79,28 @@ def test_a_key_given_twice_inside_a_round_is_refused_too(tmp_path):
     # Mappings of the same key at different places are not duplicates.
     recipe.write_text("rounds:\n  - max_steps: 2\n  - max_steps: 3\n")
     assert load_yaml(str(recipe)) == {"rounds": [{"max_steps": 2}, {"max_steps": 3}]}
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (
+            [
+                {"id": "a", "messages": [{"role": "user", "content": "w1"}, {"role": "assistant", "content": "w2"}]},
+                {"id": "b", "messages": [{"role": "user", "content": "w1"}, {"role": "assistant", "text": "w2"}]},
+            ],
+            "split 'train': example 1 (id 'b') cannot be read as 'messages': turn 1 (role 'assistant') has no "
+            "'content' (its keys: ['role', 'text']); each turn needs 'role' and 'content'",
+        ),
+        (
+            [{"messages": [{"role": "human", "content": "w1"}, {"role": "gpt", "content": "w2"}]}],
+            "split 'train': example 0 cannot be read as 'messages': turn 0 has role='human'; expected one of system, "
+            "developer, user, assistant, tool, ipython (its keys: ['content', 'role'])",
+        ),
+    ],
+)
+def test_chat_turns_without_content_or_with_an_unknown_role(workspace, capsys, no_weights, rows, message):  # noqa: F811
+    tmp_path, recipe = workspace
+    data = write_split(tmp_path, rows)
+    line = error_line(capsys, ["train", recipe, "--dataset_name", data, "--dataset_eval_split", "train"])
+    assert line == f"hf-distill: error: {message}"
