@@ -32,6 +32,7 @@ from .metric_names import TERMS as _EVAL_SUMS
 from .model_card import render_model_card
 from .nonfinite_guard import NonFiniteGuard
 from .run_files import RunFilesCallback
+from .teacher_numerics import check_teacher_finite
 from .teacher_placement import is_deepspeed_zero3
 from .teachers import CachedTeacher, LiveTeacher, build_teacher
 
@@ -247,6 +248,7 @@ class DistillTrainer(Trainer):
                 outputs.logits[:, :-1], teacher, targets, spec, score_targets=generated is not None
             )
             self._record_examples(mode, inputs.get("id"), terms.per_example())
+        check_teacher_finite(self, teacher, targets, inputs.get("id"), mode)
         if generated:
             self._record_generated(inputs, terms)
         loss, ce, kd, n_tokens = terms.loss, terms.ce.sum(), terms.kd.sum(), terms.mask.sum()

@@ -1,13 +1,22 @@
 """Inputs and faults that used to train silently into something wrong: each is now refused with one line naming what
 is wrong (or warned about, or survived). docs/errors.md lists the same rows."""
 
+import json
 import logging
 
 import pytest
+import torch
+from safetensors import safe_open
 from test_bad_input import error_line, no_weights, write_split  # noqa: F401 (no_weights is a fixture)
+from test_trainer import assert_same_weights, make_args
+from testing_utils import tiny_llama, variable_length_dataset, word_tokenizer
+from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
 
-from hf_distill import DistillConfig
+from hf_distill import DistillConfig, DistillTrainer
+from hf_distill.data import DistillDataCollator
+from hf_distill.modeling import check_weight_files, load_causal_lm
 from hf_distill.recipe import RecipeError, load_yaml
+from hf_distill.teacher_numerics import NonFiniteTeacherError, _bad_rows
 
 
 @pytest.mark.parametrize(
@@ -104,3 +113,155 @@ def test_chat_turns_without_content_or_with_an_unknown_role(workspace, capsys, n
     data = write_split(tmp_path, rows)
     line = error_line(capsys, ["train", recipe, "--dataset_name", data, "--dataset_eval_split", "train"])
     assert line == f"hf-distill: error: {message}"
+
+
+def deepen_config(folder, layers):
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] = layers
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+TEACHER_MISSING = (
+    "its weights do not match its config.json: 9 tensors missing (model.layers.2.input_layernorm.weight, "
+    "model.layers.2.mlp.down_proj.weight, model.layers.2.mlp.gate_proj.weight, ...); transformers would initialise "
+    "missing tensors randomly and drop unexpected ones"
+)
+
+
+@pytest.mark.parametrize("command", ["train", "check"])
+def test_teacher_whose_config_has_more_layers_than_its_weights(workspace, capsys, no_weights, command):  # noqa: F811
+    tmp_path, recipe = workspace
+    deepen_config(tmp_path / "teacher", 3)
+    teacher = tmp_path / "teacher"
+    line = error_line(capsys, [command, recipe])
+    assert line == f"hf-distill: error: teacher_model_name_or_path='{teacher}': {TEACHER_MISSING}"
+
+
+def test_teacher_whose_weights_hold_more_layers_than_its_config(workspace, capsys, no_weights):  # noqa: F811
+    tmp_path, recipe = workspace
+    deepen_config(tmp_path / "teacher", 1)
+    line = error_line(capsys, ["train", recipe])
+    assert line.startswith(
+        f"hf-distill: error: teacher_model_name_or_path='{tmp_path / 'teacher'}': its weights do not match its "
+        "config.json: 9 tensors unexpected (model.layers.1.input_layernorm.weight, "
+    )
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted", "shard deleted"])
+def test_teacher_weight_file_truncated_or_missing(workspace, capsys, no_weights, damage):  # noqa: F811
+    tmp_path, recipe = workspace
+    teacher = tmp_path / "teacher"
+    weights = teacher / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:100])
+        expected = f"teacher_model_name_or_path='{teacher}': model.safetensors cannot be read ("
+    elif damage == "deleted":
+        weights.unlink()
+        expected = (
+            f"teacher_model_name_or_path='{teacher}' holds no model weights (model.safetensors, "
+            "model.safetensors.index.json or pytorch_model.bin, pytorch_model.bin.index.json)"
+        )
+    else:
+        weights.unlink()
+        tiny_llama(seed=2, hidden=48, layers=2).save_pretrained(teacher, max_shard_size="20KB")
+        shards = sorted(teacher.glob("model-*.safetensors"))
+        shards[1].unlink()
+        expected = (
+            f"teacher_model_name_or_path='{teacher}': 1 weight files named by model.safetensors.index.json are "
+            f"missing ({shards[1].name}); download the model again"
+        )
+    for command in ("train", "check"):
+        line = error_line(capsys, [command, recipe])
+        assert line.startswith(f"hf-distill: error: {expected}"), line
+
+
+def test_sharded_and_tied_teachers_pass_the_weights_check(tmp_path):
+    """No false alarm: a sharded folder, and a model whose LM head is tied to its embedding (stored once)."""
+    sharded = tiny_llama(seed=2, hidden=48, layers=2)
+    sharded.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 1
+    tied_config = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, tie_word_embeddings=True,
+    )  # fmt: skip
+    LlamaForCausalLM(tied_config).save_pretrained(tmp_path / "tied")
+    with safe_open(str(tmp_path / "tied" / "model.safetensors"), "pt") as f:
+        assert "lm_head.weight" not in f.keys()
+    for name in ("sharded", "tied"):
+        folder = str(tmp_path / name)
+        check_weight_files(folder, "teacher_model_name_or_path", AutoConfig.from_pretrained(folder))
+        load_causal_lm(folder, "teacher_model_name_or_path")
+
+
+def test_load_refuses_a_mismatch_the_header_check_cannot_see(tmp_path, monkeypatch):
+    """The load itself refuses missing tensors too (models whose checkpoints transformers converts on load)."""
+    tiny_llama(seed=2, hidden=48, layers=2).save_pretrained(tmp_path / "teacher")
+    deepen_config(tmp_path / "teacher", 3)
+    monkeypatch.setattr("hf_distill.modeling.check_weight_files", lambda *args: None)
+    with pytest.raises(ValueError) as info:
+        load_causal_lm(str(tmp_path / "teacher"), "teacher_model_name_or_path")
+    assert str(info.value) == f"teacher_model_name_or_path='{tmp_path / 'teacher'}': {TEACHER_MISSING}"
+
+
+def teacher_trainer(tmp_path, teacher, loss_chunk_size):
+    dataset = variable_length_dataset().map(lambda _, i: {"id": f"ex-{i}"}, with_indices=True)
+    return DistillTrainer(
+        model=tiny_llama(seed=1),
+        teacher_model=teacher,
+        args=make_args(
+            tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=3,
+            loss_chunk_size=loss_chunk_size,
+        ),
+        train_dataset=dataset,
+        data_collator=DistillDataCollator(word_tokenizer()),
+    )  # fmt: skip
+
+
+def nonfinite_teacher_message(step, ids):
+    return (
+        f"step {step}: the teacher (teacher 0) produced NaN or inf at target tokens of examples {', '.join(ids)}; "
+        "check its weights, or load it in float32 (teacher_model_init_kwargs: {dtype: float32}) if it overflows"
+    )
+
+
+@pytest.mark.parametrize("loss_chunk_size", [0, 1024])
+@pytest.mark.parametrize("poison", ["weights", "head", "one example at step 2"])
+def test_a_teacher_with_nonfinite_outputs_stops_the_run_at_that_step(tmp_path, loss_chunk_size, poison):
+    teacher = tiny_llama(seed=2)
+    if poison == "weights":
+        with torch.no_grad():
+            teacher.model.norm.weight[3] = float("nan")
+    elif poison == "head":
+        with torch.no_grad():
+            teacher.lm_head.weight[5, 0] = float("inf")
+    trainer = teacher_trainer(tmp_path, teacher, loss_chunk_size)
+    if poison == "one example at step 2":
+
+        def poison_row_1(module, args, output):
+            if trainer.state.global_step + 1 == 2:
+                output.last_hidden_state[1] = float("nan")
+            return output
+
+        teacher.get_decoder().register_forward_hook(poison_row_1)
+    assert trainer.uses_fused_loss("train") == (loss_chunk_size > 0)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(NonFiniteTeacherError) as info:
+        trainer.train()
+    if poison == "one example at step 2":
+        # The first micro-batch of step 2; only its second example was poisoned.
+        assert str(info.value) == nonfinite_teacher_message(2, [trainer._step_ids[1]])
+    else:
+        assert str(info.value) == nonfinite_teacher_message(1, trainer._step_ids[:2])
+        assert_same_weights(trainer.model.state_dict(), before, atol=0)  # stopped before any update
+
+
+def test_minus_inf_teacher_logits_and_nan_at_padding_are_not_errors():
+    """A token ruled out (-inf logit) is a valid distribution, and positions that are no target are never read."""
+    logits = torch.zeros(2, 3, 5)
+    logits[0, 0, 1] = float("-inf")
+    logits[1, 2] = float("nan")
+    targets = torch.tensor([[4, 4, 4], [4, 4, -100]])
+    assert _bad_rows(logits, targets, allow_minus_inf=True).tolist() == [False, False]
+    targets[1, 2] = 4
+    assert _bad_rows(logits, targets, allow_minus_inf=True).tolist() == [False, True]
+    assert _bad_rows(logits, targets, allow_minus_inf=False).tolist() == [True, True]
