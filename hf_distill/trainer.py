@@ -32,6 +32,7 @@ from .metric_names import TERMS as _EVAL_SUMS
 from .model_card import render_model_card
 from .nonfinite_guard import NonFiniteGuard
 from .run_files import RunFilesCallback
+from .run_lock import run_lock
 from .teacher_numerics import check_teacher_finite
 from .teacher_placement import is_deepspeed_zero3
 from .teachers import CachedTeacher, LiveTeacher, build_teacher
@@ -158,14 +159,17 @@ class DistillTrainer(Trainer):
             rotate_checkpoints(run_dir, save_total_limit, path, self.state.best_model_checkpoint)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        """`Trainer.train`; `resume_from_checkpoint=True` takes the last *complete* checkpoint in `output_dir`."""
+        """`Trainer.train`; `resume_from_checkpoint=True` takes the last *complete* checkpoint in `output_dir`.
+
+        The main process holds the lock of `output_dir` while it trains (`hf_distill.run_lock`)."""
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(
                     f"resume_from_checkpoint=True but output_dir={self.args.output_dir!r} holds no complete checkpoint"
                 )
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        with run_lock(self.args.output_dir, enabled=self.is_world_process_zero()):
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def step_example_ids(self) -> list:
         """Ids of the examples of the current optimizer step, from every process (a collective: call on all)."""

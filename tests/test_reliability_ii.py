@@ -1,21 +1,28 @@
 """Inputs and faults that used to train silently into something wrong: each is now refused with one line naming what
 is wrong (or warned about, or survived). docs/errors.md lists the same rows."""
 
+import hashlib
 import json
 import logging
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 from safetensors import safe_open
 from test_bad_input import error_line, no_weights, write_split  # noqa: F401 (no_weights is a fixture)
 from test_trainer import assert_same_weights, make_args
-from testing_utils import tiny_llama, variable_length_dataset, word_tokenizer
-from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
+from testing_utils import pad_collator, tiny_llama, variable_length_dataset, word_tokenizer
+from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from hf_distill import DistillConfig, DistillTrainer
+from hf_distill.checkpoints import CHECKPOINT_MARKER, damage, last_complete_checkpoint, mark_complete
 from hf_distill.data import DistillDataCollator
 from hf_distill.modeling import check_weight_files, load_causal_lm
 from hf_distill.recipe import RecipeError, load_yaml
+from hf_distill.run_lock import LOCK_NAME, OutputDirInUseError, run_lock
 from hf_distill.teacher_numerics import NonFiniteTeacherError, _bad_rows
 
 
@@ -265,3 +272,151 @@ def test_minus_inf_teacher_logits_and_nan_at_padding_are_not_errors():
     targets[1, 2] = 4
     assert _bad_rows(logits, targets, allow_minus_inf=True).tolist() == [False, True]
     assert _bad_rows(logits, targets, allow_minus_inf=False).tolist() == [True, True]
+
+
+FAULT_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "fault_run.py")
+
+
+def subprocess_env():
+    # The inherited PYTHONPATH goes first: the library under test, not an installed copy, must be the one imported.
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), os.path.dirname(__file__)) if p)
+    return dict(os.environ, PYTHONPATH=path)
+
+
+def run_script(script, *args, timeout=300):
+    command = [sys.executable, script, *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=subprocess_env())
+
+
+def run_script_code(code):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env())
+
+
+def fake_checkpoint(folder, step, files):
+    path = folder / f"checkpoint-{step}"
+    path.mkdir()
+    for name, content in files.items():
+        (path / name).write_bytes(content)
+    mark_complete(str(path), step)
+    return path
+
+
+def test_the_marker_lists_every_file_with_its_size_and_small_ones_with_a_checksum(tmp_path):
+    path = fake_checkpoint(tmp_path, 3, {"optimizer.pt": b"o" * 10, "rng_state.pth": b"r"})
+    (path / "sub").mkdir()
+    marker = json.loads((path / CHECKPOINT_MARKER).read_text())
+    assert marker["global_step"] == 3
+    assert marker["files"] == {
+        "optimizer.pt": {"size": 10, "sha256": hashlib.sha256(b"o" * 10).hexdigest()},
+        "rng_state.pth": {"size": 1, "sha256": hashlib.sha256(b"r").hexdigest()},
+    }
+    assert damage(str(path)) is None
+
+
+@pytest.mark.parametrize(
+    ("harm", "problem"),
+    [
+        (lambda p: (p / "optimizer.pt").unlink(), "optimizer.pt is missing"),
+        (lambda p: (p / "optimizer.pt").write_bytes(b"o" * 4), "optimizer.pt has 4 bytes, 10 when it was written"),
+        (lambda p: (p / "scheduler.pt").write_bytes(b"t"), "scheduler.pt has changed since it was written (checksum)"),
+        (lambda p: (p / CHECKPOINT_MARKER).write_text("{"), f"{CHECKPOINT_MARKER} cannot be read ("),
+    ],
+)
+def test_a_damaged_checkpoint_is_skipped_for_the_previous_complete_one(tmp_path, caplog, harm, problem):
+    files = {"optimizer.pt": b"o" * 10, "scheduler.pt": b"s"}
+    fake_checkpoint(tmp_path, 1, files)
+    (tmp_path / "checkpoint-2").mkdir()  # partial: never marked
+    fake_checkpoint(tmp_path, 3, files)
+    harm(tmp_path / "checkpoint-3")
+    with caplog.at_level(logging.WARNING, logger="hf_distill.checkpoints"):
+        assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-1")
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "hf_distill.checkpoints"]
+    assert warning.startswith(f"skipping damaged checkpoint {tmp_path / 'checkpoint-3'}: {problem}")
+    assert warning.endswith("; resuming from an earlier one")
+
+
+def test_no_undamaged_checkpoint_left_is_an_error_and_old_markers_are_trusted(tmp_path):
+    fake_checkpoint(tmp_path, 1, {"optimizer.pt": b"o"})
+    (tmp_path / "checkpoint-1" / "optimizer.pt").unlink()
+    with pytest.raises(ValueError) as info:
+        last_complete_checkpoint(str(tmp_path))
+    assert str(info.value) == (
+        f"output_dir={str(tmp_path)!r}: every complete checkpoint is damaged (checkpoint-1: optimizer.pt is missing); "
+        "restore the files, or delete the checkpoints to train from the start"
+    )
+    # A marker of an earlier version lists no files: the checkpoint is taken as it is.
+    (tmp_path / "checkpoint-1" / CHECKPOINT_MARKER).write_text('{"global_step": 1}')
+    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-1")
+
+
+def test_a_deleted_optimizer_file_resumes_from_the_checkpoint_before_to_the_same_weights(tmp_path):
+    result = run_script(FAULT_SCRIPT, tmp_path, 6, "none")
+    assert result.returncode == 0, result.stderr[-2000:]
+    uninterrupted = torch.load(tmp_path / "final.pt")
+    (tmp_path / "checkpoint-6" / "optimizer.pt").unlink()
+    result = run_script(FAULT_SCRIPT, tmp_path, 6, "resume")
+    assert result.returncode == 0, result.stderr[-2000:]
+    damaged = tmp_path / "checkpoint-6"
+    assert (
+        f"skipping damaged checkpoint {damaged}: optimizer.pt is missing; resuming from an earlier one"
+        in result.stderr
+    )
+    assert_same_weights(torch.load(tmp_path / "final.pt"), uninterrupted)
+    assert damage(str(tmp_path / "checkpoint-6")) is None  # rewritten whole by the resumed run
+
+
+def dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_second_run_on_the_same_output_dir_refuses_and_a_dead_runs_lock_is_taken_over(tmp_path, caplog):
+    out = tmp_path / "out"
+    lock = out / LOCK_NAME
+    with run_lock(str(out)):
+        holder = json.loads(lock.read_text())
+        assert (holder["host"], holder["pid"]) == (socket.gethostname(), os.getpid())
+        other = run_script_code(f"from hf_distill.run_lock import acquire; acquire({str(out)!r})")
+        assert other.returncode == 1
+        assert other.stderr.strip().splitlines()[-1] == (
+            f"hf_distill.run_lock.OutputDirInUseError: output_dir={str(out)!r} is in use by another run (pid "
+            f"{os.getpid()} on this host, since {holder['since']}); wait for it to end, or set another output_dir"
+        )
+    assert not lock.exists()  # released
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": (pid := dead_pid()), "since": "then"}))
+    with caplog.at_level(logging.WARNING, logger="hf_distill.run_lock"), run_lock(str(out)):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert [r.getMessage() for r in caplog.records if r.name == "hf_distill.run_lock"] == [
+        f"taking over the lock of output_dir={str(out)!r} from a dead run (pid {pid} on this host, no longer running)"
+    ]
+    lock.write_text(json.dumps({"host": "elsewhere", "pid": 7, "since": "then"}))
+    with pytest.raises(OutputDirInUseError) as info, run_lock(str(out)):
+        pass
+    assert str(info.value) == (
+        f"output_dir={str(out)!r} is in use by another run (pid 7 on host 'elsewhere', since then); wait for it to "
+        f"end, or set another output_dir (if that run is dead, delete {lock})"
+    )
+
+
+def test_training_holds_the_lock_and_the_cli_refuses_a_second_run(workspace, capsys, no_weights):  # noqa: F811
+    tmp_path, recipe = workspace
+    seen = []
+
+    class LockSeen(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append(json.loads((tmp_path / "run" / LOCK_NAME).read_text())["pid"])
+
+    trainer = DistillTrainer(
+        model=tiny_llama(seed=1),
+        teacher_model=tiny_llama(seed=2),
+        args=make_args(tmp_path / "run", max_steps=2, per_device_train_batch_size=2),
+        train_dataset=variable_length_dataset(n=4),
+        data_collator=pad_collator,
+        callbacks=[LockSeen()],
+    )
+    trainer.train()
+    assert seen == [os.getpid()] * 2 and not (tmp_path / "run" / LOCK_NAME).exists()
+    with run_lock(str(tmp_path / "out")):
+        line = error_line(capsys, ["train", recipe, "--max_steps", "1"])
+    assert line.startswith(f"hf-distill: error: output_dir='{tmp_path / 'out'}' is in use by another run (pid ")
