@@ -33,6 +33,7 @@ from .model_card import render_model_card
 from .nonfinite_guard import NonFiniteGuard
 from .run_files import RunFilesCallback
 from .run_lock import run_lock
+from .stop_signals import StopOnSignal
 from .teacher_numerics import check_teacher_finite
 from .teacher_placement import is_deepspeed_zero3
 from .teachers import CachedTeacher, LiveTeacher, build_teacher
@@ -161,15 +162,19 @@ class DistillTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """`Trainer.train`; `resume_from_checkpoint=True` takes the last *complete* checkpoint in `output_dir`.
 
-        The main process holds the lock of `output_dir` while it trains (`hf_distill.run_lock`)."""
+        The main process holds the lock of `output_dir` while it trains (`hf_distill.run_lock`). SIGTERM or SIGINT
+        finish the step, save a checkpoint and exit 143 or 130 (`hf_distill.stop_signals`)."""
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(
                     f"resume_from_checkpoint=True but output_dir={self.args.output_dir!r} holds no complete checkpoint"
                 )
-        with run_lock(self.args.output_dir, enabled=self.is_world_process_zero()):
-            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        stop = StopOnSignal(self)
+        with run_lock(self.args.output_dir, enabled=self.is_world_process_zero()), stop:
+            output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        stop.exit_if_signalled()
+        return output
 
     def step_example_ids(self) -> list:
         """Ids of the examples of the current optimizer step, from every process (a collective: call on all)."""

@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from testing_utils import pad_collator, tiny_llama, variable_length_dataset, wor
 from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from hf_distill import DistillConfig, DistillTrainer
-from hf_distill.checkpoints import CHECKPOINT_MARKER, damage, last_complete_checkpoint, mark_complete
+from hf_distill.checkpoints import CHECKPOINT_MARKER, damage, is_complete, last_complete_checkpoint, mark_complete
 from hf_distill.data import DistillDataCollator
 from hf_distill.modeling import check_weight_files, load_causal_lm
 from hf_distill.recipe import RecipeError, load_yaml
@@ -420,3 +421,42 @@ def test_training_holds_the_lock_and_the_cli_refuses_a_second_run(workspace, cap
     with run_lock(str(tmp_path / "out")):
         line = error_line(capsys, ["train", recipe, "--max_steps", "1"])
     assert line.startswith(f"hf-distill: error: output_dir='{tmp_path / 'out'}' is in use by another run (pid ")
+
+
+SIGNAL_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "signal_run.py")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_signal_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    result = run_script(SIGNAL_SCRIPT, out, 5, "none")
+    assert result.returncode == 0, result.stderr[-2000:]
+    # The schedule saves at the end only: an earlier checkpoint below comes from the signal.
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-5"]
+    return torch.load(out / "final.pt")
+
+
+@pytest.mark.parametrize(("name", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_stop_signal_finishes_the_step_saves_and_resumes_to_the_same_weights(
+    tmp_path, uninterrupted_signal_run, name, code
+):
+    result = run_script(SIGNAL_SCRIPT, tmp_path, 5, name, 3)
+    assert result.returncode == code, result.stderr[-2000:]
+    checkpoint = tmp_path / "checkpoint-3"
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert is_complete(str(checkpoint)) and damage(str(checkpoint)) is None
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"hf-distill: stopped by {name} after step 3; {checkpoint} is complete: rerun the same command to resume "
+        "from it"
+    )
+    assert "Traceback" not in result.stderr and not (tmp_path / LOCK_NAME).exists()
+    result = run_script(SIGNAL_SCRIPT, tmp_path, 5, "resume")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_same_weights(torch.load(tmp_path / "final.pt"), uninterrupted_signal_run)
+
+
+def test_a_second_signal_stops_at_once(tmp_path):
+    result = run_script(SIGNAL_SCRIPT, tmp_path, 5, "twice", 3)
+    assert result.returncode == -signal.SIGTERM
+    assert not list(tmp_path.glob("checkpoint-*"))
