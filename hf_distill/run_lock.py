@@ -50,6 +50,16 @@ def _take(path: str, me: dict) -> bool:
         return True
     except FileExistsError:
         return False
+    except OSError:
+        # A file system without hard links: exclusive creation, then the content (a kill in between leaves an empty
+        # lock, which the next run takes over as unreadable).
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return True
     finally:
         os.remove(aside)
 

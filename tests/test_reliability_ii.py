@@ -23,7 +23,7 @@ from hf_distill.checkpoints import CHECKPOINT_MARKER, damage, is_complete, last_
 from hf_distill.data import DistillDataCollator
 from hf_distill.modeling import check_weight_files, load_causal_lm
 from hf_distill.recipe import RecipeError, load_yaml
-from hf_distill.run_lock import LOCK_NAME, OutputDirInUseError, run_lock
+from hf_distill.run_lock import LOCK_NAME, OutputDirInUseError, acquire, run_lock
 from hf_distill.teacher_numerics import NonFiniteTeacherError, _bad_rows
 
 
@@ -460,3 +460,15 @@ def test_a_second_signal_stops_at_once(tmp_path):
     result = run_script(SIGNAL_SCRIPT, tmp_path, 5, "twice", 3)
     assert result.returncode == -signal.SIGTERM
     assert not list(tmp_path.glob("checkpoint-*"))
+
+
+def test_the_lock_works_without_hard_links(tmp_path, monkeypatch):
+    def no_links(*args):
+        raise PermissionError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    with run_lock(str(tmp_path)):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+        with pytest.raises(OutputDirInUseError):
+            acquire(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
