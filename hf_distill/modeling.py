@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
-from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, get_model_conversion_mapping
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 # Embedding matrices are commonly padded up to a multiple of one of these for speed (e.g. Qwen2.5: 151,936 rows for
@@ -119,8 +119,9 @@ def check_weight_files(name_or_path: str, role: str, config: PretrainedConfig) -
     a missing or unreadable file, or missing or unexpected tensors, are one-line errors naming the `role` field.
 
     Hub ids are not checked (they may not be downloaded yet), and neither are the tensor names of models whose
-    checkpoints transformers converts on load (fused MoE experts: the names in the files are not the model's) or
-    of remote code; `load_causal_lm` checks those when it loads them.
+    checkpoints transformers converts on load (fused MoE experts: the names in the files are not the model's), of
+    remote code, or of models that cannot be built on the meta device; `load_causal_lm` checks those when it loads
+    them.
     """
     if not os.path.isdir(name_or_path):
         return
@@ -133,14 +134,23 @@ def check_weight_files(name_or_path: str, role: str, config: PretrainedConfig) -
             raise ValueError(
                 f"{role}={name_or_path!r}: {os.path.basename(path)} cannot be read ({err}); download the model again"
             ) from None
-    if not present or get_checkpoint_conversion_mapping(config.model_type) is not None:
+    if not present:
         return
     model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
     if model_class is None:
         return
     # On the meta device: the tensors' names, shapes and ties, no memory and no initialisation.
-    with torch.device("meta"):
-        model = model_class(config)
+    try:
+        with torch.device("meta"):
+            model = model_class(config)
+    except Exception:  # a model that cannot be built on the meta device: the load checks it instead
+        return
+    if get_model_conversion_mapping(model, add_legacy=False):
+        return
+    # The renames transformers applies to every checkpoint (`LayerNorm.gamma` is `LayerNorm.weight`, ...).
+    for renaming in get_checkpoint_conversion_mapping("legacy") or []:
+        for source, target in zip(renaming.source_patterns, renaming.target_patterns):
+            present = {re.sub(source, target, key) for key in present}
     state = model.state_dict(keep_vars=True)  # the parameters themselves: tied names share one object
     prefix = f"{model.base_model_prefix}."
     if not any(k.startswith(prefix) for k in present) and any(k.startswith(prefix) for k in state):

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from test_bad_input import error_line, no_weights, write_split  # noqa: F401 (no_weights is a fixture)
 from test_trainer import assert_same_weights, make_args
 from testing_utils import pad_collator, tiny_llama, variable_length_dataset, word_tokenizer
-from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM, TrainerCallback
 
 from hf_distill import DistillConfig, DistillTrainer
 from hf_distill.checkpoints import CHECKPOINT_MARKER, damage, is_complete, last_complete_checkpoint, mark_complete
@@ -184,7 +184,8 @@ def test_teacher_weight_file_truncated_or_missing(workspace, capsys, no_weights,
 
 
 def test_sharded_and_tied_teachers_pass_the_weights_check(tmp_path):
-    """No false alarm: a sharded folder, and a model whose LM head is tied to its embedding (stored once)."""
+    """No false alarm: a sharded folder, a model whose LM head is tied to its embedding (stored once), and a mixture
+    of experts whose checkpoint names are converted on load."""
     sharded = tiny_llama(seed=2, hidden=48, layers=2)
     sharded.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
     assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 1
@@ -195,7 +196,13 @@ def test_sharded_and_tied_teachers_pass_the_weights_check(tmp_path):
     LlamaForCausalLM(tied_config).save_pretrained(tmp_path / "tied")
     with safe_open(str(tmp_path / "tied" / "model.safetensors"), "pt") as f:
         assert "lm_head.weight" not in f.keys()
-    for name in ("sharded", "tied"):
+    moe_config = MixtralConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, num_local_experts=2,
+    )  # fmt: skip
+    # Saved with per-expert tensors that transformers fuses on load: names differ from the model's, and that is fine.
+    MixtralForCausalLM(moe_config).save_pretrained(tmp_path / "moe")
+    for name in ("sharded", "tied", "moe"):
         folder = str(tmp_path / name)
         check_weight_files(folder, "teacher_model_name_or_path", AutoConfig.from_pretrained(folder))
         load_causal_lm(folder, "teacher_model_name_or_path")
