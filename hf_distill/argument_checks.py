@@ -27,8 +27,8 @@ def check_training_arguments(config) -> None:
             f"num_train_epochs must be > 0 when max_steps=-1 (nothing would train), got "
             f"num_train_epochs={config.num_train_epochs}"
         )
-    device = config.device.type
-    if config.fp16 and device == "cpu":
+    # The device only when asked for: reading it sets up the distributed state.
+    if config.fp16 and config.device.type == "cpu":
         # Accelerate has no float16 autocast on the CPU: the run would silently train in float32.
         raise ValueError("fp16=True needs a GPU, but this run is on the cpu; set fp16: false (bf16 works on cpu)")
     temperature = config.temperature
