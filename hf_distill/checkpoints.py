@@ -130,3 +130,39 @@ def rotate_checkpoints(output_dir: str, save_total_limit: int | None, newest: st
     doomed = [path for path in complete if path not in protected][: max(excess, 0)]
     for path in doomed + [path for path in stale if path not in protected]:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# Config fields whose values decide the shapes of the weights a checkpoint holds.
+_ARCHITECTURE_FIELDS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+)
+
+
+def check_same_architecture(checkpoint_dir: str, model_config) -> None:
+    """Raise a one-line ValueError if the checkpoint's `config.json` describes another architecture than
+    `model_config` (the student's): loading it would fail deep in `load_state_dict`, or resume into another model.
+    A checkpoint without a readable `config.json` (a PEFT adapter, a sharded engine's folder) is not checked."""
+    try:
+        with open(os.path.join(checkpoint_dir, "config.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return
+    saved_text = saved.get("text_config") or saved
+    current = model_config.to_dict()
+    current_text = current.get("text_config") or current
+    differing = [
+        f"{name} {saved_text.get(name, saved.get(name))!r} vs {current_text.get(name, current.get(name))!r}"
+        for name in _ARCHITECTURE_FIELDS
+        if saved_text.get(name, saved.get(name)) != current_text.get(name, current.get(name))
+    ]
+    if differing:
+        raise ValueError(
+            f"resume_from_checkpoint={checkpoint_dir!r} holds another architecture than the student (checkpoint vs "
+            f"student: {', '.join(differing)}); resume with the student it was trained from, or set another output_dir"
+        )

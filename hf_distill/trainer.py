@@ -11,7 +11,7 @@ from accelerate.utils import gather_object
 from torch import nn
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer
 
-from .checkpoints import last_complete_checkpoint, mark_complete, rotate_checkpoints
+from .checkpoints import check_same_architecture, last_complete_checkpoint, mark_complete, rotate_checkpoints
 from .config import DistillConfig
 from .data import CACHE_COLUMNS, DistillDataCollator
 from .generation import GENERATED_BY, StepGenerator, completion_rows
@@ -170,6 +170,8 @@ class DistillTrainer(Trainer):
                 raise ValueError(
                     f"resume_from_checkpoint=True but output_dir={self.args.output_dir!r} holds no complete checkpoint"
                 )
+        if resume_from_checkpoint:
+            check_same_architecture(resume_from_checkpoint, self.accelerator.unwrap_model(self.model).config)
         stop = StopOnSignal(self)
         with run_lock(self.args.output_dir, enabled=self.is_world_process_zero()), stop:
             output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)

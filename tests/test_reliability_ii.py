@@ -479,3 +479,25 @@ def test_the_lock_works_without_hard_links(tmp_path, monkeypatch):
         with pytest.raises(OutputDirInUseError):
             acquire(str(tmp_path))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resuming_with_another_student_architecture_names_both(tmp_path):
+    def trainer(student):
+        return DistillTrainer(
+            model=student,
+            teacher_model=tiny_llama(seed=2),
+            args=make_args(tmp_path, max_steps=1, per_device_train_batch_size=2, save_strategy="steps", save_steps=1),
+            train_dataset=variable_length_dataset(n=4),
+            data_collator=pad_collator,
+        )
+
+    trainer(tiny_llama(seed=1, hidden=32, layers=1)).train()
+    other = trainer(tiny_llama(seed=1, hidden=48, layers=2))
+    with pytest.raises(ValueError) as info:
+        other.train(resume_from_checkpoint=True)
+    assert str(info.value) == (
+        f"resume_from_checkpoint={str(tmp_path / 'checkpoint-1')!r} holds another architecture than the student "
+        "(checkpoint vs student: hidden_size 32 vs 48, num_hidden_layers 1 vs 2, intermediate_size 64 vs 96); resume "
+        "with the student it was trained from, or set another output_dir"
+    )
+    trainer(tiny_llama(seed=1, hidden=32, layers=1)).train(resume_from_checkpoint=True)  # the same one resumes
