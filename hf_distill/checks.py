@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 from .arguments import DataArguments, ModelArguments
 from .config import DistillConfig
 from .data import FILE_BUILDERS, split_files
-from .modeling import load_causal_lm_config
+from .modeling import check_weight_files, load_causal_lm_config
 
 
 def _looks_local(name: str) -> bool:
@@ -64,20 +64,24 @@ def check_recipe(
     def model_config(name, field_name):
         return load_causal_lm_config(name, field_name, trust)
 
+    def model_with_weights(name, field_name):
+        check_weight_files(name, field_name, model_config(name, field_name))
+
     def tokenizer(name, field_name):
         try:
             return AutoTokenizer.from_pretrained(name, trust_remote_code=trust)
         except (OSError, ValueError) as err:
             raise ValueError(f"{field_name}={name!r}: cannot be read ({str(err).splitlines()[0]})") from None
 
-    _check_local(model_args.model_name_or_path, "model_name_or_path", model_config, produced_paths)
+    student = model_with_weights if model_args.student_init == "pretrained" else model_config
+    _check_local(model_args.model_name_or_path, "model_name_or_path", student, produced_paths)
     if model_args.tokenizer_name_or_path is not None:
         _check_local(model_args.tokenizer_name_or_path, "tokenizer_name_or_path", tokenizer, produced_paths)
     if config.teacher_source != "none":
         if not config.teacher_paths:
             raise ValueError(f"alpha={config.alpha} needs a teacher: set teacher_model_name_or_path")
         for teacher in config.teacher_paths:
-            _check_local(teacher, "teacher_model_name_or_path", model_config, produced_paths)
+            _check_local(teacher, "teacher_model_name_or_path", model_with_weights, produced_paths)
     _check_dataset(data_args)
     if config.early_stop_patience is not None and data_args.dataset_eval_split is None:
         raise ValueError(f"early_stop_patience={config.early_stop_patience} needs dataset_eval_split")

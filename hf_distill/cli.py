@@ -36,9 +36,9 @@ def _train(recipe: str, overrides: list[str]) -> None:
 
 
 def _check(recipes: list[str], overrides: list[str]) -> None:
-    # bf16 or multi-GPU settings describe the machine a recipe is meant for, not a fault in it: validate as if on
-    # the CPU so the check runs anywhere.
-    overrides = ["--use_cpu", "true", *overrides]
+    # bf16, fp16 or multi-GPU settings describe the machine a recipe is meant for, not a fault in it: validate as if
+    # on the CPU, in float32, so the check runs anywhere.
+    overrides = ["--use_cpu", "true", "--fp16", "false", *overrides]
     for recipe in recipes:
         if is_multi_round(recipe):
             check_rounds(parse_rounds(recipe, overrides))

@@ -6,6 +6,7 @@ from typing import Any
 
 from transformers import GenerationConfig, TrainingArguments
 
+from .argument_checks import check_training_arguments
 from .field_docs import document_fields
 from .losses import ENSEMBLE_MODES, LOSS_CHUNK_SIZE, LOSS_TYPES, SPARSE_MODES, DivergenceSpec, check_ensemble_mode
 from .losses.sparse import check_sparse_mode
@@ -184,6 +185,7 @@ class DistillConfig(TrainingArguments):
             # EarlyStoppingCallback reads `metric_for_best_model`; early stopping is defined on eval_loss.
             self.metric_for_best_model = "loss"
         super().__post_init__()
+        check_training_arguments(self)
 
     # What follows from the fields is decided here and read everywhere else. Properties, not attributes set once:
     # a script that changes a field after construction must not read a stale decision.

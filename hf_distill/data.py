@@ -102,8 +102,33 @@ def _prompt_example(example: dict, tokenizer: PreTrainedTokenizerBase) -> tuple[
     return ids, [IGNORE_INDEX] * len(ids)
 
 
+# Roles the chat templates of hub models know; another name (ShareGPT's `human`/`gpt`) renders as nothing or fails.
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "ipython")
+
+
+def _check_turns(messages: list) -> None:
+    """Each turn is a mapping with a known `role` and a `content`: a chat template renders a missing content as
+    empty, so turns written with `text` instead would train on empty answers without a word. Arrow gives every turn
+    of a column the keys of all turns, so a key holding None counts as missing."""
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ValueError(f"turn {i} is a {type(message).__name__}, not a mapping with 'role' and 'content'")
+        keys = sorted(k for k, v in message.items() if v is not None)
+        if message.get("role") not in CHAT_ROLES:
+            raise ValueError(
+                f"turn {i} has role={message.get('role')!r}; expected one of {', '.join(CHAT_ROLES)} "
+                f"(its keys: {keys})"
+            )
+        if message.get("content") is None and not message.get("tool_calls"):
+            raise ValueError(
+                f"turn {i} (role {message['role']!r}) has no 'content' (its keys: {keys}); each turn needs 'role' and "
+                "'content'"
+            )
+
+
 def _messages_example(example: dict, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
     messages = example["messages"]
+    _check_turns(messages)
     if messages and messages[-1]["role"] != "assistant":
         # A conversation waiting for the assistant's answer is a prompt: no target, and the generation prompt ends it.
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
@@ -155,7 +180,8 @@ def tokenize_dataset(
         try:
             ids, labels = build(example, tokenizer)
         except (TypeError, ValueError, KeyError, AttributeError) as err:
-            raise ValueError(f"split {split!r}: an example cannot be read as {fmt!r}: {err}") from None
+            name = f"example {index}" + (f" (id {example['id']!r})" if has_ids else "")
+            raise ValueError(f"split {split!r}: {name} cannot be read as {fmt!r}: {err}") from None
         return {
             "id": str(example["id"]) if has_ids else str(index),
             "input_ids": ids[:max_length],

@@ -13,6 +13,7 @@ from .config import DistillConfig
 from .modeling import (
     check_same_tokenizer,
     check_vocab_sizes,
+    check_weight_files,
     load_causal_lm,
     load_causal_lm_config,
     parse_init_kwargs,
@@ -100,14 +101,17 @@ def load_teachers(
 
 
 def check_models_fit(model_args: ModelArguments, config: DistillConfig, tokenizer) -> None:
-    """Model, tokenizer and vocabulary checks from config and tokenizer files only, before any weight is loaded."""
+    """Model, tokenizer and vocabulary checks from config and tokenizer files, then the weight files' headers (no
+    tensor is read), before any weight is loaded."""
     trust = model_args.trust_remote_code
     student = load_causal_lm_config(model_args.model_name_or_path, "model_name_or_path", trust)
-    if config.teacher_source == "none":
-        return
+    models = [(model_args.model_name_or_path, "model_name_or_path", student)]
+    if model_args.student_init != "pretrained":
+        models = []  # fresh weights: the folder holds a config only
     # Every ensemble member is checked against the student, and so shares its vocabulary with the others.
-    for teacher_path in config.teacher_paths:
+    for teacher_path in config.teacher_paths if config.teacher_source != "none" else []:
         teacher = load_causal_lm_config(teacher_path, "teacher_model_name_or_path", trust)
+        models.append((teacher_path, "teacher_model_name_or_path", teacher))
         try:
             teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_path, trust_remote_code=trust)
         except (OSError, ValueError):
@@ -115,3 +119,6 @@ def check_models_fit(model_args: ModelArguments, config: DistillConfig, tokenize
         if teacher_tokenizer is not None:
             check_same_tokenizer(tokenizer, teacher_tokenizer)
         check_vocab_sizes(student.get_text_config().vocab_size, teacher.get_text_config().vocab_size, len(tokenizer))
+    # Weight files last: a model that cannot fit at all is told so first.
+    for path, role, model_config in models:
+        check_weight_files(path, role, model_config)

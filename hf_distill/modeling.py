@@ -3,14 +3,20 @@ one another. Which model is loaded with which arguments is decided in `loading.p
 
 import json
 import os
+import re
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, get_model_conversion_mapping
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 # Embedding matrices are commonly padded up to a multiple of one of these for speed (e.g. Qwen2.5: 151,936 rows for
 # 151,665 tokens); widths that differ only by such padding still describe the same vocabulary.
 _PAD_MULTIPLES = (8, 16, 32, 64, 128, 256)
+# Weight files of formats whose tensor names cannot be read without loading the tensors.
+_OTHER_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def resolve_dtype(init_kwargs: dict[str, Any] | None) -> dict[str, Any]:
@@ -54,10 +60,120 @@ def load_causal_lm_config(name_or_path: str, role: str, trust_remote_code: bool 
 
 
 def load_causal_lm(name_or_path: str, role: str, **init_kwargs: Any) -> PreTrainedModel:
-    """`AutoModelForCausalLM.from_pretrained` with errors that say which model (`role`) failed and why."""
+    """`AutoModelForCausalLM.from_pretrained` with errors that say which model (`role`) failed and why.
+
+    Weights that do not match the config (tensors missing from the files, which transformers initialises randomly,
+    or tensors the model has no place for) are refused: a partly random model would train without a word.
+    """
     kwargs = resolve_dtype(init_kwargs)
-    load_causal_lm_config(name_or_path, role, kwargs.get("trust_remote_code", False))
-    return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    config = load_causal_lm_config(name_or_path, role, kwargs.get("trust_remote_code", False))
+    check_weight_files(name_or_path, role, config)
+    model, info = AutoModelForCausalLM.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    _refuse_mismatch(name_or_path, role, info["missing_keys"], info["unexpected_keys"])
+    return model
+
+
+def _refuse_mismatch(name_or_path: str, role: str, missing, unexpected) -> None:
+    if not missing and not unexpected:
+        return
+    parts = []
+    for what, keys in (("missing", sorted(missing)), ("unexpected", sorted(unexpected))):
+        if keys:
+            shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+            parts.append(f"{len(keys)} tensors {what} ({shown})")
+    raise ValueError(
+        f"{role}={name_or_path!r}: its weights do not match its config.json: {'; '.join(parts)}; transformers would "
+        "initialise missing tensors randomly and drop unexpected ones"
+    )
+
+
+def _safetensors_files(folder: str, role: str) -> list[str]:
+    """The safetensors files of a local model folder (those its index names, or `model.safetensors`); [] when it
+    holds weights in another format only. No weights at all is an error."""
+    index = os.path.join(folder, SAFE_WEIGHTS_INDEX_NAME)
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError) as err:
+            raise ValueError(f"{role}={folder!r}: {SAFE_WEIGHTS_INDEX_NAME} cannot be read ({err})") from None
+        absent = [name for name in shards if not os.path.isfile(os.path.join(folder, name))]
+        if absent:
+            raise ValueError(
+                f"{role}={folder!r}: {len(absent)} weight files named by {SAFE_WEIGHTS_INDEX_NAME} are missing "
+                f"({', '.join(absent[:3])}); download the model again"
+            )
+        return [os.path.join(folder, name) for name in shards]
+    if os.path.isfile(os.path.join(folder, SAFE_WEIGHTS_NAME)):
+        return [os.path.join(folder, SAFE_WEIGHTS_NAME)]
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in _OTHER_WEIGHT_FILES):
+        raise ValueError(
+            f"{role}={folder!r} holds no model weights ({SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME} or "
+            f"{', '.join(_OTHER_WEIGHT_FILES)})"
+        )
+    return []
+
+
+def check_weight_files(name_or_path: str, role: str, config: PretrainedConfig) -> None:
+    """A local model folder's safetensors headers (no tensor data is read) against the tensors its config builds:
+    a missing or unreadable file, or missing or unexpected tensors, are one-line errors naming the `role` field.
+
+    Hub ids are not checked (they may not be downloaded yet), and neither are the tensor names of models whose
+    checkpoints transformers converts on load (fused MoE experts: the names in the files are not the model's), of
+    remote code, or of models that cannot be built on the meta device; `load_causal_lm` checks those when it loads
+    them.
+    """
+    if not os.path.isdir(name_or_path):
+        return
+    present = set()
+    for path in _safetensors_files(name_or_path, role):
+        try:
+            with safe_open(path, "pt") as f:
+                present.update(f.keys())
+        except Exception as err:  # safetensors raises its own error types for truncated or foreign files
+            raise ValueError(
+                f"{role}={name_or_path!r}: {os.path.basename(path)} cannot be read ({err}); download the model again"
+            ) from None
+    if not present:
+        return
+    model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    if model_class is None:
+        return
+    # On the meta device: the tensors' names, shapes and ties, no memory and no initialisation.
+    try:
+        with torch.device("meta"):
+            model = model_class(config)
+    except Exception:  # a model that cannot be built on the meta device: the load checks it instead
+        return
+    if get_model_conversion_mapping(model, add_legacy=False):
+        return
+    # The renames transformers applies to every checkpoint (`LayerNorm.gamma` is `LayerNorm.weight`, ...).
+    for renaming in get_checkpoint_conversion_mapping("legacy") or []:
+        for source, target in zip(renaming.source_patterns, renaming.target_patterns):
+            present = {re.sub(source, target, key) for key in present}
+    state = model.state_dict(keep_vars=True)  # the parameters themselves: tied names share one object
+    prefix = f"{model.base_model_prefix}."
+    if not any(k.startswith(prefix) for k in present) and any(k.startswith(prefix) for k in state):
+        # Checkpoints of the base model (e.g. the hub's `gpt2`) name tensors without the prefix.
+        present = {k if k in state else prefix + k for k in present}
+    # A tied tensor (the LM head sharing the embedding) is stored once, under any one of its names.
+    names_of = {}
+    for name, tensor in state.items():
+        names_of.setdefault(id(tensor), []).append(name)
+    missing = [
+        name
+        for name, tensor in state.items()
+        if not any(n in present for n in names_of[id(tensor)])
+        and not _ignored(name, model._keys_to_ignore_on_load_missing)
+    ]
+    unexpected = [
+        name for name in present - state.keys() if not _ignored(name, model._keys_to_ignore_on_load_unexpected)
+    ]
+    _refuse_mismatch(name_or_path, role, missing, unexpected)
+
+
+def _ignored(name: str, patterns) -> bool:
+    return any(re.search(pattern, name) for pattern in patterns or ())
 
 
 def output_width(model: PreTrainedModel) -> int:

@@ -10,6 +10,7 @@ from .checkpoints import last_complete_checkpoint
 from .config import DistillConfig
 from .data import DistillDataCollator, prepare_datasets
 from .loading import check_models_fit, load_student, load_teachers, load_tokenizer
+from .run_lock import check_free
 from .teacher_cache import attach_teacher_cache
 from .trainer import DistillTrainer
 
@@ -23,6 +24,8 @@ def build_trainer(
     callbacks: list[TrainerCallback] | None = None,
 ) -> DistillTrainer:
     """Checks, tokenizer, data (with the teacher cache when set), teacher and student, and the trainer over them."""
+    if config.process_index == 0:
+        check_free(config.output_dir)  # another run on this output_dir: refused before anything is loaded
     set_seed(config.seed)
     tokenizer = load_tokenizer(model_args, config)
     check_models_fit(model_args, config, tokenizer)

@@ -6,6 +6,7 @@ import difflib
 import json
 import os
 import typing
+from collections.abc import Hashable
 
 import yaml
 from transformers import HfArgumentParser
@@ -39,13 +40,36 @@ def unknown_key_error(key: str, where: str) -> RecipeError:
     return RecipeError(f"unknown key {key!r} in {where}{hint}")
 
 
+class _DuplicateKeyError(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: PyYAML would keep the last
+    value without a word, and the first one, which the author may be reading, would silently not apply."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader's own error names it
+            if key in seen:
+                raise _DuplicateKeyError(f"duplicate key {key!r} at lines {seen[key]} and {line}; keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str) -> dict:
-    """The recipe's mapping; YAML syntax errors keep their line number."""
+    """The recipe's mapping; YAML syntax errors keep their line number, and a key given twice is an error."""
     if not os.path.isfile(path):
         raise RecipeError(f"recipe file not found: {path}")
     with open(path) as f:
         try:
-            content = yaml.safe_load(f)
+            content = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+        except _DuplicateKeyError as err:
+            raise RecipeError(f"{path}: {err}") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

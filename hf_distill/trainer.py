@@ -12,7 +12,7 @@ from accelerate.utils import gather_object
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 
-from .checkpoints import last_complete_checkpoint, mark_complete, rotate_checkpoints
+from .checkpoints import check_same_architecture, last_complete_checkpoint, mark_complete, rotate_checkpoints
 from .config import DistillConfig
 from .context_length import check_batch_length, teacher_contexts
 from .data import CACHE_COLUMNS, DistillDataCollator
@@ -34,6 +34,9 @@ from .metric_names import TERMS as _EVAL_SUMS
 from .model_card import write_model_card
 from .nonfinite_guard import NonFiniteGuard
 from .run_files import RunFilesCallback
+from .run_lock import run_lock
+from .stop_signals import StopOnSignal
+from .teacher_numerics import check_teacher_finite
 from .teacher_placement import is_deepspeed_zero3
 from .teachers import CachedTeacher, LiveTeacher, build_teacher
 from .trainer_arguments import checked_trainer_kwargs
@@ -148,14 +151,23 @@ class DistillTrainer(Trainer):
             rotate_checkpoints(run_dir, save_total_limit, path, self.state.best_model_checkpoint)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        """`Trainer.train`; `resume_from_checkpoint=True` takes the last *complete* checkpoint in `output_dir`."""
+        """`Trainer.train`; `resume_from_checkpoint=True` takes the last *complete* checkpoint in `output_dir`.
+
+        The main process holds the lock of `output_dir` while it trains (`hf_distill.run_lock`). SIGTERM or SIGINT
+        finish the step, save a checkpoint and exit 143 or 130 (`hf_distill.stop_signals`)."""
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(
                     f"resume_from_checkpoint=True but output_dir={self.args.output_dir!r} holds no complete checkpoint"
                 )
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        if resume_from_checkpoint:
+            check_same_architecture(resume_from_checkpoint, self.accelerator.unwrap_model(self.model).config)
+        stop = StopOnSignal(self)
+        with run_lock(self.args.output_dir, enabled=self.is_world_process_zero()), stop:
+            output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        stop.exit_if_signalled()
+        return output
 
     def step_example_ids(self) -> list:
         """Ids of the examples of the current optimizer step, from every process (a collective: call on all)."""
@@ -247,6 +259,7 @@ class DistillTrainer(Trainer):
                 outputs.logits[:, :-1], teacher, targets, spec, score_targets=generated is not None
             )
             self._record_examples(mode, inputs.get("id"), terms.per_example())
+        check_teacher_finite(self, teacher, targets, inputs.get("id"), mode)
         if generated:
             logging_steps = self.state.logging_steps or self.args.logging_steps
             self._generator.record(inputs, terms, self.state.global_step + 1, logging_steps, self._run_files)

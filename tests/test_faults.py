@@ -18,7 +18,9 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "fault_run.py")
 
 
 def run(out_dir, max_steps, mode, kill_step=-1, save_total_limit=None):
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__))
+    # The inherited PYTHONPATH first: the library under test, not an installed copy, must be the one imported.
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), os.path.dirname(__file__)) if p)
+    env = dict(os.environ, PYTHONPATH=path)
     cmd = [sys.executable, SCRIPT, str(out_dir), str(max_steps), mode, str(kill_step)]
     if save_total_limit is not None:
         cmd.append(str(save_total_limit))

@@ -1,0 +1,71 @@
+"""A teacher whose outputs hold NaN or inf (broken weights, or an overflow in its dtype) stops the run at the step
+where it happens: its divergence would otherwise be garbage, skipped step after step or silently learned from."""
+
+import torch
+from accelerate.utils import gather_object
+
+from .losses import IGNORE_INDEX, TeacherHeads, TeacherLogits
+
+
+class NonFiniteTeacherError(ValueError):
+    """The teacher produced NaN or inf at a target position."""
+
+
+def _bad_rows(values: torch.Tensor, targets: torch.Tensor, allow_minus_inf: bool) -> torch.Tensor:
+    """`(B,)` flags: rows with a target position whose `values` (B, L, D) hold NaN or inf.
+
+    Reduced over the last dimension first (one pass, no copy of the large tensor): a sum is NaN or +-inf as soon as
+    one term is. Logits may be -inf (a token the teacher rules out), hidden states may not. Positions that are no
+    target are not looked at: padding may hold anything.
+    """
+    sums = values.sum(-1, dtype=torch.float32)
+    bad = sums.isnan() | (sums == float("inf")) if allow_minus_inf else ~sums.isfinite()
+    return (bad & targets.ne(IGNORE_INDEX)).any(-1)
+
+
+def check_teacher_finite(trainer, teacher, targets: torch.Tensor, ids: list | None, mode: str) -> None:
+    """Raise `NonFiniteTeacherError` naming the step, the teacher and the examples if a live teacher's logits (dense
+    path) or final hidden states and LM head (fused path) hold NaN or inf at a target position of this micro-batch.
+
+    The flag is reduced over processes, so every process raises together and none waits on the others.
+    """
+    if isinstance(teacher, TeacherLogits):
+        rows = [_bad_rows(logits, targets, allow_minus_inf=True) for logits in teacher.logits]
+    elif isinstance(teacher, TeacherHeads):
+        rows = [
+            _bad_rows(hidden, targets, allow_minus_inf=False) | _head_is_bad(head)
+            for hidden, head in zip(teacher.hidden, teacher.heads)
+        ]
+    else:
+        return  # no teacher, or a cache: its values were checked when it was built
+    flags = torch.stack([r.any() for r in rows]).float()
+    accelerator = trainer.accelerator
+    if accelerator.num_processes > 1:
+        flags = accelerator.reduce(flags.to(accelerator.device), reduction="max")
+    if not flags.any():
+        return
+    bad = sorted({i for r in rows for i in r.nonzero().flatten().tolist()})
+    names = [str(ids[i]) for i in bad] if ids else [f"row {i} of the micro-batch" for i in bad]
+    if accelerator.num_processes > 1:
+        names = gather_object(names)
+    paths = trainer.args.teacher_paths
+    members = [i for i, f in enumerate(flags.tolist()) if f]
+    who = ", ".join(repr(paths[i]) if len(paths) == len(rows) else f"teacher {i}" for i in members)
+    where = (
+        f"step {trainer.state.global_step + 1}"
+        if mode == "train"
+        else f"evaluation at step {trainer.state.global_step}"
+    )
+    raise NonFiniteTeacherError(
+        f"{where}: the teacher ({who}) produced NaN or inf at target tokens of examples {', '.join(names[:16])}"
+        f"{', ...' if len(names) > 16 else ''}; check its weights, or load it in float32 "
+        "(teacher_model_init_kwargs: {dtype: float32}) if it overflows"
+    )
+
+
+def _head_is_bad(head) -> torch.Tensor:
+    """Whether the LM head holds NaN or inf: one read of the weight, small beside the fused loss's matmuls."""
+    bad = ~head.weight.sum(dtype=torch.float32).isfinite()
+    if head.bias is not None:
+        bad |= ~head.bias.sum(dtype=torch.float32).isfinite()
+    return bad
