@@ -166,3 +166,15 @@ def check_same_architecture(checkpoint_dir: str, model_config) -> None:
             f"resume_from_checkpoint={checkpoint_dir!r} holds another architecture than the student (checkpoint vs "
             f"student: {', '.join(differing)}); resume with the student it was trained from, or set another output_dir"
         )
+
+
+def resume_point(output_dir: str, resume_from_checkpoint: str | bool | None, model_config) -> str | None:
+    """The checkpoint `Trainer.train(resume_from_checkpoint=...)` resumes from: `True` takes the last complete one in
+    `output_dir` (none is an error); a checkpoint of another architecture than `model_config` is refused."""
+    if resume_from_checkpoint is True:
+        resume_from_checkpoint = last_complete_checkpoint(output_dir)
+        if resume_from_checkpoint is None:
+            raise ValueError(f"resume_from_checkpoint=True but output_dir={output_dir!r} holds no complete checkpoint")
+    if resume_from_checkpoint:
+        check_same_architecture(resume_from_checkpoint, model_config)
+    return resume_from_checkpoint or None

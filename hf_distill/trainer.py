@@ -12,7 +12,7 @@ from accelerate.utils import gather_object
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 
-from .checkpoints import check_same_architecture, last_complete_checkpoint, mark_complete, rotate_checkpoints
+from .checkpoints import mark_complete, resume_point, rotate_checkpoints
 from .config import DistillConfig
 from .context_length import check_batch_length, teacher_contexts
 from .data import CACHE_COLUMNS, DistillDataCollator
@@ -155,14 +155,8 @@ class DistillTrainer(Trainer):
 
         The main process holds the lock of `output_dir` while it trains (`hf_distill.run_lock`). SIGTERM or SIGINT
         finish the step, save a checkpoint and exit 143 or 130 (`hf_distill.stop_signals`)."""
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(
-                    f"resume_from_checkpoint=True but output_dir={self.args.output_dir!r} holds no complete checkpoint"
-                )
-        if resume_from_checkpoint:
-            check_same_architecture(resume_from_checkpoint, self.accelerator.unwrap_model(self.model).config)
+        student = self.accelerator.unwrap_model(self.model)
+        resume_from_checkpoint = resume_point(self.args.output_dir, resume_from_checkpoint, student.config)
         stop = StopOnSignal(self)
         with run_lock(self.args.output_dir, enabled=self.is_world_process_zero()), stop:
             output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
