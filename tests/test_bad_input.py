@@ -134,7 +134,7 @@ def test_missing_dataset_path(workspace, capsys, no_weights):
         (
             ["--teacher_cache_mode", "dense"],
             "argument --teacher_cache_mode/--teacher-cache-mode: invalid choice: 'dense' (choose from "
-            "'renormalized', 'tail_bucket')",
+            "'renormalized', 'tail_bucket', 'teacher_renormalized')",
         ),
         (["--temperture", "2"], "unknown key 'temperture' in the command line; did you mean 'temperature'?"),
     ],
