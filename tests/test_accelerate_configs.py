@@ -1,4 +1,5 @@
-"""The files in accelerate_configs/ as Accelerate reads them, and why FSDP and DeepSpeed do not run on this CPU."""
+"""The files in accelerate_configs/ as Accelerate reads them, and why their FSDP and DeepSpeed settings alone do not
+select those engines on this CPU (tests/distributed/test_engines.py runs them for real, with test-only settings)."""
 
 import glob
 import os
@@ -73,8 +74,7 @@ def test_accelerate_reads_the_config(path):
 # Run in a fresh interpreter: Accelerate's state is a process-wide singleton that must not leak into other tests.
 # "trainer" sets up Accelerate as a DistillTrainer on CPU does: TrainingArguments(use_cpu=True) (DistillConfig, or a
 # recipe's `use_cpu: true`) creates `PartialState(cpu=True)`, then Trainer creates `Accelerator()`. "partial_state"
-# creates `PartialState(cpu=True)` alone: with ACCELERATE_USE_DEEPSPEED=true, TrainingArguments already needs the
-# deepspeed package, which this machine lacks.
+# creates `PartialState(cpu=True)` alone.
 PROBE = """
 import os, sys
 from accelerate import Accelerator, PartialState
@@ -134,9 +134,7 @@ def test_deepspeed_is_never_selected_on_cpu(tmp_path):
     `if not cpu and self.backend != "xla": if int(os.environ.get("LOCAL_RANK", -1)) != -1:`, and only there sets the
     flag behind `if use_deepspeed: self.distributed_type = DistributedType.DEEPSPEED`. (`AcceleratorState.__init__`
     has its own `elif os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and not cpu:`, with the
-    `cpu` of `Accelerator(cpu=...)`, which Trainer leaves False; it is not reached here: TrainingArguments,
-    `Accelerator` and `accelerate launch` of deepspeed_zero3.yaml all stop first, as the deepspeed package is not
-    installed.)
+    `cpu` of `Accelerator(cpu=...)`, which Trainer leaves False.)
     """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
