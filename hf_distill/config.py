@@ -100,7 +100,8 @@ class DistillConfig(TrainingArguments):
             An optimizer step whose gradients hold NaN or inf is skipped (no weight changes); after this many
             consecutive skipped steps training stops with an error naming the step and its example ids. `0` stops at
             the first. Not enforced under DeepSpeed, which owns the gradients and steps inside backward (a warning
-            says so when the trainer is built; DeepSpeed's fp16 dynamic loss scaling skips overflowing steps itself).
+            says so when the trainer is built; DeepSpeed ZeRO-3 skips a step whose gradient norm is not finite itself,
+            in any precision, without counting it).
         track_samples (`list[str]`, *optional*, defaults to `["eval"]`):
             When to write per-example CE, KD and teacher agreement to `output_dir/samples.csv`: any of `eval` and
             `train` (every training micro-batch; costs a gather per micro-batch across processes), or `[]` for never.

@@ -43,7 +43,7 @@ class NonFiniteGuard(TrainerCallback):
             logger.warning(
                 f"max_nonfinite_steps={max_steps} is not enforced under DeepSpeed: the engine owns the gradients and "
                 "steps inside backward, so hf_distill neither skips nor counts steps with NaN or inf gradients "
-                "(DeepSpeed's fp16 dynamic loss scaling skips steps whose gradients overflow)"
+                "(DeepSpeed ZeRO-3 skips a step whose gradient norm is not finite itself, without counting it)"
             )
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
