@@ -9,6 +9,7 @@ from transformers import GenerationConfig, TrainingArguments
 from .argument_checks import check_training_arguments
 from .field_docs import document_fields
 from .losses import ENSEMBLE_MODES, LOSS_CHUNK_SIZE, LOSS_TYPES, SPARSE_MODES, DivergenceSpec, check_ensemble_mode
+from .losses.divergences import BETA_LOSS_TYPES, DEFAULT_BETA
 from .losses.sparse import check_sparse_mode
 from .modeling import parse_init_kwargs
 
@@ -60,10 +61,13 @@ class DistillConfig(TrainingArguments):
             `temperature**2` so that its gradients keep their scale as the temperature changes.
         loss_type (`str`, *optional*, defaults to `"forward_kl"`):
             Divergence: `forward_kl` KL(teacher || student), `reverse_kl` KL(student || teacher), `jsd` generalised
-            Jensen-Shannon weighted by `beta`, `skew_forward_kl` / `skew_reverse_kl` (DistiLLM) skewed by
+            Jensen-Shannon weighted by `beta`, `gjsd` the same with TRL's endpoints (`beta` 0 is forward KL, 1 reverse
+            KL: TRL's `generalized_jsd_loss`), `skew_forward_kl` / `skew_reverse_kl` (DistiLLM) skewed by
             `skew_lambda`, or `tvd` total variation distance.
         beta (`float`, *optional*, defaults to `0.5`):
-            Teacher weight of the mixture in `jsd`, in (0, 1).
+            Teacher weight of the mixture in `jsd`, in (0, 1), and in `gjsd`, in [0, 1]. Read by those two only: with
+            another `loss_type` a `beta` other than 0.5 is refused, since it would be ignored (a TRL user's `beta: 1.0`
+            asks for reverse KL: `loss_type: gjsd` or `reverse_kl`).
         skew_lambda (`float`, *optional*, defaults to `0.1`):
             Skew of the `skew_*` divergences, in [0, 1); 0 gives the plain KL.
         teacher_cache_dir (`str`, *optional*, defaults to `None`):
@@ -250,6 +254,11 @@ class DistillConfig(TrainingArguments):
             n_teachers = len(teachers) if isinstance(teachers, list | tuple) else len(self.teacher_weights)
             normalized_weights(self.teacher_weights, n_teachers)
         self.divergence_spec  # noqa: B018 (built to validate: alpha, temperature, loss_type, beta, skew_lambda)
+        if self.loss_type not in BETA_LOSS_TYPES and self.beta != DEFAULT_BETA:
+            raise ValueError(
+                f"beta={self.beta} is read by loss_type 'jsd' and 'gjsd' only, and loss_type={self.loss_type!r} would "
+                "ignore it (TRL's beta: 0 is forward KL, 1 reverse KL; that is loss_type: gjsd)"
+            )
         if self.teacher_cache_mode not in SPARSE_MODES:
             raise ValueError(
                 f"teacher_cache_mode={self.teacher_cache_mode!r} is not supported; choose one of "

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hf_distill import DistillConfig
 from hf_distill.losses import (
     LOSS_TYPES,
     DivergenceSpec,
@@ -38,9 +39,11 @@ def _reference(student, teacher, labels, loss_type, temperature, beta=0.5, skew_
         d = _kl(p_t, p_s)
     elif loss_type == "reverse_kl":
         d = _kl(p_s, p_t)
-    elif loss_type == "jsd":
+    elif loss_type in ("jsd", "gjsd"):
         m = beta * p_t + (1 - beta) * p_s
         d = beta * _kl(p_t, m) + (1 - beta) * _kl(p_s, m)
+        if loss_type == "gjsd" and beta in (0, 1):
+            d = _kl(p_t, p_s) if beta == 0 else _kl(p_s, p_t)
     elif loss_type == "skew_forward_kl":
         d = _kl(p_t, skew_lambda * p_t + (1 - skew_lambda) * p_s)
     elif loss_type == "skew_reverse_kl":
@@ -213,3 +216,26 @@ def test_bad_arguments_name_the_field(kwargs, field):
     student, teacher, labels = _inputs()
     with pytest.raises(ValueError, match=field):
         distillation_loss(student, teacher, labels, **kwargs)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_gjsd_equals_trl_generalized_jsd_loss(beta, temperature):
+    """TRL's convention (its `generalized_jsd_loss`, endpoints included: 0 forward KL, 1 reverse KL): hf_distill's
+    sum over valid positions is TRL's sum times T**2 (TRL leaves the T**2 factor out)."""
+    gkd = pytest.importorskip("trl.experimental.gkd.gkd_trainer")
+    student, teacher, labels = _inputs(3)
+    ours = distillation_loss(student, teacher, labels, loss_type="gjsd", beta=beta, temperature=temperature)
+    theirs = gkd.GKDTrainer.generalized_jsd_loss(
+        student, teacher, labels, beta=beta, temperature=temperature, reduction="sum"
+    )
+    torch.testing.assert_close(ours, theirs * temperature**2, rtol=1e-5, atol=1e-5)
+
+
+def test_beta_with_a_loss_type_that_ignores_it_is_refused(tmp_path):
+    message = "beta=1.0 is read by loss_type 'jsd' and 'gjsd' only, and loss_type='forward_kl' would ignore it"
+    with pytest.raises(ValueError, match=message):
+        DistillConfig(output_dir=str(tmp_path), beta=1.0)
+    student, teacher, labels = _inputs()
+    with pytest.raises(ValueError, match="beta must be in \\[0, 1\\] for loss_type='gjsd', got beta=1.5"):
+        distillation_loss(student, teacher, labels, loss_type="gjsd", beta=1.5)

@@ -8,7 +8,10 @@ import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 
-LOSS_TYPES = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd")
+LOSS_TYPES = ("forward_kl", "reverse_kl", "jsd", "gjsd", "skew_forward_kl", "skew_reverse_kl", "tvd")
+# The loss types that read `beta`; any other ignores it.
+BETA_LOSS_TYPES = ("jsd", "gjsd")
+DEFAULT_BETA = 0.5
 REDUCTIONS = ("sum", "mean", "none")
 
 # A log-probability of -inf (a masked vocabulary entry, or an underflowed softmax) would turn p * log(p / q) into
@@ -20,7 +23,8 @@ LOG_FLOOR = -1e30
 class DivergenceSpec:
     """Which divergence and how it is mixed with the CE: `alpha * CE + (1 - alpha) * temperature**2 * D`.
 
-    `loss_type` picks D (see `distillation_loss`); `beta` is the teacher weight of the `jsd` mixture, in (0, 1);
+    `loss_type` picks D (see `distillation_loss`); `beta` is the teacher weight of the `jsd` mixture, in (0, 1), or
+    of the `gjsd` one, in [0, 1] (TRL's generalised JSD: 0 is forward KL, 1 reverse KL), and ignored by the others;
     `skew_lambda` the skew of the `skew_*` divergences, in [0, 1); `temperature` > 0 softens both distributions;
     `alpha` in [0, 1] weighs the CE; `label_smoothing` in [0, 1) smooths the CE's targets as
     `torch.nn.functional.cross_entropy(label_smoothing=...)` does (Trainer's `label_smoothing_factor`). Checked when
@@ -41,6 +45,9 @@ class DivergenceSpec:
             raise ValueError(f"temperature must be > 0, got temperature={self.temperature}")
         if self.loss_type == "jsd" and not 0 < self.beta < 1:
             raise ValueError(f"beta must be in (0, 1) for loss_type='jsd', got beta={self.beta}")
+        if self.loss_type == "gjsd" and not 0 <= self.beta <= 1:
+            raise ValueError(f"beta must be in [0, 1] for loss_type='gjsd', got beta={self.beta}")
+
         if not 0 <= self.skew_lambda < 1:
             raise ValueError(f"skew_lambda must be in [0, 1), got skew_lambda={self.skew_lambda}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -95,7 +102,10 @@ def divergence(
         return _kl(log_t, log_s)
     if loss_type == "reverse_kl":
         return _kl(log_s, log_t)
-    if loss_type == "jsd":
+    if loss_type == "gjsd" and beta in (0, 1):
+        # TRL's endpoints: the mixture's limits would give 0, generalised JSD takes the KL on that side instead.
+        return _kl(log_t, log_s) if beta == 0 else _kl(log_s, log_t)
+    if loss_type in BETA_LOSS_TYPES:
         log_m = _log_mixture(log_t, log_s, beta)
         return beta * _kl(log_t, log_m) + (1 - beta) * _kl(log_s, log_m)
     if loss_type == "skew_forward_kl":
@@ -153,8 +163,10 @@ def distillation_loss(
 
     `p_S = softmax(student_logits / T)`, `p_T = softmax(teacher_logits / T)`, and `loss_type` picks the divergence:
     `forward_kl` KL(p_T || p_S); `reverse_kl` KL(p_S || p_T); `jsd` beta * KL(p_T || m) + (1 - beta) * KL(p_S || m)
-    with m = beta * p_T + (1 - beta) * p_S; `skew_forward_kl` KL(p_T || l * p_T + (1 - l) * p_S) and
-    `skew_reverse_kl` KL(p_S || l * p_S + (1 - l) * p_T) with l = `skew_lambda`; `tvd` 0.5 * sum |p_T - p_S|.
+    with m = beta * p_T + (1 - beta) * p_S; `gjsd` the same for beta in (0, 1), forward KL at beta = 0 and reverse KL
+    at beta = 1 (TRL's `generalized_jsd_loss` times `temperature**2`); `skew_forward_kl`
+    KL(p_T || l * p_T + (1 - l) * p_S) and `skew_reverse_kl` KL(p_S || l * p_S + (1 - l) * p_T) with l = `skew_lambda`;
+    `tvd` 0.5 * sum |p_T - p_S|.
     """
     spec = DivergenceSpec(loss_type, temperature, beta, skew_lambda)
     check_reduction(reduction)
