@@ -19,6 +19,7 @@ from accelerate import PartialState
 from .checks import check_recipe
 from .cpu_threads import warn_if_oversubscribed
 from .evaluation import format_results, run_evaluation
+from .nonfinite_guard import NonFiniteLossError
 from .pipeline import run_training
 from .process_group import leave_process_group
 from .recipe import RecipeError, parse_recipe
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             _report(args.output_dir, args.top)
         leave_process_group()
-    except (RecipeError, ValueError, FileNotFoundError) as err:
+    except (RecipeError, ValueError, FileNotFoundError, NonFiniteLossError) as err:
         # A bad recipe or bad data is the user's to fix: one line naming the problem, no traceback.
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"hf-distill: error: {message}", file=sys.stderr)

@@ -194,3 +194,15 @@ def test_teacher_that_is_not_a_causal_lm(workspace, capsys, no_weights, teachers
     )
     assert error_line(capsys, ["train", recipe, *overrides]) == expected
     assert error_line(capsys, ["check", recipe, *overrides]) == expected
+
+
+def test_training_that_keeps_producing_nan_ends_in_one_line(workspace, capsys):
+    """The NaN guard's stop is the user's to fix (a learning rate of 1e30 here): one line naming the step and its
+    examples, exit code 2, no traceback."""
+    _, recipe = workspace
+    argv = ["train", recipe, "--learning_rate", "1e30", "--max_nonfinite_steps", "0", "--eval_strategy", "no"]
+    line = error_line(capsys, argv)
+    assert line.startswith(
+        "hf-distill: error: step 2: NaN or inf gradients for 1 consecutive steps (max_nonfinite_steps=0); examples of "
+        "step 2: train-"
+    )
