@@ -22,7 +22,8 @@ import tempfile
 import time
 
 import datasets
-from transformers import PrinterCallback, TrainerCallback
+from step_timer import StepTimer
+from transformers import PrinterCallback
 from transformers.utils import logging
 
 from hf_distill.pipeline import build_trainer
@@ -30,25 +31,6 @@ from hf_distill.recipe import parse_recipe
 from hf_distill.teacher_cache import build_teacher_cache, cache_size
 
 TARGET = 1.15
-
-
-class StepTimer(TrainerCallback):
-    def __init__(self):
-        self.step_times: list[float] = []
-        self.compute_times: list[float] = []
-        self._last_end = self._begin = 0.0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._last_end = time.perf_counter()
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._begin = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        now = time.perf_counter()
-        self.step_times.append(now - self._last_end)
-        self.compute_times.append(now - self._begin)
-        self._last_end = now
 
 
 def timed_training(recipe: str, overrides: list[str]) -> StepTimer:

@@ -36,11 +36,11 @@ import json  # noqa: E402
 import pstats  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 
 import datasets  # noqa: E402
 import torch  # noqa: E402
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PrinterCallback, TrainerCallback  # noqa: E402
+from step_timer import StepTimer  # noqa: E402
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PrinterCallback  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
 from hf_distill import DistillConfig, DistillTrainer  # noqa: E402
@@ -50,24 +50,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER = os.path.join(ROOT, "recipes", "demo", "tokenizer")
 TRAIN_DATA = os.path.join(ROOT, "recipes", "demo", "data", "train.jsonl")
 HF_DISTILL, TRL = "hf_distill DistillTrainer", "TRL DistillationTrainer"
-
-
-class StepTimer(TrainerCallback):
-    """Wall time of each optimizer step, from the end of the previous one (so generation is inside)."""
-
-    def __init__(self):
-        self.step_times: list[float] = []
-        self.cpu_times: list[float] = []
-        self._last_end = self._last_cpu = 0.0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._last_end, self._last_cpu = time.perf_counter(), time.process_time()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        now, cpu = time.perf_counter(), time.process_time()
-        self.step_times.append(now - self._last_end)
-        self.cpu_times.append(cpu - self._last_cpu)
-        self._last_end, self._last_cpu = now, cpu
 
 
 def llama(hidden: int, layers: int, vocab: int, seed: int) -> LlamaForCausalLM:

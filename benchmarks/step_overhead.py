@@ -60,13 +60,13 @@ import time  # noqa: E402
 
 import datasets  # noqa: E402
 import torch  # noqa: E402
+from step_timer import StepTimer  # noqa: E402
 from transformers import (  # noqa: E402
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
     PrinterCallback,
     Trainer,
-    TrainerCallback,
     TrainingArguments,
 )
 from transformers.utils import logging  # noqa: E402
@@ -81,24 +81,6 @@ TOKENIZER = os.path.join(ROOT, "recipes", "demo", "tokenizer")
 BARE, HF_DISTILL, TRL = "bare loop", "hf_distill DistillTrainer", "TRL GKDTrainer (lmbda=0)"
 TARGETS = {BARE: 1.05, TRL: 1.0}
 MAX_GRAD_NORM = 1.0
-
-
-class StepTimer(TrainerCallback):
-    """Wall time of each optimizer step, from the end of the previous one."""
-
-    def __init__(self):
-        self.step_times: list[float] = []
-        self.cpu_times: list[float] = []
-        self._last_end = self._last_cpu = 0.0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._last_end, self._last_cpu = time.perf_counter(), time.process_time()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        now, cpu = time.perf_counter(), time.process_time()
-        self.step_times.append(now - self._last_end)
-        self.cpu_times.append(cpu - self._last_cpu)
-        self._last_end, self._last_cpu = now, cpu
 
 
 def llama(hidden: int, layers: int, vocab: int, seed: int) -> LlamaForCausalLM:
