@@ -8,7 +8,8 @@ import re
 
 import pytest
 import torch
-from testing_utils import pad_collator, tiny_llama, variable_length_dataset
+from test_trainer import make_args as trainer_args
+from testing_utils import pad_collator, tiny_llama, tiny_sizes, variable_length_dataset
 from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 
 from hf_distill import DistillConfig, DistillTrainer
@@ -20,8 +21,6 @@ from hf_distill.losses import (
     dense_distillation_terms,
     fused_distillation_loss,
 )
-
-VOCAB = 64
 
 # Architecture -> config overrides that switch on its logit post-processing, so that the probe has something to see.
 ARCHITECTURES = {
@@ -68,20 +67,7 @@ ARCHITECTURES = {
 def tiny(model_type: str, seed: int) -> torch.nn.Module:
     if model_type not in CONFIG_MAPPING:
         pytest.skip(f"transformers has no {model_type}")
-    sizes = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    config = AutoConfig.for_model(model_type, **{**sizes, **ARCHITECTURES[model_type]})
+    config = AutoConfig.for_model(model_type, **{**tiny_sizes(), **ARCHITECTURES[model_type]})
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config).eval()
 
@@ -156,23 +142,8 @@ def test_probe_catches_a_missing_multiplier(model_type, caplog, monkeypatch):
 
 
 def make_args(tmp_path, **overrides):
-    defaults = dict(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        per_device_train_batch_size=4,
-        max_steps=3,
-        learning_rate=1e-3,
-        adam_epsilon=1e-6,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        seed=0,
-        data_seed=0,
-        temperature=2.0,
-    )
-    defaults.update(overrides)
-    return DistillConfig(**defaults)
+    """test_trainer's arguments, with 4 examples per micro-batch."""
+    return trainer_args(tmp_path, **{"per_device_train_batch_size": 4, **overrides})
 
 
 def trained_weights(tmp_path, student, teacher, **overrides):

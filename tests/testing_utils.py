@@ -12,8 +12,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 VOCAB = 64
 
 
-def tiny_llama(seed: int, hidden: int = 32, layers: int = 2, vocab: int = VOCAB) -> LlamaForCausalLM:
-    config = LlamaConfig(
+def tiny_sizes(hidden: int = 32, layers: int = 2, vocab: int = VOCAB) -> dict:
+    """The config fields every tiny test model shares, whatever its architecture."""
+    return dict(
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -26,6 +27,10 @@ def tiny_llama(seed: int, hidden: int = 32, layers: int = 2, vocab: int = VOCAB)
         bos_token_id=1,
         eos_token_id=2,
     )
+
+
+def tiny_llama(seed: int, hidden: int = 32, layers: int = 2, vocab: int = VOCAB) -> LlamaForCausalLM:
+    config = LlamaConfig(**tiny_sizes(hidden, layers, vocab))
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
 
