@@ -27,20 +27,20 @@ def greedy_generate(
     batch_size: int = 32,
     desc: str = "generating",
     progress: bool = True,
+    synced_gpus: bool = False,
 ) -> GreedyRun:
     """Greedy decoding (`do_sample=False`, the rest of the model's `generation_config` kept) of every prompt, in
-    left-padded batches (`hf_distill.generation.generate`); prompts are batched in order of length so that little
-    padding is generated over. `progress=False` hides the progress bar (a launch shows the main process's only)."""
+    left-padded batches (`hf_distill.generation.generate`, with the KV cache); prompts are batched in order of length
+    so that little padding is generated over. `progress=False` hides the progress bar (a launch shows the main
+    process's only); `synced_gpus` is for sharded models (FSDP, DeepSpeed ZeRO-3), whose ranks must run as many
+    batches each. A tokenizer without a pad token pads with its end-of-sequence token (padding is masked out)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got max_new_tokens={max_new_tokens}")
-    if tokenizer.pad_token_id is None:
-        raise ValueError("the tokenizer has no pad token: set one (batched generation pads the prompts)")
     eos = model.generation_config.eos_token_id
+    eos = eos if eos is not None else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = GenerationConfig(
-        do_sample=False,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=eos if eos is not None else tokenizer.eos_token_id,
+        do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos, use_cache=True
     )
     order = sorted(range(len(prompts_ids)), key=lambda i: len(prompts_ids[i]))
     texts: list[str] = [""] * len(prompts_ids)
@@ -49,7 +49,7 @@ def greedy_generate(
         rows = order[start : start + batch_size]
         began = time.perf_counter()
         # Greedy: the seed draws nothing.
-        completions = generate(model, [prompts_ids[i] for i in rows], config, seed=0, synced_gpus=False)
+        completions = generate(model, [prompts_ids[i] for i in rows], config, seed=0, synced_gpus=synced_gpus)
         seconds += time.perf_counter() - began
         for i, tokens in zip(rows, completions.tokens):
             new_tokens += len(tokens)
