@@ -219,15 +219,13 @@ def completion_rows(batch: dict, kd: torch.Tensor, tokenizer, step: int) -> list
     rows = []
     ids = batch.get("id") or [None] * len(kd)
     for row, (input_ids, labels, example_kd) in enumerate(zip(batch["input_ids"], batch["labels"], kd.tolist())):
-        targets = (labels != IGNORE_INDEX).nonzero().flatten()
-        start, end = int(targets[0]), int(targets[-1]) + 1
-        completion = input_ids[start:end].tolist()
+        prompt, completion = split_prompt(input_ids.tolist(), labels.tolist())
         rows.append(
             {
                 "step": step,
                 "id": ids[row],
                 "writer": batch[GENERATED_BY],
-                "prompt": tokenizer.decode(input_ids[:start]),
+                "prompt": tokenizer.decode(prompt),
                 "completion": tokenizer.decode(completion),
                 "tokens": len(completion),
                 "kd_loss": example_kd / len(completion),
