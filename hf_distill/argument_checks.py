@@ -4,6 +4,8 @@ config is built, before any data or model is loaded."""
 import logging
 import math
 
+from .user_errors import UserInputError
+
 logger = logging.getLogger(__name__)
 
 # Outside this range a softened distribution is nearly one-hot or nearly uniform: the divergence then carries almost
@@ -18,22 +20,24 @@ def check_training_arguments(config) -> None:
     """
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {name}={getattr(config, name)}")
+            raise UserInputError(f"{name} must be >= 1, got {name}={getattr(config, name)}")
     # Trainer reads max_steps <= 0 as "train num_train_epochs": -5 or 0 would run whole epochs instead.
     if config.max_steps == 0 or config.max_steps < -1:
-        raise ValueError(f"max_steps must be >= 1, or -1 to train num_train_epochs, got max_steps={config.max_steps}")
+        raise UserInputError(
+            f"max_steps must be >= 1, or -1 to train num_train_epochs, got max_steps={config.max_steps}"
+        )
     if config.max_steps == -1 and not config.num_train_epochs > 0:
-        raise ValueError(
+        raise UserInputError(
             f"num_train_epochs must be > 0 when max_steps=-1 (nothing would train), got "
             f"num_train_epochs={config.num_train_epochs}"
         )
     # The device only when asked for: reading it sets up the distributed state.
     if config.fp16 and config.device.type == "cpu":
         # Accelerate has no float16 autocast on the CPU: the run would silently train in float32.
-        raise ValueError("fp16=True needs a GPU, but this run is on the cpu; set fp16: false (bf16 works on cpu)")
+        raise UserInputError("fp16=True needs a GPU, but this run is on the cpu; set fp16: false (bf16 works on cpu)")
     temperature = config.temperature
     if not math.isfinite(temperature):
-        raise ValueError(f"temperature must be finite, got temperature={temperature}")
+        raise UserInputError(f"temperature must be finite, got temperature={temperature}")
     low, high = TEMPERATURE_RANGE
     if not low <= temperature <= high:
         logger.warning(

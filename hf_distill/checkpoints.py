@@ -9,6 +9,7 @@ import re
 import shutil
 
 from .atomic_write import write_json_atomically
+from .user_errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
         logger.warning(f"skipping damaged checkpoint {path}: {problem}; resuming from an earlier one")
         damaged.append(f"{os.path.basename(path)}: {problem}")
     if damaged:
-        raise ValueError(
+        raise UserInputError(
             f"output_dir={output_dir!r}: every complete checkpoint is damaged ({'; '.join(damaged)}); restore the "
             "files, or delete the checkpoints to train from the start"
         )
@@ -162,7 +163,7 @@ def check_same_architecture(checkpoint_dir: str, model_config) -> None:
         if saved_text.get(name, saved.get(name)) != current_text.get(name, current.get(name))
     ]
     if differing:
-        raise ValueError(
+        raise UserInputError(
             f"resume_from_checkpoint={checkpoint_dir!r} holds another architecture than the student (checkpoint vs "
             f"student: {', '.join(differing)}); resume with the student it was trained from, or set another output_dir"
         )
@@ -174,7 +175,9 @@ def resume_point(output_dir: str, resume_from_checkpoint: str | bool | None, mod
     if resume_from_checkpoint is True:
         resume_from_checkpoint = last_complete_checkpoint(output_dir)
         if resume_from_checkpoint is None:
-            raise ValueError(f"resume_from_checkpoint=True but output_dir={output_dir!r} holds no complete checkpoint")
+            raise UserInputError(
+                f"resume_from_checkpoint=True but output_dir={output_dir!r} holds no complete checkpoint"
+            )
     if resume_from_checkpoint:
         check_same_architecture(resume_from_checkpoint, model_config)
     return resume_from_checkpoint or None

@@ -9,6 +9,7 @@ from .arguments import DataArguments, ModelArguments
 from .config import DistillConfig
 from .data import FILE_BUILDERS, split_files
 from .modeling import check_weight_files, load_causal_lm_config
+from .user_errors import UserInputError
 
 
 def _looks_local(name: str) -> bool:
@@ -25,7 +26,7 @@ def _check_local(
     if not _looks_local(name) or name in produced_paths:
         return
     if not os.path.isdir(name):
-        raise ValueError(f"{field_name}={name!r}: no such folder")
+        raise UserInputError(f"{field_name}={name!r}: no such folder")
     load(name, field_name)
 
 
@@ -33,9 +34,11 @@ def _check_dataset(args: DataArguments) -> None:
     name = args.dataset_name
     if os.path.isfile(name):
         if os.path.splitext(name)[1] not in FILE_BUILDERS:
-            raise ValueError(f"dataset_name={name!r}: unsupported file type; use one of {sorted(FILE_BUILDERS)}")
+            raise UserInputError(f"dataset_name={name!r}: unsupported file type; use one of {sorted(FILE_BUILDERS)}")
         if args.dataset_eval_split not in (None, "train"):
-            raise ValueError(f"dataset_eval_split={args.dataset_eval_split!r}: a single file only has a 'train' split")
+            raise UserInputError(
+                f"dataset_eval_split={args.dataset_eval_split!r}: a single file only has a 'train' split"
+            )
         return
     if os.path.isdir(name):
         splits = split_files(name)
@@ -43,10 +46,12 @@ def _check_dataset(args: DataArguments) -> None:
             for field_name in ("dataset_train_split", "dataset_eval_split"):
                 split = getattr(args, field_name)
                 if split is not None and split not in splits:
-                    raise ValueError(f"{field_name}={split!r}: no such split file in {name!r}; found {sorted(splits)}")
+                    raise UserInputError(
+                        f"{field_name}={split!r}: no such split file in {name!r}; found {sorted(splits)}"
+                    )
         return
     if _looks_local(name):
-        raise ValueError(f"dataset_name={name!r}: no such file or folder")
+        raise UserInputError(f"dataset_name={name!r}: no such file or folder")
 
 
 def check_recipe(
@@ -71,7 +76,7 @@ def check_recipe(
         try:
             return AutoTokenizer.from_pretrained(name, trust_remote_code=trust)
         except (OSError, ValueError) as err:
-            raise ValueError(f"{field_name}={name!r}: cannot be read ({str(err).splitlines()[0]})") from None
+            raise UserInputError(f"{field_name}={name!r}: cannot be read ({str(err).splitlines()[0]})") from None
 
     student = model_with_weights if model_args.student_init == "pretrained" else model_config
     _check_local(model_args.model_name_or_path, "model_name_or_path", student, produced_paths)
@@ -79,9 +84,9 @@ def check_recipe(
         _check_local(model_args.tokenizer_name_or_path, "tokenizer_name_or_path", tokenizer, produced_paths)
     if config.teacher_source != "none":
         if not config.teacher_paths:
-            raise ValueError(f"alpha={config.alpha} needs a teacher: set teacher_model_name_or_path")
+            raise UserInputError(f"alpha={config.alpha} needs a teacher: set teacher_model_name_or_path")
         for teacher in config.teacher_paths:
             _check_local(teacher, "teacher_model_name_or_path", model_with_weights, produced_paths)
     _check_dataset(data_args)
     if config.early_stop_patience is not None and data_args.dataset_eval_split is None:
-        raise ValueError(f"early_stop_patience={config.early_stop_patience} needs dataset_eval_split")
+        raise UserInputError(f"early_stop_patience={config.early_stop_patience} needs dataset_eval_split")

@@ -13,19 +13,20 @@ hf-distill evaluate RECIPE.yaml [--model DIR] [--teacher DIR_OR_ID] [--split eva
 import argparse
 import os
 import sys
+import traceback
 
 from accelerate import PartialState
 
 from .checks import check_recipe
 from .cpu_threads import warn_if_oversubscribed
 from .evaluation import format_results, run_evaluation
-from .nonfinite_guard import NonFiniteLossError
 from .pipeline import run_training
 from .process_group import leave_process_group
-from .recipe import RecipeError, parse_recipe
+from .recipe import parse_recipe
 from .report import write_report
 from .rounds import check_rounds, is_multi_round, parse_rounds, run_rounds
 from .teacher_cache import build_teacher_cache
+from .user_errors import UserError
 
 
 def _train(recipe: str, overrides: list[str]) -> None:
@@ -66,25 +67,32 @@ def _report(output_dir: str, top: int) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-distill", description="Knowledge distillation for language models.")
+    # On every command. A recipe's `debug:` key is TrainingArguments' own field; on the command line `--debug` is this.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", help="print the traceback of a user error too (or set HF_DISTILL_DEBUG=1)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="run a recipe", description="Run a recipe; --key value overrides it.")
+    train = commands.add_parser(
+        "train", parents=[common], help="run a recipe", description="Run a recipe; --key value overrides it."
+    )
     train.add_argument("recipe", help="YAML recipe")
     about = "validate recipes without loading weights"
-    check = commands.add_parser("check", help=about, description=about)
+    check = commands.add_parser("check", parents=[common], help=about, description=about)
     check.add_argument("recipes", nargs="+", help="YAML recipes")
     about = "plot metrics.csv and samples.csv of a run into OUTPUT_DIR/report/ (needs matplotlib)"
-    report = commands.add_parser("report", help=about, description=about)
+    report = commands.add_parser("report", parents=[common], help=about, description=about)
     report.add_argument("output_dir", help="the run's output_dir (of a single- or multi-round recipe)")
     report.add_argument("--top", type=int, default=10, help="how many worst examples to list (default: 10)")
     about = "write the teacher's top-k log-probabilities of a recipe's train split, for teacher_cache_dir"
-    cache = commands.add_parser("cache-teacher", help=about, description=about)
+    cache = commands.add_parser("cache-teacher", parents=[common], help=about, description=about)
     cache.add_argument("recipe", help="YAML recipe (its teacher, tokenizer and data)")
     # dest differs from the name: the recipe's own output_dir (the training run's) stays untouched.
     cache.add_argument("--output_dir", dest="cache_dir", required=True, help="folder of the cache")
     cache.add_argument("--top_k", type=int, required=True, help="teacher tokens kept per target token")
     cache.add_argument("--shard_size", type=int, default=1000, help="examples per shard (default: 1000)")
     about = "compare the student with its teacher on held-out data: generation, teacher-forced, size and speed"
-    evaluate = commands.add_parser("evaluate", help=about, description=about)
+    evaluate = commands.add_parser("evaluate", parents=[common], help=about, description=about)
     evaluate.add_argument("recipe", help="YAML recipe (its tokenizer, data, teacher and output_dir)")
     evaluate.add_argument("--model", help="the student (default: the recipe's output_dir)")
     evaluate.add_argument("--teacher", help="the teacher (default: the recipe's teacher_model_name_or_path)")
@@ -95,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--output", help="also write the results to this JSON file")
     return parser
+
+
+def _debug(args: argparse.Namespace) -> bool:
+    return args.debug or os.environ.get("HF_DISTILL_DEBUG", "") not in ("", "0")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -115,13 +127,30 @@ def main(argv: list[str] | None = None) -> None:
         else:
             _report(args.output_dir, args.top)
         leave_process_group()
-    except (RecipeError, ValueError, FileNotFoundError, NonFiniteLossError) as err:
-        # A bad recipe or bad data is the user's to fix: one line naming the problem, no traceback.
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"hf-distill: error: {message}", file=sys.stderr)
-        if os.environ.get("HF_DISTILL_TRACEBACK"):
-            raise
+    except UserError as err:
+        # The user's to fix: one line, and the same exit code on every process, but printed by the main one only
+        # (under `accelerate launch` each rank hits the same bad input).
+        if _debug(args):
+            traceback.print_exc()
+        if _is_main_process():
+            print(f"hf-distill: error: {err.line()}", file=sys.stderr)
         sys.exit(2)
+    except Exception as err:
+        # A bug: the traceback is what a report needs. SystemExit and KeyboardInterrupt are no Exception.
+        traceback.print_exc()
+        print(
+            f"hf-distill: internal error: {type(err).__name__} is a bug in hf_distill, not a problem in your input; "
+            "please report it to the hf_distill maintainers with the command, the recipe and the traceback above "
+            "(HF_DISTILL_DEBUG=1 shows the traceback of a user error too)",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+
+
+def _is_main_process() -> bool:
+    """Whether this process prints user errors: rank 0 of a launch, read from the environment so that a failure
+    before the process group exists (a bad recipe) is printed once too."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 if __name__ == "__main__":

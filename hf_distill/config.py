@@ -12,6 +12,7 @@ from .losses import ENSEMBLE_MODES, LOSS_CHUNK_SIZE, LOSS_TYPES, SPARSE_MODES, D
 from .losses.divergences import BETA_LOSS_TYPES, DEFAULT_BETA
 from .losses.sparse import check_sparse_mode
 from .modeling import parse_init_kwargs
+from .user_errors import UserInputError
 
 TEACHER_SOURCES = ("none", "model", "cache")
 
@@ -22,9 +23,9 @@ def normalized_weights(weights: Sequence[float] | None, n_teachers: int) -> list
         return [1.0 / n_teachers] * n_teachers
     weights = list(weights)
     if len(weights) != n_teachers:
-        raise ValueError(f"teacher_weights={weights} has {len(weights)} entries for {n_teachers} teachers")
+        raise UserInputError(f"teacher_weights={weights} has {len(weights)} entries for {n_teachers} teachers")
     if any(not w >= 0 for w in weights) or not sum(weights) > 0:
-        raise ValueError(f"teacher_weights={weights} must be >= 0 with a positive sum")
+        raise UserInputError(f"teacher_weights={weights} must be >= 0 with a positive sum")
     total = sum(weights)
     return [w / total for w in weights]
 
@@ -247,7 +248,9 @@ class DistillConfig(TrainingArguments):
     def _validate_distillation_fields(self) -> None:
         teachers = self.teacher_model_name_or_path
         if isinstance(teachers, list | tuple) and not teachers:
-            raise ValueError("teacher_model_name_or_path=[] names no teacher; give a path, a list of paths, or None")
+            raise UserInputError(
+                "teacher_model_name_or_path=[] names no teacher; give a path, a list of paths, or None"
+            )
         check_ensemble_mode(self.teacher_ensemble)
         if self.teacher_weights is not None:
             # With the teachers passed to the trainer instead, their number is only known there.
@@ -255,68 +258,76 @@ class DistillConfig(TrainingArguments):
             normalized_weights(self.teacher_weights, n_teachers)
         self.divergence_spec  # noqa: B018 (built to validate: alpha, temperature, loss_type, beta, skew_lambda)
         if self.loss_type not in BETA_LOSS_TYPES and self.beta != DEFAULT_BETA:
-            raise ValueError(
+            raise UserInputError(
                 f"beta={self.beta} is read by loss_type 'jsd' and 'gjsd' only, and loss_type={self.loss_type!r} would "
                 "ignore it (TRL's beta: 0 is forward KL, 1 reverse KL; that is loss_type: gjsd)"
             )
         if self.teacher_cache_mode not in SPARSE_MODES:
-            raise ValueError(
+            raise UserInputError(
                 f"teacher_cache_mode={self.teacher_cache_mode!r} is not supported; choose one of "
                 f"{', '.join(SPARSE_MODES)}"
             )
         if self.teacher_cache_dir is not None:
             check_sparse_mode(self.teacher_cache_mode, self.loss_type)
         if self.early_stop_patience is not None and self.early_stop_patience < 1:
-            raise ValueError(
+            raise UserInputError(
                 f"early_stop_patience must be >= 1 or None, got early_stop_patience={self.early_stop_patience}"
             )
         if self.early_stop_min_delta < 0:
-            raise ValueError(
+            raise UserInputError(
                 f"early_stop_min_delta must be >= 0, got early_stop_min_delta={self.early_stop_min_delta}"
             )
         if self.loss_chunk_size < 0:
-            raise ValueError(f"loss_chunk_size must be >= 0 (0 = dense), got loss_chunk_size={self.loss_chunk_size}")
+            raise UserInputError(
+                f"loss_chunk_size must be >= 0 (0 = dense), got loss_chunk_size={self.loss_chunk_size}"
+            )
         if self.max_nonfinite_steps < 0:
-            raise ValueError(f"max_nonfinite_steps must be >= 0, got max_nonfinite_steps={self.max_nonfinite_steps}")
+            raise UserInputError(
+                f"max_nonfinite_steps must be >= 0, got max_nonfinite_steps={self.max_nonfinite_steps}"
+            )
         unknown = set(self.track_samples) - {"eval", "train"}
         if unknown:
-            raise ValueError(f"track_samples={self.track_samples} may only hold 'eval' and 'train'")
+            raise UserInputError(f"track_samples={self.track_samples} may only hold 'eval' and 'train'")
         self._validate_generation_fields()
         if self.early_stop_patience is not None and str(self.eval_strategy) in ("no", "IntervalStrategy.NO"):
-            raise ValueError(
+            raise UserInputError(
                 f"early_stop_patience={self.early_stop_patience} needs evaluation: set eval_strategy to 'steps' or "
                 "'epoch' (it is 'no')"
             )
 
     def _validate_generation_fields(self) -> None:
         if not 0.0 <= self.lmbda <= 1.0:
-            raise ValueError(f"lmbda must be in [0, 1], got lmbda={self.lmbda}")
+            raise UserInputError(f"lmbda must be in [0, 1], got lmbda={self.lmbda}")
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got max_new_tokens={self.max_new_tokens}")
+            raise UserInputError(f"max_new_tokens must be >= 1, got max_new_tokens={self.max_new_tokens}")
         if not self.generation_temperature >= 0:
-            raise ValueError(
+            raise UserInputError(
                 f"generation_temperature must be >= 0 (0 = greedy), got generation_temperature="
                 f"{self.generation_temperature}"
             )
         if not 0.0 < self.generation_top_p <= 1.0:
-            raise ValueError(f"generation_top_p must be in (0, 1], got generation_top_p={self.generation_top_p}")
+            raise UserInputError(f"generation_top_p must be in (0, 1], got generation_top_p={self.generation_top_p}")
         if self.generation_top_k < 0:
-            raise ValueError(f"generation_top_k must be >= 0 (0 = off), got generation_top_k={self.generation_top_k}")
+            raise UserInputError(
+                f"generation_top_k must be >= 0 (0 = off), got generation_top_k={self.generation_top_k}"
+            )
         parse_generation_kwargs(self.generation_kwargs)
         if self.eval_max_new_tokens < 1:
-            raise ValueError(f"eval_max_new_tokens must be >= 1, got eval_max_new_tokens={self.eval_max_new_tokens}")
+            raise UserInputError(
+                f"eval_max_new_tokens must be >= 1, got eval_max_new_tokens={self.eval_max_new_tokens}"
+            )
         if not self.generates:
             return
         setting = f"lmbda={self.lmbda}" if self.lmbda > 0 else "seq_kd=True"
         if self.teacher_cache_dir is not None:
-            raise ValueError(
+            raise UserInputError(
                 f"{setting} trains on generated text, which a teacher cache cannot score: teacher_cache_dir="
                 f"{self.teacher_cache_dir!r} must be unset (a live teacher scores every generated token)"
             )
         if self.alpha == 1.0:
-            raise ValueError(f"{setting} needs a teacher, but alpha=1.0 loads none; set alpha < 1")
+            raise UserInputError(f"{setting} needs a teacher, but alpha=1.0 loads none; set alpha < 1")
         if self.seq_kd and len(self.teacher_paths) > 1:
-            raise ValueError(
+            raise UserInputError(
                 f"seq_kd=True needs one teacher to generate, got an ensemble of {len(self.teacher_paths)} "
                 "(teacher_model_name_or_path)"
             )
@@ -328,9 +339,11 @@ def parse_generation_kwargs(value: dict[str, Any] | str | None) -> dict[str, Any
     defaults = GenerationConfig().to_dict()
     for key in value:
         if key in _OWN_GENERATION_FIELDS:
-            raise ValueError(f"generation_kwargs sets {key!r}, which has its own field: {_OWN_GENERATION_FIELDS[key]}")
+            raise UserInputError(
+                f"generation_kwargs sets {key!r}, which has its own field: {_OWN_GENERATION_FIELDS[key]}"
+            )
         if key not in defaults:
-            raise ValueError(f"generation_kwargs has {key!r}, which is not a transformers.GenerationConfig field")
+            raise UserInputError(f"generation_kwargs has {key!r}, which is not a transformers.GenerationConfig field")
     return value
 
 

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from .user_errors import UserInputError
+
 
 def context_length(model: nn.Module) -> int | None:
     """`max_position_embeddings` of the model's text config (GPT-2's `n_positions` through its alias), or None."""
@@ -30,7 +32,7 @@ def check_batch_length(length: int, contexts: list[tuple[str, int]]) -> None:
     """One-line error when a batch of `length` positions is longer than a teacher's context."""
     for name, limit in contexts:
         if length > limit:
-            raise ValueError(
+            raise UserInputError(
                 f"teacher {name} reads at most max_position_embeddings={limit} positions, but a batch has {length}; "
                 f"set max_length <= {limit} (or truncate the data)"
             )

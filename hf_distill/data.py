@@ -13,6 +13,7 @@ from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 from .arguments import DataArguments
 from .losses import IGNORE_INDEX
+from .user_errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def load_raw_dataset(args: DataArguments) -> DatasetDict:
     if os.path.isfile(name):
         ext = os.path.splitext(name)[1]
         if ext not in FILE_BUILDERS:
-            raise ValueError(f"dataset_name={name!r}: unsupported file type {ext!r}; use {sorted(FILE_BUILDERS)}")
+            raise UserInputError(f"dataset_name={name!r}: unsupported file type {ext!r}; use {sorted(FILE_BUILDERS)}")
         return load_dataset(FILE_BUILDERS[ext], data_files={"train": name})
     if os.path.isdir(name):
         if os.path.exists(os.path.join(name, "dataset_dict.json")):
@@ -55,11 +56,11 @@ def load_raw_dataset(args: DataArguments) -> DatasetDict:
         if files:
             builders = {FILE_BUILDERS[os.path.splitext(p)[1]] for paths in files.values() for p in paths}
             if len(builders) > 1:
-                raise ValueError(f"dataset_name={name!r} mixes file types {sorted(builders)}; use one type")
+                raise UserInputError(f"dataset_name={name!r} mixes file types {sorted(builders)}; use one type")
             return load_dataset(builders.pop(), data_files=files)
         return load_dataset(name, args.dataset_config)
     if name.startswith((".", "/")) or name.endswith(tuple(FILE_BUILDERS)):
-        raise ValueError(f"dataset_name={name!r}: no such file or folder")
+        raise UserInputError(f"dataset_name={name!r}: no such file or folder")
     return load_dataset(name, args.dataset_config)
 
 
@@ -71,10 +72,10 @@ def detect_format(dataset: Dataset, declared: str, split: str) -> str:
             if set(FORMAT_COLUMNS[fmt]) <= columns:
                 return fmt
         expected = " or ".join(f"{list(c)}" for c in FORMAT_COLUMNS.values())
-        raise ValueError(f"dataset split {split!r} has columns {sorted(columns)}; expected {expected}")
+        raise UserInputError(f"dataset split {split!r} has columns {sorted(columns)}; expected {expected}")
     missing = set(FORMAT_COLUMNS[declared]) - columns
     if missing:
-        raise ValueError(
+        raise UserInputError(
             f"dataset_format={declared!r} needs columns {list(FORMAT_COLUMNS[declared])}, but split {split!r} has "
             f"{sorted(columns)}"
         )
@@ -112,15 +113,15 @@ def _check_turns(messages: list) -> None:
     of a column the keys of all turns, so a key holding None counts as missing."""
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise ValueError(f"turn {i} is a {type(message).__name__}, not a mapping with 'role' and 'content'")
+            raise UserInputError(f"turn {i} is a {type(message).__name__}, not a mapping with 'role' and 'content'")
         keys = sorted(k for k, v in message.items() if v is not None)
         if message.get("role") not in CHAT_ROLES:
-            raise ValueError(
+            raise UserInputError(
                 f"turn {i} has role={message.get('role')!r}; expected one of {', '.join(CHAT_ROLES)} "
                 f"(its keys: {keys})"
             )
         if message.get("content") is None and not message.get("tool_calls"):
-            raise ValueError(
+            raise UserInputError(
                 f"turn {i} (role {message['role']!r}) has no 'content' (its keys: {keys}); each turn needs 'role' and "
                 "'content'"
             )
@@ -181,7 +182,7 @@ def tokenize_dataset(
             ids, labels = build(example, tokenizer)
         except (TypeError, ValueError, KeyError, AttributeError) as err:
             name = f"example {index}" + (f" (id {example['id']!r})" if has_ids else "")
-            raise ValueError(f"split {split!r}: {name} cannot be read as {fmt!r}: {err}") from None
+            raise UserInputError(f"split {split!r}: {name} cannot be read as {fmt!r}: {err}") from None
         return {
             "id": str(example["id"]) if has_ids else str(index),
             "input_ids": ids[:max_length],
@@ -209,7 +210,7 @@ def tokenize_dataset(
     if len(kept) < len(tokenized):
         logger.warning(f"split {split!r}: dropped {len(tokenized) - len(kept)} examples with no target token")
     if len(kept) == 0:
-        raise ValueError(
+        raise UserInputError(
             f"split {split!r} has no example with a target token (of {len(tokenized)}): every label is masked "
             f"for dataset_format={fmt!r} (prompt-only data trains with lmbda=1.0 only)"
         )
@@ -229,17 +230,17 @@ def prepare_datasets(
     prepared = []
     for split, limit, field_name in splits:
         if split not in raw:
-            raise ValueError(f"{field_name}={split!r} is not a split of {args.dataset_name!r}; it has {list(raw)}")
+            raise UserInputError(f"{field_name}={split!r} is not a split of {args.dataset_name!r}; it has {list(raw)}")
         dataset = raw[split]
         if limit is not None:
             dataset = dataset.select(range(min(limit, len(dataset))))
         if len(dataset) == 0:
-            raise ValueError(f"{field_name}={split!r} of {args.dataset_name!r} is empty")
+            raise UserInputError(f"{field_name}={split!r} of {args.dataset_name!r} is empty")
         fmt = detect_format(dataset, args.dataset_format, split)
         keep_prompts = prompts_only and field_name == "dataset_train_split"
         if fmt == "prompt" and not keep_prompts:
             needs = "lmbda=1.0 (every step on-policy)" if field_name == "dataset_train_split" else "a completion"
-            raise ValueError(
+            raise UserInputError(
                 f"{field_name}={split!r} holds prompts only (column 'prompt', no 'completion'); it needs {needs}"
             )
         prepared.append(tokenize_dataset(dataset, tokenizer, fmt, args, split, keep_prompts))
@@ -272,7 +273,7 @@ def layout_cached_teacher(labels: torch.Tensor, features: list[dict[str, Any]], 
     for row, (feature, n) in enumerate(zip(features, counts)):
         if len(feature["teacher_tail_logprob"]) != n or len(feature["teacher_topk_ids"]) != n * k:
             name = ids[row] if ids is not None else row
-            raise ValueError(
+            raise UserInputError(
                 f"example {name}: the teacher cache holds {len(feature['teacher_tail_logprob'])} target tokens but "
                 f"its labels have {n}; the cache was built for other data"
             )

@@ -30,6 +30,7 @@ from .losses import DivergenceSpec, TeacherLogits, dense_distillation_terms
 from .model_card import format_number, generation_metrics, update_model_card
 from .modeling import load_causal_lm_config
 from .recipe import parse_recipe
+from .user_errors import UserInputError
 
 METRICS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metrics")
 BUILTIN_METRICS = ("exact_match", "token_f1")
@@ -50,7 +51,7 @@ def load_metrics(names: list[str] = ()) -> evaluate.CombinedEvaluations:
         except Exception as err:  # evaluate raises FileNotFoundError, ConnectionError, ImportError, ...
             offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") else ""
             reason = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
-            raise ValueError(
+            raise UserInputError(
                 f"--metric {name!r}: cannot load this evaluate metric: {reason}; a metric by name is downloaded from "
                 f"the Hub, which needs network{offline}: pass the path of a local copy of its script instead"
             ) from None
@@ -214,17 +215,17 @@ def run_evaluation(
     process writes."""
     model_args, data_args, config = parse_recipe(recipe, overrides)
     if max_new_tokens < 1:
-        raise ValueError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise UserInputError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
     own_run = model is None or os.path.abspath(model) == os.path.abspath(config.output_dir)
     model = model or config.output_dir
     teacher = teacher or config.teacher_model_name_or_path
     if teacher is None:
-        raise ValueError("the recipe has no teacher_model_name_or_path (alpha=1.0?): pass --teacher DIR_OR_ID")
+        raise UserInputError("the recipe has no teacher_model_name_or_path (alpha=1.0?): pass --teacher DIR_OR_ID")
     if isinstance(teacher, list):
-        raise ValueError(f"teacher_model_name_or_path={teacher}: an ensemble; pass one member with --teacher")
+        raise UserInputError(f"teacher_model_name_or_path={teacher}: an ensemble; pass one member with --teacher")
     split = split or data_args.dataset_eval_split
     if split is None:
-        raise ValueError("the recipe has no dataset_eval_split: pass --split NAME")
+        raise UserInputError("the recipe has no dataset_eval_split: pass --split NAME")
     # Under a launch, the device is where Accelerate's state (the process group) is set up from the recipe's use_cpu.
     device = config.device
     state = PartialState()
@@ -232,7 +233,7 @@ def run_evaluation(
     with state.main_process_first():
         raw = load_raw_dataset(data_args)
         if split not in raw:
-            raise ValueError(f"--split={split!r} is not a split of {data_args.dataset_name!r}; it has {list(raw)}")
+            raise UserInputError(f"--split={split!r} is not a split of {data_args.dataset_name!r}; it has {list(raw)}")
         metrics = load_metrics(metric_names)
         load_causal_lm_config(model, "--model", model_args.trust_remote_code)
         load_causal_lm_config(teacher, "--teacher", model_args.trust_remote_code)
@@ -244,7 +245,7 @@ def run_evaluation(
         dataset, _ = prepare_datasets(split_args, tokenizer)
     unprompted = sum(not split_prompt(e["input_ids"], e["labels"])[0] for e in dataset)
     if unprompted:
-        raise ValueError(
+        raise UserInputError(
             f"--split={split!r}: {unprompted} of {len(dataset)} examples have no prompt (every token is a target, as "
             "in dataset_format 'text'): evaluate needs prompt + completion or messages data"
         )

@@ -20,6 +20,7 @@ from .config import DistillConfig
 from .data import split_prompt
 from .losses import IGNORE_INDEX
 from .metric_names import COMPLETION_LENGTH, ON_POLICY_FRACTION, TEACHER_LOGPROB, TRUNCATED_FRACTION
+from .user_errors import UserInputError
 
 # Batch key naming who wrote a generated batch's completions: "student" or "teacher".
 GENERATED_BY = "generated_by"
@@ -47,7 +48,7 @@ def prompts(batch: dict) -> list[list[int]]:
         length = int(mask.sum())
         prompt, _ = split_prompt(ids[:length].tolist(), labels[:length].tolist())
         if not prompt:
-            raise ValueError(
+            raise UserInputError(
                 "a training example has no prompt (its first token is already a target, as in dataset_format "
                 "'text'): on-policy and seq_kd steps need prompt_completion, messages or prompt data"
             )
@@ -135,7 +136,7 @@ class StepGenerator:
         eos = getattr(tokenizer, "eos_token_id", None)
         if eos is None:
             setting = f"lmbda={config.lmbda}" if config.lmbda > 0 else "seq_kd=True"
-            raise ValueError(
+            raise UserInputError(
                 f"{setting} generates completions, which stop at the end-of-sequence token, but the tokenizer has no "
                 "eos_token: set one on the tokenizer (tokenizer_name_or_path)"
             )
@@ -163,9 +164,9 @@ class StepGenerator:
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         setting = f"lmbda={config.lmbda}" if config.lmbda > 0 else "seq_kd=True"
         if tokenizer is None:
-            raise ValueError(f"{setting} generates completions: pass the tokenizer as processing_class")
+            raise UserInputError(f"{setting} generates completions: pass the tokenizer as processing_class")
         if config.seq_kd and len(teachers) != 1:
-            raise ValueError(f"seq_kd=True needs one teacher model to generate, got {len(teachers)}")
+            raise UserInputError(f"seq_kd=True needs one teacher model to generate, got {len(teachers)}")
         return cls(config, accelerator, tokenizer, student, teachers[0] if teachers else None)
 
     def __call__(self, batches: list[dict], step: int) -> list[dict]:

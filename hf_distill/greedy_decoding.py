@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from .generation import generate
+from .user_errors import UserInputError
 
 
 class GreedyRun(NamedTuple):
@@ -35,7 +36,7 @@ def greedy_generate(
     process's only); `synced_gpus` is for sharded models (FSDP, DeepSpeed ZeRO-3), whose ranks must run as many
     batches each. A tokenizer without a pad token pads with its end-of-sequence token (padding is masked out)."""
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got max_new_tokens={max_new_tokens}")
+        raise UserInputError(f"max_new_tokens must be >= 1, got max_new_tokens={max_new_tokens}")
     eos = model.generation_config.eos_token_id
     eos = eos if eos is not None else tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

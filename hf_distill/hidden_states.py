@@ -12,6 +12,7 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from .losses import LMHead
+from .user_errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def _full(tensor: torch.Tensor | None) -> torch.Tensor | None:
     # land in: the trainer takes the dense path under ZeRO-3, and anything else reading the head fails here, loudly.
     full_shape = getattr(tensor, "ds_shape", None)
     if full_shape is not None and tensor.shape != full_shape:
-        raise ValueError(
+        raise UserInputError(
             f"the LM head holds a DeepSpeed ZeRO-3 partition of shape {tuple(tensor.shape)} (full shape "
             f"{tuple(full_shape)}), which the chunked loss cannot read; set loss_chunk_size=0 under ZeRO-3"
         )

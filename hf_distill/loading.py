@@ -18,6 +18,7 @@ from .modeling import (
     load_causal_lm_config,
     parse_init_kwargs,
 )
+from .user_errors import UserInputError
 
 
 def load_tokenizer(model_args: ModelArguments, config: DistillConfig):
@@ -32,10 +33,10 @@ def load_tokenizer(model_args: ModelArguments, config: DistillConfig):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
     except (OSError, ValueError) as err:
-        raise ValueError(f"tokenizer_name_or_path={name!r}: cannot load a tokenizer ({err})") from None
+        raise UserInputError(f"tokenizer_name_or_path={name!r}: cannot load a tokenizer ({err})") from None
     if config.generates and tokenizer.eos_token is None:
         setting = f"lmbda={config.lmbda}" if config.lmbda > 0 else "seq_kd=True"
-        raise ValueError(
+        raise UserInputError(
             f"tokenizer_name_or_path={name!r} has no eos_token, but {setting} generates completions, which stop "
             "there: use a tokenizer with an end-of-sequence token"
         )
@@ -91,7 +92,7 @@ def load_teachers(
     else:
         members = list(given) if isinstance(given, list | tuple) else [given]
     if not members:
-        raise ValueError(
+        raise UserInputError(
             f"alpha={config.alpha} needs a teacher: pass teacher_model or set teacher_model_name_or_path "
             "(or set alpha=1.0 for plain fine-tuning)"
         )

@@ -8,6 +8,7 @@ from huggingface_hub import EvalResult, ModelCard
 from huggingface_hub.repocard_data import eval_results_to_model_index
 
 from .metric_names import EVAL_METRICS
+from .user_errors import UserInputError
 
 TAGS = ["hf_distill", "distillation"]
 
@@ -218,7 +219,7 @@ def write_model_card(
     PEFT student keeps PEFT's metadata (`library_name: peft`, `base_model`)."""
     tasks = [tasks] if isinstance(tasks, str) else list(tasks or [])
     if len(tasks) > 1:
-        raise ValueError(f"tasks={tasks}: the model card has one pipeline_tag; give one task")
+        raise UserInputError(f"tasks={tasks}: the model card has one pipeline_tag; give one task")
     args, student = trainer.args, trainer.accelerator.unwrap_model(trainer.model)
     peft_config = getattr(student, "peft_config", None)
     if peft_config and not finetuned_from:

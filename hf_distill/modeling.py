@@ -12,6 +12,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, get_model_conversion_mapping
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
+from .user_errors import UserInputError
+
 # Embedding matrices are commonly padded up to a multiple of one of these for speed (e.g. Qwen2.5: 151,936 rows for
 # 151,665 tokens); widths that differ only by such padding still describe the same vocabulary.
 _PAD_MULTIPLES = (8, 16, 32, 64, 128, 256)
@@ -26,7 +28,7 @@ def resolve_dtype(init_kwargs: dict[str, Any] | None) -> dict[str, Any]:
         value = kwargs.get(key)
         if isinstance(value, str) and value != "auto":
             if not isinstance(getattr(torch, value, None), torch.dtype):
-                raise ValueError(f"{key}={value!r} is not a torch dtype (e.g. 'bfloat16', 'float32' or 'auto')")
+                raise UserInputError(f"{key}={value!r} is not a torch dtype (e.g. 'bfloat16', 'float32' or 'auto')")
             kwargs[key] = getattr(torch, value)
     return kwargs
 
@@ -39,9 +41,9 @@ def parse_init_kwargs(value: dict[str, Any] | str | None, field_name: str) -> di
         try:
             value = json.loads(value)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{field_name}={value!r} is not valid JSON: {err.msg}") from None
+            raise UserInputError(f"{field_name}={value!r} is not valid JSON: {err.msg}") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{field_name} must be a mapping, got {value!r}")
+        raise UserInputError(f"{field_name} must be a mapping, got {value!r}")
     return value
 
 
@@ -51,9 +53,11 @@ def load_causal_lm_config(name_or_path: str, role: str, trust_remote_code: bool 
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         where = "local folder" if os.path.isdir(name_or_path) else "path or hub id"
-        raise ValueError(f"{role}={name_or_path!r}: cannot load a model config from this {where} ({err})") from None
+        raise UserInputError(
+            f"{role}={name_or_path!r}: cannot load a model config from this {where} ({err})"
+        ) from None
     if type(config) not in AutoModelForCausalLM._model_mapping and not trust_remote_code:
-        raise ValueError(
+        raise UserInputError(
             f"{role}={name_or_path!r} is a {config.model_type!r} model, which is not a causal language model"
         )
     return config
@@ -81,7 +85,7 @@ def _refuse_mismatch(name_or_path: str, role: str, missing, unexpected) -> None:
         if keys:
             shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
             parts.append(f"{len(keys)} tensors {what} ({shown})")
-    raise ValueError(
+    raise UserInputError(
         f"{role}={name_or_path!r}: its weights do not match its config.json: {'; '.join(parts)}; transformers would "
         "initialise missing tensors randomly and drop unexpected ones"
     )
@@ -96,10 +100,10 @@ def _safetensors_files(folder: str, role: str) -> list[str]:
             with open(index) as f:
                 shards = sorted(set(json.load(f)["weight_map"].values()))
         except (OSError, ValueError, KeyError, AttributeError) as err:
-            raise ValueError(f"{role}={folder!r}: {SAFE_WEIGHTS_INDEX_NAME} cannot be read ({err})") from None
+            raise UserInputError(f"{role}={folder!r}: {SAFE_WEIGHTS_INDEX_NAME} cannot be read ({err})") from None
         absent = [name for name in shards if not os.path.isfile(os.path.join(folder, name))]
         if absent:
-            raise ValueError(
+            raise UserInputError(
                 f"{role}={folder!r}: {len(absent)} weight files named by {SAFE_WEIGHTS_INDEX_NAME} are missing "
                 f"({', '.join(absent[:3])}); download the model again"
             )
@@ -107,7 +111,7 @@ def _safetensors_files(folder: str, role: str) -> list[str]:
     if os.path.isfile(os.path.join(folder, SAFE_WEIGHTS_NAME)):
         return [os.path.join(folder, SAFE_WEIGHTS_NAME)]
     if not any(os.path.isfile(os.path.join(folder, name)) for name in _OTHER_WEIGHT_FILES):
-        raise ValueError(
+        raise UserInputError(
             f"{role}={folder!r} holds no model weights ({SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME} or "
             f"{', '.join(_OTHER_WEIGHT_FILES)})"
         )
@@ -131,7 +135,7 @@ def check_weight_files(name_or_path: str, role: str, config: PretrainedConfig) -
             with safe_open(path, "pt") as f:
                 present.update(f.keys())
         except Exception as err:  # safetensors raises its own error types for truncated or foreign files
-            raise ValueError(
+            raise UserInputError(
                 f"{role}={name_or_path!r}: {os.path.basename(path)} cannot be read ({err}); download the model again"
             ) from None
     if not present:
@@ -200,13 +204,13 @@ def check_vocab_sizes(width_s: int, width_t: int, tokenizer_size: int | None) ->
     """The logit widths of student and teacher may differ only by padding rows, and with a tokenizer both need a
     logit for each of its `tokenizer_size` tokens. Returns the number of logits the divergence uses."""
     if width_s != width_t and not _differ_by_padding(width_s, width_t):
-        raise ValueError(
+        raise UserInputError(
             f"vocabulary mismatch: student vocab size {width_s} and teacher vocab size {width_t} differ by more than "
             "embedding padding; distillation needs a shared tokenizer"
         )
     common = min(width_s, width_t)
     if tokenizer_size is not None and common < tokenizer_size:
-        raise ValueError(
+        raise UserInputError(
             f"vocabulary mismatch: the tokenizer has {tokenizer_size} tokens but the student has {width_s} logits "
             f"and the teacher {width_t}; both need one logit per token"
         )
@@ -220,7 +224,7 @@ def check_same_tokenizer(student_tokenizer, teacher_tokenizer) -> None:
         return
     differing = sorted(t for t in vocab_s.keys() | vocab_t.keys() if vocab_s.get(t) != vocab_t.get(t))
     examples = ", ".join(f"{t!r}: {vocab_s.get(t)} vs {vocab_t.get(t)}" for t in differing[:3])
-    raise ValueError(
+    raise UserInputError(
         f"teacher and student tokenizers differ: {len(differing)} tokens map to different ids "
         f"(student vs teacher: {examples}); distillation needs one shared vocabulary"
     )

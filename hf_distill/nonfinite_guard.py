@@ -7,10 +7,12 @@ from accelerate.utils import DistributedType
 from torch.distributed.tensor import DTensor
 from transformers import TrainerCallback
 
+from .user_errors import UserError
+
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Training produced NaN or inf gradients for more consecutive steps than `max_nonfinite_steps` allows."""
 
 

@@ -13,13 +13,14 @@ from transformers import HfArgumentParser
 
 from .arguments import DataArguments, ModelArguments
 from .config import DistillConfig
+from .user_errors import UserError, UserInputError
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, DistillConfig)
 # The one key of a recipe that is not a dataclass field: the stages of a multi-round recipe (`hf_distill.rounds`).
 ROUNDS_KEY = "rounds"
 
 
-class RecipeError(ValueError):
+class RecipeError(UserInputError):
     """A recipe or command line that cannot be run, with a message fit to show the user as is."""
 
 
@@ -146,6 +147,9 @@ def parse_mapping(recipe: dict, overrides: list[str] | None, where: str | None):
         values = {k: v for k, v in vars(namespace).items() if k in names}
         try:
             outputs.append(cls(**values))
+        except UserError as err:
+            raise RecipeError(err.what, err.where, err.why, err.fix) from None
         except (ValueError, TypeError) as err:
-            raise RecipeError(str(err).splitlines()[0]) from None
+            # TrainingArguments' own checks: their message, joined onto one line.
+            raise RecipeError(str(err)) from None
     return tuple(outputs)

@@ -26,12 +26,13 @@ from .metric_names import (
     prefixed,
 )
 from .run_files import METRICS_FILE, SAMPLES_FILE
+from .user_errors import UserInputError
 
 REPORT_DIR = "report"
 _FINAL_COLUMNS = (*TRAIN_LOSSES, *EVAL_METRICS)
 
 
-class ReportError(ValueError):
+class ReportError(UserInputError):
     """A report that cannot be made (no metrics, or matplotlib missing), with a message fit to show the user as is."""
 
 

@@ -26,6 +26,7 @@ from .checks import check_recipe
 from .config import DistillConfig
 from .pipeline import run_training
 from .recipe import ROUNDS_KEY, RecipeError, field_names, load_yaml, parse_mapping, unknown_key_error
+from .user_errors import UserError, in_context
 
 logger = logging.getLogger(__name__)
 
@@ -113,9 +114,8 @@ def _why_chained(key: str) -> str:
 def _parse(values: dict, overrides: list[str], where: str) -> tuple[ModelArguments, DataArguments, DistillConfig]:
     try:
         return parse_mapping(values, overrides, where)
-    except RecipeError as err:
-        message = str(err)
-        raise RecipeError(message if where in message else f"{where}: {message}") from None
+    except UserError as err:
+        raise (err if where in str(err) else in_context(err, where)) from None
 
 
 def check_rounds(rounds: list[Round]) -> None:
@@ -124,8 +124,8 @@ def check_rounds(rounds: list[Round]) -> None:
         produced = {r.config.output_dir for r in rounds if r.number < round_.number}
         try:
             check_recipe(round_.model_args, round_.data_args, round_.config, produced_paths=produced)
-        except ValueError as err:
-            raise ValueError(f"round {round_.number}: {err}") from None
+        except UserError as err:
+            raise in_context(err, f"round {round_.number}") from None
 
 
 def run_rounds(rounds: list[Round]) -> dict:

@@ -19,6 +19,7 @@ from .metric_names import (
     TRAIN_LOSSES,
     prefixed,
 )
+from .user_errors import UserInputError
 
 METRICS_FILE = "metrics.csv"
 SAMPLES_FILE = "samples.csv"
@@ -105,13 +106,13 @@ class RunFilesCallback(TrainerCallback):
         group_by_length` (Trainer's eval sampler then groups by length too): without ids, no example could be named.
         """
         if ids is None and split == "train":
-            raise ValueError(
+            raise UserInputError(
                 "track_samples includes 'train', but the training batches carry no 'id' field to name their "
                 "examples: give the train dataset an 'id' column and collate it with hf_distill.data."
                 "DistillDataCollator, or remove 'train' from track_samples"
             )
         if ids is None and not self.eval_in_order:
-            raise ValueError(
+            raise UserInputError(
                 "track_samples includes 'eval', but the evaluation batches carry no 'id' field and "
                 "train_sampling_strategy='group_by_length' reorders them, so their examples cannot be named: give the "
                 "eval dataset an 'id' column and collate it with hf_distill.data.DistillDataCollator, or remove "

@@ -9,12 +9,14 @@ import socket
 import time
 from collections.abc import Iterator
 
+from .user_errors import UserInputError
+
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = "hf_distill.lock"
 
 
-class OutputDirInUseError(ValueError):
+class OutputDirInUseError(UserInputError):
     """Another live run holds the lock of this `output_dir`."""
 
 

@@ -33,6 +33,7 @@ from .data import CACHE_COLUMNS, prepare_datasets
 from .loading import check_models_fit, load_teachers, load_tokenizer
 from .losses import IGNORE_INDEX
 from .teachers import LiveTeacher, check_member_vocabularies
+from .user_errors import UserInputError
 
 MANIFEST = "manifest.json"
 # Manifest entries that must equal the recipe's for a cache to be used; top_k and num_examples describe the cache.
@@ -84,7 +85,7 @@ def _expected_manifest(data_args: DataArguments, config: DistillConfig, tokenize
 def _check_manifest(found: dict, expected: dict, cache_dir: str) -> None:
     for key in _CHECKED:
         if found.get(key) != expected[key]:
-            raise ValueError(
+            raise UserInputError(
                 f"teacher_cache_dir={cache_dir!r} does not fit this recipe: its {key} is {found.get(key)!r}, the "
                 f"recipe's is {expected[key]!r}; rebuild it with hf-distill cache-teacher"
             )
@@ -126,10 +127,10 @@ def build_teacher_cache(
 
     Returns a one-line report: the process's shards and, from the main process, the cache's size on disk."""
     if top_k < 1 or shard_size < 1:
-        raise ValueError(f"top_k and shard_size must be >= 1, got top_k={top_k}, shard_size={shard_size}")
+        raise UserInputError(f"top_k and shard_size must be >= 1, got top_k={top_k}, shard_size={shard_size}")
     teachers = config.teacher_paths
     if config.alpha == 1.0 or not teachers:
-        raise ValueError(
+        raise UserInputError(
             f"cache-teacher needs a teacher: alpha={config.alpha}, "
             f"teacher_model_name_or_path={config.teacher_model_name_or_path!r}"
         )
@@ -147,7 +148,7 @@ def build_teacher_cache(
         _check_manifest(found, manifest, cache_dir)
         for key in ("top_k", "shard_size"):
             if found[key] != manifest[key]:
-                raise ValueError(f"{cache_dir!r} was started with {key}={found[key]}; rerun with the same value")
+                raise UserInputError(f"{cache_dir!r} was started with {key}={found[key]}; rerun with the same value")
     state = config.distributed_state
     if state.is_main_process:
         if not os.path.exists(manifest_path):
@@ -217,13 +218,15 @@ def load_teacher_cache(cache_dir: str) -> tuple[dict, Dataset]:
     """The manifest and the cached rows, all shards in order; errors if the build did not finish."""
     manifest_path = os.path.join(cache_dir, MANIFEST)
     if not os.path.isfile(manifest_path):
-        raise ValueError(f"teacher_cache_dir={cache_dir!r} has no {MANIFEST}: build it with hf-distill cache-teacher")
+        raise UserInputError(
+            f"teacher_cache_dir={cache_dir!r} has no {MANIFEST}: build it with hf-distill cache-teacher"
+        )
     with open(manifest_path) as f:
         manifest = json.load(f)
     n_shards = -(-manifest["num_examples"] // manifest["shard_size"])
     missing = [i for i in range(n_shards) if not os.path.isdir(_shard_path(cache_dir, i))]
     if missing:
-        raise ValueError(
+        raise UserInputError(
             f"teacher_cache_dir={cache_dir!r} is incomplete: {len(missing)} of {n_shards} shards missing; rerun "
             "hf-distill cache-teacher to finish it"
         )

@@ -5,9 +5,10 @@ import torch
 from accelerate.utils import gather_object
 
 from .losses import IGNORE_INDEX, TeacherHeads, TeacherLogits
+from .user_errors import UserInputError
 
 
-class NonFiniteTeacherError(ValueError):
+class NonFiniteTeacherError(UserInputError):
     """The teacher produced NaN or inf at a target position."""
 
 

@@ -15,6 +15,7 @@ from .losses import TeacherHeads, TeacherLogits, TopKTeacher, check_ensemble_mod
 from .losses.ensemble import softened_teacher
 from .modeling import check_vocab_sizes, check_vocabularies, output_width
 from .teacher_placement import place_teacher
+from .user_errors import UserInputError
 
 
 def check_member_vocabularies(members: Sequence[nn.Module]) -> None:
@@ -24,7 +25,7 @@ def check_member_vocabularies(members: Sequence[nn.Module]) -> None:
         try:
             check_vocab_sizes(widths[0], width, None)
         except ValueError:
-            raise ValueError(
+            raise UserInputError(
                 f"teacher ensemble vocabulary mismatch: teacher 0 has {widths[0]} logits and teacher {i} has "
                 f"{width}, more than embedding padding apart; ensemble members need one shared tokenizer"
             ) from None
@@ -80,7 +81,7 @@ class CachedTeacher:
     def top_k(self, batch: dict[str, Any], training: bool) -> TopKTeacher | None:
         if not all(name in batch for name in CACHE_COLUMNS):
             if training:
-                raise ValueError(
+                raise UserInputError(
                     f"teacher_cache_dir={self.cache_dir!r}, but the training batches carry no cached teacher: attach "
                     "the cache to the train dataset (hf_distill.teacher_cache.attach_teacher_cache) and use "
                     "DistillDataCollator"

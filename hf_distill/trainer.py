@@ -40,6 +40,7 @@ from .teacher_numerics import check_teacher_finite
 from .teacher_placement import is_deepspeed_zero3
 from .teachers import CachedTeacher, LiveTeacher, build_teacher
 from .trainer_arguments import checked_trainer_kwargs
+from .user_errors import UserInputError
 
 
 class DistillTrainer(Trainer):
@@ -93,7 +94,7 @@ class DistillTrainer(Trainer):
             student = lambda: self._unwrap(self.model)  # noqa: E731 (the model is wrapped later)
             self._generator = StepGenerator.build(args, self.accelerator, self.processing_class, members, student)
         if args.eval_generate and getattr(self.processing_class, "tokenizer", self.processing_class) is None:
-            raise ValueError("eval_generate=True generates answers: pass the tokenizer as processing_class")
+            raise UserInputError("eval_generate=True generates answers: pass the tokenizer as processing_class")
 
         # Wrapper -> unwrapped model (`_unwrap`).
         self._unwrapped: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

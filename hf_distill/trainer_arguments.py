@@ -6,6 +6,7 @@ from typing import Any
 from transformers import EarlyStoppingCallback
 
 from .config import DistillConfig
+from .user_errors import UserInputError
 
 
 def checked_trainer_kwargs(args: DistillConfig, trainer_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -13,23 +14,23 @@ def checked_trainer_kwargs(args: DistillConfig, trainer_kwargs: dict[str, Any]) 
     errors name the argument and its value."""
     trainer_kwargs = dict(trainer_kwargs)
     if trainer_kwargs.get("compute_loss_func") is not None:
-        raise ValueError(
+        raise UserInputError(
             "compute_loss_func is not used by DistillTrainer, whose loss is alpha * CE + (1 - alpha) * KD; "
             "subclass DistillTrainer and override compute_loss to change it"
         )
     if args.label_names not in (None, ["labels"]):
-        raise ValueError(
+        raise UserInputError(
             f"label_names={args.label_names}: DistillTrainer reads the targets from the batch's 'labels'; name "
             "that column 'labels' and leave label_names unset"
         )
     if not args.average_tokens_across_devices and args.world_size > 1:
-        raise ValueError(
+        raise UserInputError(
             "average_tokens_across_devices=False: DistillTrainer always divides by the step's target tokens "
             "across processes (the result then does not depend on how the batch is split); leave it True"
         )
     if args.early_stop_patience is not None:
         if trainer_kwargs.get("eval_dataset") is None:
-            raise ValueError(f"early_stop_patience={args.early_stop_patience} needs an eval_dataset")
+            raise UserInputError(f"early_stop_patience={args.early_stop_patience} needs an eval_dataset")
         trainer_kwargs["callbacks"] = [
             *(trainer_kwargs.get("callbacks") or []),
             EarlyStoppingCallback(args.early_stop_patience, args.early_stop_min_delta),

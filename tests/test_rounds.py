@@ -155,7 +155,7 @@ class CrashAt(TrainerCallback):
             raise RuntimeError(f"simulated crash at step {self.step}")
 
 
-def test_crashed_round_resumes_where_it_stopped(workspace, loads, monkeypatch, caplog):
+def test_crashed_round_resumes_where_it_stopped(workspace, loads, monkeypatch, caplog, capsys):
     recipe, out = rounds_recipe(workspace)
     real_trainer = hf_distill.pipeline.DistillTrainer
 
@@ -166,8 +166,10 @@ def test_crashed_round_resumes_where_it_stopped(workspace, loads, monkeypatch, c
                 self.add_callback(CrashAt(3))  # after checkpoint-2 was saved
 
     monkeypatch.setattr(hf_distill.pipeline, "DistillTrainer", CrashingInRound2)
-    with pytest.raises(RuntimeError, match="simulated crash at step 3"):
+    with pytest.raises(SystemExit) as info:
         main(["train", recipe])
+    assert info.value.code == 1  # a crash that is no user error: an internal error, with its traceback
+    assert "RuntimeError: simulated crash at step 3" in capsys.readouterr().err
     assert (out / "round-1" / ROUND_MARKER).is_file()
     assert not (out / "round-2" / ROUND_MARKER).exists()
     assert (out / "round-2" / "checkpoint-2").is_dir()
