@@ -4,7 +4,9 @@ config is built, before any data or model is loaded."""
 import logging
 import math
 
-from .user_errors import UserInputError
+from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+
+from .user_errors import bad_value
 
 logger = logging.getLogger(__name__)
 
@@ -13,31 +15,96 @@ logger = logging.getLogger(__name__)
 TEMPERATURE_RANGE = (0.05, 20.0)
 
 
+def _whole(value):
+    """A number as a user writes it: `500`, not the `500.0` a float field holds."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _strategy(value) -> str:
+    return getattr(value, "value", value)
+
+
+def check_step_intervals(config) -> None:
+    """`save_steps`, `eval_steps` and `logging_steps` under their strategy `steps`, checked as given: before
+    `TrainingArguments.__post_init__`, which silently replaces `eval_steps: 0` by `logging_steps`."""
+    for kind, strategy_field in (
+        ("save", "save_strategy"),
+        ("eval", "eval_strategy"),
+        ("logging", "logging_strategy"),
+    ):
+        name, strategy = f"{kind}_steps", _strategy(getattr(config, strategy_field))
+        value = getattr(config, name)
+        if strategy != "steps" or (value is None and kind == "eval"):  # eval_steps None: every logging_steps
+            continue
+        fix = f"set {name} to a number of steps >= 1 (or a fraction in (0, 1) of the run's steps)"
+        if value is None or not value > 0:
+            raise bad_value(name, _whole(value), f"{strategy_field}='steps' needs a positive interval", fix)
+        if value > 1 and not float(value).is_integer():
+            raise bad_value(name, _whole(value), "above 1 it counts steps, which are whole", fix)
+
+
+def _check_report_to(config) -> None:
+    installed = set(get_available_reporting_integrations())
+    for name in config.report_to or []:
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise bad_value(
+                "report_to",
+                config.report_to,
+                f"{name!r} is not an integration transformers knows",
+                f"use some of {', '.join(sorted(INTEGRATION_TO_CALLBACK))}, 'all' or 'none'",
+            )
+        if name not in installed:
+            raise bad_value(
+                "report_to",
+                config.report_to,
+                f"{name!r} is not installed (the run would stop when the trainer is built)",
+                f"pip install {_PACKAGES.get(name, name)}, or remove {name!r} from report_to",
+            )
+
+
+# Integrations whose pip package has another name.
+_PACKAGES = {"azure_ml": "azureml-core", "flyte": "flytekit"}
+
+
 def check_training_arguments(config) -> None:
-    """Raise a one-line ValueError naming the field and value; warn for a temperature outside `TEMPERATURE_RANGE`.
+    """Raise a one-line `UserInputError` naming the field and value; warn for a temperature outside
+    `TEMPERATURE_RANGE`.
 
     Runs after `TrainingArguments.__post_init__`, which decides the device the precision flags are checked against.
     """
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         if getattr(config, name) < 1:
-            raise UserInputError(f"{name} must be >= 1, got {name}={getattr(config, name)}")
+            raise bad_value(name, getattr(config, name), "must be >= 1", f"set {name} to 1 or more")
     # Trainer reads max_steps <= 0 as "train num_train_epochs": -5 or 0 would run whole epochs instead.
     if config.max_steps == 0 or config.max_steps < -1:
-        raise UserInputError(
-            f"max_steps must be >= 1, or -1 to train num_train_epochs, got max_steps={config.max_steps}"
+        raise bad_value(
+            "max_steps",
+            config.max_steps,
+            "Trainer would read it as -1 and train whole epochs",
+            "set max_steps to 1 or more, or -1 to train num_train_epochs",
         )
     if config.max_steps == -1 and not config.num_train_epochs > 0:
-        raise UserInputError(
-            f"num_train_epochs must be > 0 when max_steps=-1 (nothing would train), got "
-            f"num_train_epochs={config.num_train_epochs}"
+        raise bad_value(
+            "num_train_epochs",
+            _whole(config.num_train_epochs),
+            "with max_steps=-1 nothing would train, yet a model card would be written",
+            "set num_train_epochs > 0, or max_steps >= 1",
         )
+    if config.output_dir == "":
+        raise bad_value("output_dir", "", "an empty path would write the run into the current folder", "name a folder")
     # The device only when asked for: reading it sets up the distributed state.
     if config.fp16 and config.device.type == "cpu":
         # Accelerate has no float16 autocast on the CPU: the run would silently train in float32.
-        raise UserInputError("fp16=True needs a GPU, but this run is on the cpu; set fp16: false (bf16 works on cpu)")
+        raise bad_value(
+            "fp16",
+            True,
+            "this run is on the cpu, which has no float16 autocast",
+            "set fp16: false (bf16 works on cpu)",
+        )
+    _check_report_to(config)
     temperature = config.temperature
     if not math.isfinite(temperature):
-        raise UserInputError(f"temperature must be finite, got temperature={temperature}")
+        raise bad_value("temperature", temperature, "must be finite", "set a temperature in [0.05, 20], e.g. 2.0")
     low, high = TEMPERATURE_RANGE
     if not low <= temperature <= high:
         logger.warning(

@@ -6,7 +6,7 @@ from typing import Any
 
 from transformers import GenerationConfig, TrainingArguments
 
-from .argument_checks import check_training_arguments
+from .argument_checks import check_step_intervals, check_training_arguments
 from .field_docs import document_fields
 from .losses import ENSEMBLE_MODES, LOSS_CHUNK_SIZE, LOSS_TYPES, SPARSE_MODES, DivergenceSpec, check_ensemble_mode
 from .losses.divergences import BETA_LOSS_TYPES, DEFAULT_BETA
@@ -190,6 +190,7 @@ class DistillConfig(TrainingArguments):
         if self.early_stop_patience is not None and self.metric_for_best_model is None:
             # EarlyStoppingCallback reads `metric_for_best_model`; early stopping is defined on eval_loss.
             self.metric_for_best_model = "loss"
+        check_step_intervals(self)
         super().__post_init__()
         check_training_arguments(self)
 

@@ -1,17 +1,16 @@
 """Loading a dataset in one of the formats TRL SFT users have, and tokenizing it with the loss mask of its format."""
 
-import glob
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 from .arguments import DataArguments
+from .data_files import load_raw_dataset
 from .losses import IGNORE_INDEX
 from .user_errors import UserInputError
 
@@ -27,41 +26,6 @@ FORMAT_COLUMNS = {
 # log-probabilities and n tails for its n target tokens; and the batch keys the collator lays them out under,
 # `(B, L - 1, K)` and `(B, L - 1)`, aligned with `labels[:, 1:]`.
 CACHE_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_tail_logprob")
-# Extension -> datasets builder, for local files.
-FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
-
-
-def split_files(folder: str) -> dict[str, str]:
-    """Local split files `<split>.<ext>` (or `<split>-*.<ext>` shards) in `folder`, by split name."""
-    files: dict[str, list[str]] = {}
-    for path in sorted(glob.glob(os.path.join(folder, "*"))):
-        stem, ext = os.path.splitext(os.path.basename(path))
-        if ext in FILE_BUILDERS:
-            files.setdefault(stem.split("-")[0], []).append(path)
-    return files
-
-
-def load_raw_dataset(args: DataArguments) -> DatasetDict:
-    """The dataset named by `args.dataset_name`: a local file, a local folder, or a hub dataset."""
-    name = args.dataset_name
-    if os.path.isfile(name):
-        ext = os.path.splitext(name)[1]
-        if ext not in FILE_BUILDERS:
-            raise UserInputError(f"dataset_name={name!r}: unsupported file type {ext!r}; use {sorted(FILE_BUILDERS)}")
-        return load_dataset(FILE_BUILDERS[ext], data_files={"train": name})
-    if os.path.isdir(name):
-        if os.path.exists(os.path.join(name, "dataset_dict.json")):
-            return load_from_disk(name)
-        files = split_files(name)
-        if files:
-            builders = {FILE_BUILDERS[os.path.splitext(p)[1]] for paths in files.values() for p in paths}
-            if len(builders) > 1:
-                raise UserInputError(f"dataset_name={name!r} mixes file types {sorted(builders)}; use one type")
-            return load_dataset(builders.pop(), data_files=files)
-        return load_dataset(name, args.dataset_config)
-    if name.startswith((".", "/")) or name.endswith(tuple(FILE_BUILDERS)):
-        raise UserInputError(f"dataset_name={name!r}: no such file or folder")
-    return load_dataset(name, args.dataset_config)
 
 
 def detect_format(dataset: Dataset, declared: str, split: str) -> str:
@@ -72,12 +36,19 @@ def detect_format(dataset: Dataset, declared: str, split: str) -> str:
             if set(FORMAT_COLUMNS[fmt]) <= columns:
                 return fmt
         expected = " or ".join(f"{list(c)}" for c in FORMAT_COLUMNS.values())
-        raise UserInputError(f"dataset split {split!r} has columns {sorted(columns)}; expected {expected}")
+        raise UserInputError(
+            "dataset in no known format",
+            f"split {split!r}",
+            f"its columns are {sorted(columns)}; expected {expected}",
+            "rename its columns, or set dataset_format",
+        )
     missing = set(FORMAT_COLUMNS[declared]) - columns
     if missing:
         raise UserInputError(
-            f"dataset_format={declared!r} needs columns {list(FORMAT_COLUMNS[declared])}, but split {split!r} has "
-            f"{sorted(columns)}"
+            "dataset lacks the columns of its format",
+            f"dataset_format={declared!r}, split {split!r}",
+            f"it needs columns {list(FORMAT_COLUMNS[declared])}, the split has {sorted(columns)}",
+            "rename its columns, or set dataset_format to the format the data is in (or auto)",
         )
     return declared
 
@@ -217,33 +188,55 @@ def tokenize_dataset(
     return kept.remove_columns(["truncated", "has_target"])
 
 
-def prepare_datasets(
-    args: DataArguments, tokenizer: PreTrainedTokenizerBase, prompts_only: bool = False
-) -> tuple[Dataset, Dataset | None]:
-    """Tokenized train and (optional) eval datasets. With `prompts_only` (`lmbda: 1.0`: the student writes every
-    completion) the train split may hold prompts without completions; the eval split, scored on its references,
-    may not."""
-    raw = load_raw_dataset(args)
+def select_splits(
+    raw: DatasetDict, args: DataArguments, prompts_only: bool = False
+) -> list[tuple[Dataset, str, str, bool]]:
+    """The train and (optional) eval splits of `raw` as `(dataset, split, format, keep_prompts)`, after the checks
+    that need no tokenizer: the split exists, is not empty, and has the columns of its format. With `prompts_only`
+    (`lmbda: 1.0`: the student writes every completion) the train split may hold prompts without completions; the
+    eval split, scored on its references, may not."""
     splits = [(args.dataset_train_split, args.max_train_samples, "dataset_train_split")]
     if args.dataset_eval_split is not None:
         splits.append((args.dataset_eval_split, args.max_eval_samples, "dataset_eval_split"))
-    prepared = []
+    selected = []
     for split, limit, field_name in splits:
         if split not in raw:
-            raise UserInputError(f"{field_name}={split!r} is not a split of {args.dataset_name!r}; it has {list(raw)}")
+            raise UserInputError(
+                "no such split",
+                f"{field_name}={split!r}",
+                f"{args.dataset_name!r} has the splits {list(raw)}",
+                f"set {field_name} to one of them",
+            )
         dataset = raw[split]
         if limit is not None:
             dataset = dataset.select(range(min(limit, len(dataset))))
         if len(dataset) == 0:
-            raise UserInputError(f"{field_name}={split!r} of {args.dataset_name!r} is empty")
+            raise UserInputError(
+                "empty split", f"{field_name}={split!r}", f"{args.dataset_name!r} holds no example in it",
+                "add examples, or choose another split",
+            )  # fmt: skip
         fmt = detect_format(dataset, args.dataset_format, split)
         keep_prompts = prompts_only and field_name == "dataset_train_split"
         if fmt == "prompt" and not keep_prompts:
             needs = "lmbda=1.0 (every step on-policy)" if field_name == "dataset_train_split" else "a completion"
             raise UserInputError(
-                f"{field_name}={split!r} holds prompts only (column 'prompt', no 'completion'); it needs {needs}"
+                "prompts without completions",
+                f"{field_name}={split!r}",
+                f"the split holds prompts only (column 'prompt', no 'completion'); it needs {needs}",
+                "add a 'completion' column" + (", or set lmbda: 1.0" if field_name == "dataset_train_split" else ""),
             )
-        prepared.append(tokenize_dataset(dataset, tokenizer, fmt, args, split, keep_prompts))
+        selected.append((dataset, split, fmt, keep_prompts))
+    return selected
+
+
+def prepare_datasets(
+    args: DataArguments, tokenizer: PreTrainedTokenizerBase, prompts_only: bool = False
+) -> tuple[Dataset, Dataset | None]:
+    """Tokenized train and (optional) eval datasets (`select_splits`)."""
+    prepared = [
+        tokenize_dataset(dataset, tokenizer, fmt, args, split, keep_prompts)
+        for dataset, split, fmt, keep_prompts in select_splits(load_raw_dataset(args), args, prompts_only)
+    ]
     return prepared[0], prepared[1] if len(prepared) > 1 else None
 
 

@@ -23,7 +23,8 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 
 from .atomic_write import atomic_write
-from .data import DistillDataCollator, load_raw_dataset, prepare_datasets, split_prompt
+from .data import DistillDataCollator, prepare_datasets, split_prompt
+from .data_files import load_raw_dataset
 from .greedy_decoding import greedy_generate
 from .loading import load_student, load_teachers, load_tokenizer
 from .losses import DivergenceSpec, TeacherLogits, dense_distillation_terms

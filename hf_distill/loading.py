@@ -18,6 +18,7 @@ from .modeling import (
     load_causal_lm_config,
     parse_init_kwargs,
 )
+from .teacher_cache_files import read_manifest
 from .user_errors import UserInputError
 
 
@@ -120,6 +121,15 @@ def check_models_fit(model_args: ModelArguments, config: DistillConfig, tokenize
         if teacher_tokenizer is not None:
             check_same_tokenizer(tokenizer, teacher_tokenizer)
         check_vocab_sizes(student.get_text_config().vocab_size, teacher.get_text_config().vocab_size, len(tokenizer))
+    if config.uses_teacher_cache:
+        top_k, vocab = read_manifest(config.teacher_cache_dir)["top_k"], student.get_text_config().vocab_size
+        if top_k > vocab:
+            raise UserInputError(
+                "teacher cache wider than the student's vocabulary",
+                f"teacher_cache_dir={config.teacher_cache_dir!r}",
+                f"it holds top_k={top_k} tokens per target, the student has {vocab}",
+                f"rebuild it with hf-distill cache-teacher --top_k {vocab} or less",
+            )
     # Weight files last: a model that cannot fit at all is told so first.
     for path, role, model_config in models:
         check_weight_files(path, role, model_config)

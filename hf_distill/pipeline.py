@@ -7,6 +7,7 @@ from transformers import TrainerCallback, set_seed
 
 from .arguments import DataArguments, ModelArguments
 from .checkpoints import last_complete_checkpoint
+from .checks import check_run
 from .config import DistillConfig
 from .data import DistillDataCollator, prepare_datasets
 from .loading import check_models_fit, load_student, load_teachers, load_tokenizer
@@ -26,6 +27,7 @@ def build_trainer(
     """Checks, tokenizer, data (with the teacher cache when set), teacher and student, and the trainer over them."""
     if config.process_index == 0:
         check_free(config.output_dir)  # another run on this output_dir: refused before anything is loaded
+    check_run(model_args, data_args, config)
     set_seed(config.seed)
     tokenizer = load_tokenizer(model_args, config)
     check_models_fit(model_args, config, tokenizer)

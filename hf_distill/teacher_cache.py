@@ -24,7 +24,7 @@ import shutil
 
 import pyarrow.compute as pc
 import torch
-from datasets import Dataset, Features, List, Value, concatenate_datasets, load_from_disk
+from datasets import Dataset, Features, List, Value, concatenate_datasets
 
 from .arguments import DataArguments, ModelArguments
 from .atomic_write import atomic_write, temporary_path, write_json_atomically
@@ -32,10 +32,10 @@ from .config import DistillConfig
 from .data import CACHE_COLUMNS, prepare_datasets
 from .loading import check_models_fit, load_teachers, load_tokenizer
 from .losses import IGNORE_INDEX
+from .teacher_cache_files import MANIFEST, read_manifest, read_shards, shard_path
 from .teachers import LiveTeacher, check_member_vocabularies
-from .user_errors import UserInputError
+from .user_errors import UserInputError, bad_value
 
-MANIFEST = "manifest.json"
 # Manifest entries that must equal the recipe's for a cache to be used; top_k and num_examples describe the cache.
 _FEATURES = Features(
     {
@@ -86,13 +86,11 @@ def _check_manifest(found: dict, expected: dict, cache_dir: str) -> None:
     for key in _CHECKED:
         if found.get(key) != expected[key]:
             raise UserInputError(
-                f"teacher_cache_dir={cache_dir!r} does not fit this recipe: its {key} is {found.get(key)!r}, the "
-                f"recipe's is {expected[key]!r}; rebuild it with hf-distill cache-teacher"
+                "teacher cache built for another recipe",
+                f"teacher_cache_dir={cache_dir!r}",
+                f"its {key} is {found.get(key)!r}, the recipe's is {expected[key]!r}",
+                "rebuild it with hf-distill cache-teacher (into another folder, or after deleting this one)",
             )
-
-
-def _shard_path(cache_dir: str, index: int) -> str:
-    return os.path.join(cache_dir, f"shard-{index:05d}")
 
 
 @torch.no_grad()
@@ -126,15 +124,25 @@ def build_teacher_cache(
     """Write (or finish) the cache of the recipe's train split in `cache_dir`, this process's share of its shards.
 
     Returns a one-line report: the process's shards and, from the main process, the cache's size on disk."""
-    if top_k < 1 or shard_size < 1:
-        raise UserInputError(f"top_k and shard_size must be >= 1, got top_k={top_k}, shard_size={shard_size}")
+    for flag, value in (("top_k", top_k), ("shard_size", shard_size)):
+        if value < 1:
+            raise bad_value(f"--{flag}", value, "must be >= 1", f"pass --{flag} 1 or more")
     teachers = config.teacher_paths
     if config.alpha == 1.0 or not teachers:
         raise UserInputError(
-            f"cache-teacher needs a teacher: alpha={config.alpha}, "
-            f"teacher_model_name_or_path={config.teacher_model_name_or_path!r}"
+            "cache-teacher needs a teacher",
+            f"alpha={config.alpha}, teacher_model_name_or_path={config.teacher_model_name_or_path!r}",
+            "the recipe loads no teacher to cache",
+            "set teacher_model_name_or_path and alpha < 1",
         )
     tokenizer = load_tokenizer(model_args, config)
+    if top_k > len(tokenizer):
+        raise bad_value(
+            "--top_k",
+            top_k,
+            f"the tokenizer has {len(tokenizer)} tokens, so a token has at most {len(tokenizer)} alternatives",
+            f"pass --top_k {len(tokenizer)} or less",
+        )
     check_models_fit(model_args, config, tokenizer)
     with config.main_process_first(desc="tokenizing the dataset"):
         train_dataset, _ = prepare_datasets(data_args, tokenizer)
@@ -143,12 +151,16 @@ def build_teacher_cache(
     manifest_path = os.path.join(cache_dir, MANIFEST)
     # Every process checks a manifest that is already there, so a mismatch stops all of them alike.
     if os.path.exists(manifest_path):
-        with open(manifest_path) as f:
-            found = json.load(f)
+        found = read_manifest(cache_dir)
         _check_manifest(found, manifest, cache_dir)
         for key in ("top_k", "shard_size"):
             if found[key] != manifest[key]:
-                raise UserInputError(f"{cache_dir!r} was started with {key}={found[key]}; rerun with the same value")
+                raise UserInputError(
+                    "cache started with other settings",
+                    f"--output_dir {cache_dir}",
+                    f"it was started with --{key} {found[key]}, not {manifest[key]}",
+                    f"rerun with --{key} {found[key]}, or build into another folder",
+                )
     state = config.distributed_state
     if state.is_main_process:
         if not os.path.exists(manifest_path):
@@ -162,7 +174,7 @@ def build_teacher_cache(
 
     n_shards = -(-len(train_dataset) // shard_size)
     mine = range(state.process_index, n_shards, state.num_processes)
-    todo = [index for index in mine if not os.path.isdir(_shard_path(cache_dir, index))]
+    todo = [index for index in mine if not os.path.isdir(shard_path(cache_dir, index))]
     if todo:
         teacher = _load_teacher(model_args, config, len(tokenizer))
         for index in todo:
@@ -188,7 +200,7 @@ def _write_shard(teacher, rows: Dataset, top_k: int, batch_size: int, tokenizer,
         batch = rows.select(range(b, min(b + batch_size, len(rows)))).to_list()
         for name, values in teacher_topk(teacher, batch, top_k, tokenizer.pad_token_id).items():
             columns[name] += values
-    save_shard(Dataset.from_dict(columns, features=_FEATURES), _shard_path(cache_dir, index))
+    save_shard(Dataset.from_dict(columns, features=_FEATURES), shard_path(cache_dir, index))
 
 
 def cache_size(cache_dir: str) -> tuple[int, int]:
@@ -200,8 +212,7 @@ def cache_size(cache_dir: str) -> tuple[int, int]:
 
 
 def cache_size_report(cache_dir: str) -> str:
-    with open(os.path.join(cache_dir, MANIFEST)) as f:
-        manifest = json.load(f)
+    manifest = read_manifest(cache_dir)
     size, tokens = cache_size(cache_dir)
     return (
         f"cache {cache_dir}: {manifest['num_examples']} examples, {tokens} target tokens, top_k={manifest['top_k']}, "
@@ -215,23 +226,10 @@ def save_shard(shard: Dataset, path: str) -> None:
 
 
 def load_teacher_cache(cache_dir: str) -> tuple[dict, Dataset]:
-    """The manifest and the cached rows, all shards in order; errors if the build did not finish."""
-    manifest_path = os.path.join(cache_dir, MANIFEST)
-    if not os.path.isfile(manifest_path):
-        raise UserInputError(
-            f"teacher_cache_dir={cache_dir!r} has no {MANIFEST}: build it with hf-distill cache-teacher"
-        )
-    with open(manifest_path) as f:
-        manifest = json.load(f)
-    n_shards = -(-manifest["num_examples"] // manifest["shard_size"])
-    missing = [i for i in range(n_shards) if not os.path.isdir(_shard_path(cache_dir, i))]
-    if missing:
-        raise UserInputError(
-            f"teacher_cache_dir={cache_dir!r} is incomplete: {len(missing)} of {n_shards} shards missing; rerun "
-            "hf-distill cache-teacher to finish it"
-        )
-    rows = concatenate_datasets([load_from_disk(_shard_path(cache_dir, i)) for i in range(n_shards)])
-    return manifest, rows
+    """The manifest and the cached rows, all shards in order; errors if the build did not finish or a file is
+    damaged (`teacher_cache_files`)."""
+    manifest = read_manifest(cache_dir)
+    return manifest, concatenate_datasets(read_shards(cache_dir, manifest))
 
 
 def attach_teacher_cache(

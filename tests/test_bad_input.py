@@ -99,7 +99,11 @@ def write_split(tmp_path, rows):
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ([{"title": "x"}], "has columns ['title']; expected ['text'] or ['prompt', 'completion'] or ['messages']"),
+        (
+            [{"title": "x"}],
+            "dataset in no known format (split 'train'): its columns are ['title']; expected ['text'] or ['prompt', "
+            "'completion'] or ['messages'] or ['prompt']; rename its columns, or set dataset_format",
+        ),
         ([{"messages": [{"role": "user", "content": "w1 w2"}]}], "no example with a target token"),
         ([{"prompt": {"a": 1}, "completion": "w1"}], "cannot be read as 'prompt_completion'"),
     ],

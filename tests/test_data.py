@@ -89,12 +89,16 @@ def test_examples_without_targets_are_dropped_and_all_masked_is_an_error(tokeniz
 def test_missing_columns_name_found_and_expected(tokenizer):
     with pytest.raises(
         ValueError,
-        match=r"has columns \['content', 'title'\]; expected \['text'\] or \['prompt', 'completion'\] or "
-        r"\['messages'\]",
+        match=r"^dataset in no known format \(split 'train'\): its columns are \['content', 'title'\]; expected "
+        r"\['text'\] or \['prompt', 'completion'\] or \['messages'\] or \['prompt'\]; rename its columns, or set "
+        r"dataset_format$",
     ):
         tokenize([{"title": "a", "content": "b"}], tokenizer)
     with pytest.raises(
-        ValueError, match=r"dataset_format='prompt_completion' needs columns \['prompt', 'completion'\]"
+        ValueError,
+        match=r"^dataset lacks the columns of its format \(dataset_format='prompt_completion', split 'train'\): it "
+        r"needs columns \['prompt', 'completion'\], the split has \['text'\]; rename its columns, or set "
+        r"dataset_format to the format the data is in \(or auto\)$",
     ):
         tokenize([{"text": "w1"}], tokenizer, fmt="prompt_completion")
 
@@ -113,7 +117,7 @@ def test_local_folder_with_split_files(tmp_path, tokenizer):
     assert set(load_raw_dataset(args)) == {"train", "eval"}
     train, evaluation = prepare_datasets(args, tokenizer)
     assert (len(train), len(evaluation)) == (5, 2)
-    with pytest.raises(ValueError, match="dataset_eval_split='test' is not a split"):
+    with pytest.raises(ValueError, match=r"^no such split \(dataset_eval_split='test'\): '.*' has the splits \["):
         prepare_datasets(DataArguments(dataset_name=str(tmp_path), dataset_eval_split="test"), tokenizer)
 
 

@@ -97,14 +97,20 @@ def test_check_finds_missing_local_paths(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["check", recipe])
     assert info.value.code == 2
-    assert "model_name_or_path='./no/such/student': no such folder" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "hf-distill: error: model folder not found (model_name_or_path='./no/such/student'): no such folder; fix the "
+        "path (a hub id is org/name)\n"
+    )
 
 
 def test_check_requires_a_teacher_unless_alpha_is_one(tmp_path, capsys):
     recipe = write(tmp_path, BASE.format(out=tmp_path / "o"))
     with pytest.raises(SystemExit):
         main(["check", recipe])
-    assert "hf-distill: error: alpha=0.5 needs a teacher: set teacher_model_name_or_path" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "hf-distill: error: no teacher (alpha=0.5): alpha < 1 distils from a teacher; set teacher_model_name_or_path "
+        "(or alpha: 1.0 for plain fine-tuning)\n"
+    )
     main(["check", recipe, "--alpha", "1.0"])
     assert "ok" in capsys.readouterr().out
 

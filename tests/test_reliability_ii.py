@@ -30,20 +30,23 @@ from hf_distill.teacher_numerics import NonFiniteTeacherError, _bad_rows
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        (["--max_steps", "-5"], "max_steps must be >= 1, or -1 to train num_train_epochs, got max_steps=-5"),
-        (["--max_steps", "0"], "max_steps must be >= 1, or -1 to train num_train_epochs, got max_steps=0"),
-        (
-            ["--max_steps", "-1", "--num_train_epochs", "0"],
-            "num_train_epochs must be > 0 when max_steps=-1 (nothing would train), got num_train_epochs=0.0",
-        ),
-        (["--per_device_train_batch_size", "0"], "per_device_train_batch_size must be >= 1, got "
-         "per_device_train_batch_size=0"),
-        (["--per_device_eval_batch_size", "0"], "per_device_eval_batch_size must be >= 1, got "
-         "per_device_eval_batch_size=0"),
-        (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps must be >= 1, got "
-         "gradient_accumulation_steps=0"),
-        (["--fp16", "true"], "fp16=True needs a GPU, but this run is on the cpu; set fp16: false (bf16 works on cpu)"),
-        (["--temperature", "inf"], "temperature must be finite, got temperature=inf"),
+        (["--max_steps", "-5"], "invalid max_steps (max_steps=-5): Trainer would read it as -1 and train whole "
+         "epochs; set max_steps to 1 or more, or -1 to train num_train_epochs"),
+        (["--max_steps", "0"], "invalid max_steps (max_steps=0): Trainer would read it as -1 and train whole epochs; "
+         "set max_steps to 1 or more, or -1 to train num_train_epochs"),
+        (["--max_steps", "-1", "--num_train_epochs", "0"], "invalid num_train_epochs (num_train_epochs=0): with "
+         "max_steps=-1 nothing would train, yet a model card would be written; set num_train_epochs > 0, or "
+         "max_steps >= 1"),
+        (["--per_device_train_batch_size", "0"], "invalid per_device_train_batch_size "
+         "(per_device_train_batch_size=0): must be >= 1; set per_device_train_batch_size to 1 or more"),
+        (["--per_device_eval_batch_size", "0"], "invalid per_device_eval_batch_size (per_device_eval_batch_size=0): "
+         "must be >= 1; set per_device_eval_batch_size to 1 or more"),
+        (["--gradient_accumulation_steps", "0"], "invalid gradient_accumulation_steps "
+         "(gradient_accumulation_steps=0): must be >= 1; set gradient_accumulation_steps to 1 or more"),
+        (["--fp16", "true"], "invalid fp16 (fp16=True): this run is on the cpu, which has no float16 autocast; set "
+         "fp16: false (bf16 works on cpu)"),
+        (["--temperature", "inf"], "invalid temperature (temperature=inf): must be finite; set a temperature in "
+         "[0.05, 20], e.g. 2.0"),
         (["--temperature", "nan"], "temperature must be > 0, got temperature=nan"),
     ],
 )  # fmt: skip

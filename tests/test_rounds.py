@@ -99,7 +99,10 @@ def test_check_validates_every_round(workspace, capsys):
     bad, _ = rounds_recipe(workspace, "rounds:\n  - {}\n  - {dataset_name: /no/such/data}\n")
     with pytest.raises(SystemExit):
         main(["check", bad])
-    assert "round 2: dataset_name='/no/such/data': no such file or folder" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "hf-distill: error: round 2: dataset not found (dataset_name='/no/such/data'): no such file or folder; fix "
+        "the path\n"
+    )
 
 
 def test_born_again_rounds(workspace, loads):

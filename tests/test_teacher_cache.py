@@ -188,26 +188,49 @@ def test_caches_that_do_not_fit_are_refused(workspace, capsys):
     build(recipe, cache, 4)
     train = ["train", recipe, "--teacher_cache_dir", cache]
     line = error_line(capsys, [*train, "--max_length", "8"])
-    assert f"teacher_cache_dir={cache!r} does not fit this recipe: its max_length is 1024, the recipe's is 8" in line
+    assert line == (
+        f"hf-distill: error: teacher cache built for another recipe (teacher_cache_dir={cache!r}): its max_length is "
+        "1024, the recipe's is 8; rebuild it with hf-distill cache-teacher (into another folder, or after deleting "
+        "this one)"
+    )
     line = error_line(capsys, [*train, "--max_train_samples", "16"])
-    assert "does not fit this recipe: its dataset_fingerprint is" in line
+    assert "teacher cache built for another recipe" in line and "its dataset_fingerprint is" in line
     shutil.copytree(tmp_path / "teacher", tmp_path / "other")
     line = error_line(capsys, [*train, "--teacher_model_name_or_path", str(tmp_path / "other")])
-    assert "does not fit this recipe: its teacher_model_name_or_path is" in line
+    assert "teacher cache built for another recipe" in line and "its teacher_model_name_or_path is" in line
     line = error_line(capsys, ["cache-teacher", recipe, "--output_dir", cache, "--top_k", "5"])
-    assert "was started with top_k=4; rerun with the same value" in line
+    assert line == (
+        f"hf-distill: error: cache started with other settings (--output_dir {cache}): it was started with --top_k 4, "
+        "not 5; rerun with --top_k 4, or build into another folder"
+    )
     os.rename(os.path.join(cache, "shard-00001"), os.path.join(cache, "gone"))
     line = error_line(capsys, train)
-    assert "is incomplete: 1 of 4 shards missing; rerun hf-distill cache-teacher to finish it" in line
+    assert line == (
+        f"hf-distill: error: teacher cache is incomplete (teacher_cache_dir={cache!r}): 1 of 4 shards missing (the "
+        "first: shard-00001); rerun hf-distill cache-teacher to finish it"
+    )
     line = error_line(capsys, [*train[:3], str(tmp_path / "nowhere")])
-    assert "has no manifest.json: build it with hf-distill cache-teacher" in line
+    assert line == (
+        f"hf-distill: error: no teacher cache (teacher_cache_dir={str(tmp_path / 'nowhere')!r}): it has no "
+        "manifest.json; build it with hf-distill cache-teacher (or fix teacher_cache_dir)"
+    )
 
 
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--top_k", "0"], "top_k and shard_size must be >= 1, got top_k=0, shard_size=1000"),
-        (["--top_k", "4", "--alpha", "1.0"], "cache-teacher needs a teacher: alpha=1.0"),
+        (["--top_k", "0"], "invalid --top_k (--top_k=0): must be >= 1; pass --top_k 1 or more"),
+        (
+            ["--top_k", "4", "--shard_size", "0"],
+            "invalid --shard_size (--shard_size=0): must be >= 1; pass --shard_size 1 or more",
+        ),
+        (["--top_k", "4", "--alpha", "1.0"], "cache-teacher needs a teacher (alpha=1.0, teacher_model_name_or_path="),
+        # The test tokenizer has 64 tokens.
+        (
+            ["--top_k", "65"],
+            "invalid --top_k (--top_k=65): the tokenizer has 64 tokens, so a token has at most 64 alternatives; pass "
+            "--top_k 64 or less",
+        ),
     ],
 )
 def test_cache_teacher_bad_arguments(workspace, capsys, monkeypatch, flags, message):
