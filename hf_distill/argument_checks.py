@@ -6,7 +6,7 @@ import math
 
 from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 
-from .user_errors import bad_value
+from .user_errors import UserInputError, bad_value
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,15 @@ def check_training_arguments(config) -> None:
             "set fp16: false (bf16 works on cpu)",
         )
     _check_report_to(config)
+    # Transformers collects these when the config is built but raises them only when training starts, weights loaded.
+    mismatches = getattr(getattr(config, "hf_deepspeed_config", None), "mismatches", None)
+    if mismatches:
+        raise UserInputError(
+            "DeepSpeed config disagrees with the recipe",
+            f"deepspeed={config.deepspeed!r}" if isinstance(config.deepspeed, str) else "deepspeed",
+            ", ".join(m.removeprefix("- ") for m in mismatches),
+            "set those DeepSpeed values to 'auto' (or to the recipe's)",
+        )
     temperature = config.temperature
     if not math.isfinite(temperature):
         raise bad_value("temperature", temperature, "must be finite", "set a temperature in [0.05, 20], e.g. 2.0")

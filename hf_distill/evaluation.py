@@ -31,7 +31,7 @@ from .losses import DivergenceSpec, TeacherLogits, dense_distillation_terms
 from .model_card import format_number, generation_metrics, update_model_card
 from .modeling import load_causal_lm_config
 from .recipe import parse_recipe
-from .user_errors import UserInputError
+from .user_errors import UserInputError, bad_value
 
 METRICS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metrics")
 BUILTIN_METRICS = ("exact_match", "token_f1")
@@ -53,8 +53,10 @@ def load_metrics(names: list[str] = ()) -> evaluate.CombinedEvaluations:
             offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") else ""
             reason = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
             raise UserInputError(
-                f"--metric {name!r}: cannot load this evaluate metric: {reason}; a metric by name is downloaded from "
-                f"the Hub, which needs network{offline}: pass the path of a local copy of its script instead"
+                "evaluate metric cannot be loaded",
+                f"--metric {name!r}",
+                f"{reason}; a metric by name is downloaded from the Hub, which needs network{offline}",
+                "pass the path of a local copy of its script instead",
             ) from None
     return evaluate.combine(modules)
 
@@ -216,17 +218,29 @@ def run_evaluation(
     process writes."""
     model_args, data_args, config = parse_recipe(recipe, overrides)
     if max_new_tokens < 1:
-        raise UserInputError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise bad_value("--max_new_tokens", max_new_tokens, "must be >= 1", "pass --max_new_tokens 1 or more")
     own_run = model is None or os.path.abspath(model) == os.path.abspath(config.output_dir)
     model = model or config.output_dir
     teacher = teacher or config.teacher_model_name_or_path
     if teacher is None:
-        raise UserInputError("the recipe has no teacher_model_name_or_path (alpha=1.0?): pass --teacher DIR_OR_ID")
+        raise UserInputError(
+            "no teacher to compare with",
+            f"teacher_model_name_or_path=None, alpha={config.alpha}",
+            "the recipe names no teacher",
+            "pass --teacher DIR_OR_ID",
+        )
     if isinstance(teacher, list):
-        raise UserInputError(f"teacher_model_name_or_path={teacher}: an ensemble; pass one member with --teacher")
+        raise UserInputError(
+            "an ensemble of teachers",
+            f"teacher_model_name_or_path={teacher}",
+            "evaluate compares the student with one teacher",
+            "pass one member with --teacher",
+        )
     split = split or data_args.dataset_eval_split
     if split is None:
-        raise UserInputError("the recipe has no dataset_eval_split: pass --split NAME")
+        raise UserInputError(
+            "no split to evaluate", "dataset_eval_split=None", "the recipe has no eval split", "pass --split NAME"
+        )
     # Under a launch, the device is where Accelerate's state (the process group) is set up from the recipe's use_cpu.
     device = config.device
     state = PartialState()
@@ -234,7 +248,12 @@ def run_evaluation(
     with state.main_process_first():
         raw = load_raw_dataset(data_args)
         if split not in raw:
-            raise UserInputError(f"--split={split!r} is not a split of {data_args.dataset_name!r}; it has {list(raw)}")
+            raise UserInputError(
+                "no such split",
+                f"--split={split!r}",
+                f"{data_args.dataset_name!r} has the splits {list(raw)}",
+                "pass one of them",
+            )
         metrics = load_metrics(metric_names)
         load_causal_lm_config(model, "--model", model_args.trust_remote_code)
         load_causal_lm_config(teacher, "--teacher", model_args.trust_remote_code)
@@ -247,8 +266,11 @@ def run_evaluation(
     unprompted = sum(not split_prompt(e["input_ids"], e["labels"])[0] for e in dataset)
     if unprompted:
         raise UserInputError(
-            f"--split={split!r}: {unprompted} of {len(dataset)} examples have no prompt (every token is a target, as "
-            "in dataset_format 'text'): evaluate needs prompt + completion or messages data"
+            "examples without a prompt",
+            f"--split={split!r}",
+            f"{unprompted} of {len(dataset)} examples have no prompt (every token is a target, as in dataset_format "
+            "'text')",
+            "evaluate prompt + completion or messages data",
         )
     categories = _categories(raw[split], dataset)
 

@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, get_model_conversion_mapping
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
-from .user_errors import UserInputError
+from .user_errors import UserInputError, bad_value
 
 # Embedding matrices are commonly padded up to a multiple of one of these for speed (e.g. Qwen2.5: 151,936 rows for
 # 151,665 tokens); widths that differ only by such padding still describe the same vocabulary.
@@ -28,7 +28,12 @@ def resolve_dtype(init_kwargs: dict[str, Any] | None) -> dict[str, Any]:
         value = kwargs.get(key)
         if isinstance(value, str) and value != "auto":
             if not isinstance(getattr(torch, value, None), torch.dtype):
-                raise UserInputError(f"{key}={value!r} is not a torch dtype (e.g. 'bfloat16', 'float32' or 'auto')")
+                raise UserInputError(
+                    "unknown dtype",
+                    f"{key}={value!r}",
+                    "not a torch dtype",
+                    "use e.g. 'bfloat16', 'float32' or 'auto'",
+                )
             kwargs[key] = getattr(torch, value)
     return kwargs
 
@@ -41,9 +46,16 @@ def parse_init_kwargs(value: dict[str, Any] | str | None, field_name: str) -> di
         try:
             value = json.loads(value)
         except json.JSONDecodeError as err:
-            raise UserInputError(f"{field_name}={value!r} is not valid JSON: {err.msg}") from None
+            raise UserInputError(
+                f"invalid {field_name}",
+                f"{field_name}={value!r}",
+                f"not valid JSON: {err.msg} at column {err.colno}",
+                'write it as a JSON object: {"name": value, ...}',
+            ) from None
     if not isinstance(value, dict):
-        raise UserInputError(f"{field_name} must be a mapping, got {value!r}")
+        raise bad_value(
+            field_name, value, "must be a mapping of keyword arguments", 'write it as a mapping: {"name": value, ...}'
+        )
     return value
 
 

@@ -92,7 +92,10 @@ def _load_runs(output_dir: str) -> list[_Run]:
                 rounds.append((int(match.group(1)), name))
     if not rounds:
         raise ReportError(
-            f"no {METRICS_FILE} in {output_dir} or in its round-<k>/ folders (train with metrics_csv: true)"
+            "no metrics to report",
+            output_dir,
+            f"no {METRICS_FILE} in it or in its round-<k>/ folders",
+            "train with metrics_csv: true (the default)",
         )
     runs, offset = [], 0
     for number, name in sorted(rounds):
@@ -110,7 +113,12 @@ def write_report(output_dir: str, top: int = 10) -> str:
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
     except ImportError:
-        raise ReportError("hf-distill report needs matplotlib: pip install hf_distill[plots]") from None
+        raise ReportError(
+            "matplotlib is not installed",
+            "hf-distill report",
+            "it draws the plots",
+            "pip install hf_distill[plots]",
+        ) from None
     runs = _load_runs(output_dir)
     folder = os.path.join(output_dir, REPORT_DIR)
     os.makedirs(folder, exist_ok=True)

@@ -28,18 +28,23 @@ class UserError(Exception):
 
     def line(self) -> str:
         """The message on one line: a message over several lines (a library's, quoted in `why`) is joined, not cut."""
-        text = self.what
-        if self.where is not None:
-            text += f" ({self.where})"
-        if self.why is not None:
-            text += f": {self.why}"
-        if self.fix is not None:
-            text += f"; {self.fix}"
-        return " ".join(part.strip() for part in text.splitlines() if part.strip())
+        what, where, why, fix = (_one_line(part) for part in (self.what, self.where, self.why, self.fix))
+        text = what
+        if where is not None:
+            text += f" ({where})"
+        if why is not None:
+            text += f": {why}"
+        if fix is not None:
+            text += f"; {fix}"
+        return text
 
     def __reduce__(self):
         # Rebuilt from its parts when pickled (a `datasets.map` worker raising it to the main process).
         return type(self), (self.what, self.where, self.why, self.fix)
+
+
+def _one_line(text: str | None) -> str | None:
+    return None if text is None else " ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
 class UserInputError(UserError, ValueError):

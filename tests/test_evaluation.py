@@ -173,10 +173,16 @@ def test_evaluate_command_writes_results_and_the_model_card(workspace, capsys):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--metric", "no_such_metric_xyz"], "--metric 'no_such_metric_xyz': cannot load this evaluate metric"),
-        (["--max_new_tokens", "0"], "--max_new_tokens must be >= 1, got 0"),
+        (
+            ["--metric", "no_such_metric_xyz"],
+            "evaluate metric cannot be loaded (--metric 'no_such_metric_xyz'): ",
+        ),
+        (
+            ["--max_new_tokens", "0"],
+            "invalid --max_new_tokens (--max_new_tokens=0): must be >= 1; pass --max_new_tokens 1 or more",
+        ),
         (["--model", "/nonexistent/student"], "/nonexistent/student"),
-        (["--split", "test"], "--split='test' is not a split of"),
+        (["--split", "test"], "no such split (--split='test'): "),
     ],
 )
 def test_evaluate_bad_input_is_one_line(workspace, capsys, monkeypatch, flags, message):
@@ -210,8 +216,12 @@ def test_evaluate_needs_one_teacher(workspace, capsys, monkeypatch):
     )
     ensemble, _ = ensemble_recipe(tmp_path, recipe)
     for path, message in (
-        (no_teacher, "the recipe has no teacher_model_name_or_path (alpha=1.0?): pass --teacher DIR_OR_ID"),
-        (ensemble, "an ensemble; pass one member with --teacher"),
+        (
+            no_teacher,
+            "no teacher to compare with (teacher_model_name_or_path=None, alpha=1.0): the recipe names no teacher; "
+            "pass --teacher DIR_OR_ID",
+        ),
+        (ensemble, "evaluate compares the student with one teacher; pass one member with --teacher"),
     ):
         with pytest.raises(SystemExit):
             main(["evaluate", str(path)])
@@ -248,4 +258,7 @@ def test_evaluate_refuses_data_without_prompts(workspace, capsys, monkeypatch):
     (text_data / "eval.jsonl").write_text('{"text": "w1 w2 w3"}\n')
     with pytest.raises(SystemExit):
         main(["evaluate", recipe, "--model", str(tmp_path / "teacher"), "--dataset_name", str(text_data)])
-    assert "--split='eval': 1 of 1 examples have no prompt" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "hf-distill: error: examples without a prompt (--split='eval'): 1 of 1 examples have no prompt (every token "
+        "is a target, as in dataset_format 'text'); evaluate prompt + completion or messages data"
+    )

@@ -245,7 +245,10 @@ def test_prompts_are_the_tokens_before_the_last_target_run():
         ({"generation_top_k": -2}, "generation_top_k must be >= 0"),
         ({"generation_kwargs": {"temperature": 0.5}}, "generation_kwargs sets 'temperature', which has its own field"),
         ({"generation_kwargs": {"no_such_field": 1}}, "'no_such_field', which is not a transformers.GenerationConfig"),
-        ({"generation_kwargs": "{not json"}, "generation_kwargs='{not json' is not valid JSON"),
+        (
+            {"generation_kwargs": "{not json"},
+            "invalid generation_kwargs (generation_kwargs='{not json'): not valid JSON",
+        ),
         ({"teacher_cache_dir": "/tmp/cache"}, "teacher_cache_dir='/tmp/cache' must be unset"),
         ({"alpha": 1.0}, "lmbda=1.0 needs a teacher, but alpha=1.0 loads none"),
         ({"lmbda": 0.0, "seq_kd": True, "teacher_model_name_or_path": ["a", "b"]}, "seq_kd=True needs one teacher"),

@@ -79,7 +79,10 @@ def test_report_without_metrics_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["report", str(tmp_path)])
     assert info.value.code == 2
-    assert "no metrics.csv in" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"hf-distill: error: no metrics to report ({tmp_path}): no metrics.csv in it or in its round-<k>/ folders; "
+        "train with metrics_csv: true (the default)\n"
+    )
 
 
 def test_report_without_matplotlib_says_what_to_install(tmp_path, monkeypatch, capsys):
@@ -89,5 +92,6 @@ def test_report_without_matplotlib_says_what_to_install(tmp_path, monkeypatch, c
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path)])
     assert capsys.readouterr().err.strip() == (
-        "hf-distill: error: hf-distill report needs matplotlib: pip install hf_distill[plots]"
+        "hf-distill: error: matplotlib is not installed (hf-distill report): it draws the plots; pip install "
+        "hf_distill[plots]"
     )
