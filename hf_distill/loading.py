@@ -110,6 +110,16 @@ def check_models_fit(model_args: ModelArguments, config: DistillConfig, tokenize
     models = [(model_args.model_name_or_path, "model_name_or_path", student)]
     if model_args.student_init != "pretrained":
         models = []  # fresh weights: the folder holds a config only
+    # Before the vocabulary checks, whose message would not name the cache.
+    if config.uses_teacher_cache:
+        top_k, vocab = read_manifest(config.teacher_cache_dir)["top_k"], student.get_text_config().vocab_size
+        if top_k > vocab:
+            raise UserInputError(
+                "teacher cache wider than the student's vocabulary",
+                f"teacher_cache_dir={config.teacher_cache_dir!r}",
+                f"it holds top_k={top_k} tokens per target, the student has {vocab}",
+                f"rebuild it with hf-distill cache-teacher --top_k {vocab} or less",
+            )
     # Every ensemble member is checked against the student, and so shares its vocabulary with the others.
     for teacher_path in config.teacher_paths if config.teacher_source != "none" else []:
         teacher = load_causal_lm_config(teacher_path, "teacher_model_name_or_path", trust)
@@ -121,15 +131,6 @@ def check_models_fit(model_args: ModelArguments, config: DistillConfig, tokenize
         if teacher_tokenizer is not None:
             check_same_tokenizer(tokenizer, teacher_tokenizer)
         check_vocab_sizes(student.get_text_config().vocab_size, teacher.get_text_config().vocab_size, len(tokenizer))
-    if config.uses_teacher_cache:
-        top_k, vocab = read_manifest(config.teacher_cache_dir)["top_k"], student.get_text_config().vocab_size
-        if top_k > vocab:
-            raise UserInputError(
-                "teacher cache wider than the student's vocabulary",
-                f"teacher_cache_dir={config.teacher_cache_dir!r}",
-                f"it holds top_k={top_k} tokens per target, the student has {vocab}",
-                f"rebuild it with hf-distill cache-teacher --top_k {vocab} or less",
-            )
     # Weight files last: a model that cannot fit at all is told so first.
     for path, role, model_config in models:
         check_weight_files(path, role, model_config)
