@@ -89,3 +89,29 @@ def test_cache_teacher_with_two_processes_equals_one(workspace):
         if name.startswith("shard-"):
             two = load_from_disk(str(tmp_path / "two" / name)).to_dict()
             assert two == load_from_disk(str(tmp_path / "one" / name)).to_dict(), name
+
+
+def test_a_user_error_is_printed_once_and_every_rank_exits_2(workspace):
+    """Both ranks hit the bad `output_dir` once their process group exists; the main one prints the line, the other
+    exits with the same code without a word. The launcher then reports the failed ranks with its own traceback."""
+    tmp_path, recipe = workspace
+    (tmp_path / "a_file").write_text("x")
+    config = os.path.join(ROOT, "accelerate_configs", "cpu_2proc.yaml")
+    script = os.path.join(ROOT, "tests", "scripts", "launch_error.py")
+    # The launcher stops the other ranks once it sees one fail: it looks every 5 s here, time for rank 1 to exit.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--monitor_interval", "5"]
+    result = subprocess.run(
+        [*cmd, script, recipe, "--output_dir", str(tmp_path / "a_file")],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode != 0
+    for rank in (0, 1):
+        assert f"rank {rank}: exit 2 in a process group of 2" in result.stdout, result.stdout + result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("hf-distill")]
+    assert lines == [
+        f"hf-distill: error: output_dir is a file (output_dir='{tmp_path / 'a_file'}'): the run writes a folder "
+        "there; set another output_dir"
+    ], result.stderr[-3000:]
+    # The one traceback is the launcher's (torch elastic's ChildFailedError), not a rank's.
+    assert result.stderr.count("Traceback (most recent call last)") == 1, result.stderr[-3000:]
+    assert "ChildFailedError" in result.stderr and "hf_distill" not in result.stderr.split("Traceback")[1]
