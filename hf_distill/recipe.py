@@ -5,6 +5,7 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 import typing
 from collections.abc import Hashable
 
@@ -24,10 +25,38 @@ class RecipeError(UserInputError):
     """A recipe or command line that cannot be run, with a message fit to show the user as is."""
 
 
+# argparse's messages: `argument --name/--alias: problem`, `invalid <type> value: 'x'` or `invalid choice: 'x' (choose
+# from ...)`, and `the following arguments are required: --a/--a-alias, ...`.
+_ARGUMENT = re.compile(r"argument --(\w+)(?:/--[\w-]+)?: (.*)")
+_INVALID = re.compile(r"invalid (?:(\w+) value|choice): '(.*)'(?: \(choose from (.*)\))?$")
+_REQUIRED = re.compile(r"the following arguments are required: (.*)")
+
+
+def _argparse_error(message: str) -> "RecipeError":
+    """argparse's one-line message, in parts."""
+    argument, required = _ARGUMENT.match(message), _REQUIRED.match(message)
+    if argument:
+        name, problem = argument.groups()
+        invalid = _INVALID.match(problem)
+        if invalid is None:
+            return RecipeError(f"invalid {name}", name, problem, f"fix {name} in the recipe or on the command line")
+        kind, value, choices = invalid.groups()
+        what, where = f"invalid {name}", f"{name}={value!r}"
+        if choices is not None:
+            return RecipeError(what, where, "not one of its choices", f"use one of {choices}")
+        return RecipeError(what, where, f"not a valid {kind}", f"give a value of type {kind}")
+    if required:
+        names = [flag.split("/")[0].removeprefix("--") for flag in required.group(1).split(", ")]
+        return RecipeError(
+            "missing key", ", ".join(names), "a run needs it", f"set {names[0]} in the recipe (or --{names[0]})"
+        )
+    return RecipeError("invalid command line", "the command line", message, "fix it")
+
+
 class _RecipeParser(HfArgumentParser):
     def error(self, message):
         # argparse would print the whole usage (hundreds of TrainingArguments options) and exit.
-        raise RecipeError(message)
+        raise _argparse_error(message)
 
 
 def field_names() -> list[str]:
@@ -37,12 +66,14 @@ def field_names() -> list[str]:
 def unknown_key_error(key: str, where: str) -> RecipeError:
     """The error for a key that is no field, suggesting the closest field name."""
     close = difflib.get_close_matches(key, field_names(), n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return RecipeError(f"unknown key {key!r} in {where}{hint}")
+    fix = f"did you mean {close[0]!r}?" if close else "see the fields of ModelArguments, DataArguments, DistillConfig"
+    return RecipeError("unknown key", f"{key!r} in {where}", "no argument of a run has this name", fix)
 
 
 class _DuplicateKeyError(yaml.YAMLError):
-    pass
+    def __init__(self, key, first: int, second: int):
+        super().__init__(key, first, second)
+        self.key, self.first, self.second = key, first, second
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -57,7 +88,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if not isinstance(key, Hashable):
                 continue  # SafeLoader's own error names it
             if key in seen:
-                raise _DuplicateKeyError(f"duplicate key {key!r} at lines {seen[key]} and {line}; keep one")
+                raise _DuplicateKeyError(key, seen[key], line)
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
@@ -65,21 +96,28 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def load_yaml(path: str) -> dict:
     """The recipe's mapping; YAML syntax errors keep their line number, and a key given twice is an error."""
     if not os.path.isfile(path):
-        raise RecipeError(f"recipe file not found: {path}")
+        raise RecipeError("recipe file not found", path, "no such file", "fix the path")
     with open(path) as f:
         try:
             content = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
         except _DuplicateKeyError as err:
-            raise RecipeError(f"{path}: {err}") from None
+            raise RecipeError(
+                "duplicate key",
+                f"{path}:{err.second}",
+                f"{err.key!r} is set at lines {err.first} and {err.second} (YAML would keep the last without a word)",
+                "keep one",
+            ) from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise RecipeError(f"{path}: YAML syntax error{where}: {problem}") from None
+            where = f"{path}:{mark.line + 1}, column {mark.column + 1}" if mark is not None else path
+            problem = getattr(err, "problem", None) or str(err)
+            raise RecipeError("YAML syntax error", where, problem, "fix the recipe there") from None
     if content is None:
         return {}
     if not isinstance(content, dict):
-        raise RecipeError(f"{path}: a recipe is a mapping of keys to values, got {type(content).__name__}")
+        raise RecipeError(
+            "recipe is not a mapping", path, f"it holds a {type(content).__name__}", "write one key: value a line"
+        )
     return content
 
 
@@ -122,7 +160,9 @@ def parse_recipe(path: str | None, overrides: list[str] | None = None):
     """
     recipe = load_yaml(path) if path is not None else {}
     if ROUNDS_KEY in recipe:
-        raise RecipeError(f"{path} is a multi-round recipe ({ROUNDS_KEY!r}): parse it with hf_distill.rounds")
+        raise RecipeError(
+            "multi-round recipe", path, f"it has {ROUNDS_KEY!r}", "parse it with hf_distill.rounds.parse_rounds"
+        )
     return parse_mapping(recipe, overrides, path)
 
 
@@ -140,7 +180,9 @@ def parse_mapping(recipe: dict, overrides: list[str] | None, where: str | None):
         if token.startswith("--"):
             raise unknown_key_error(token[2:].split("=")[0], "the command line")
     if remaining:
-        raise RecipeError(f"unexpected command-line arguments: {' '.join(remaining)}")
+        raise RecipeError(
+            "unexpected command-line arguments", " ".join(remaining), "overrides are --key value pairs", "fix them"
+        )
     outputs = []
     for cls in ARGUMENT_CLASSES:
         names = {f.name for f in dataclasses.fields(cls) if f.init}
@@ -151,5 +193,7 @@ def parse_mapping(recipe: dict, overrides: list[str] | None, where: str | None):
             raise RecipeError(err.what, err.where, err.why, err.fix) from None
         except (ValueError, TypeError) as err:
             # TrainingArguments' own checks: their message, joined onto one line.
-            raise RecipeError(str(err)) from None
+            raise RecipeError(
+                "invalid value", cls.__name__, str(err), "fix it in the recipe or on the command line"
+            ) from None
     return tuple(outputs)

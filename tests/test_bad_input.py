@@ -126,13 +126,26 @@ def test_missing_dataset_path(workspace, capsys, no_weights):
     assert "no such file or folder" in line
 
 
+LOSS_FIX = "; fix it in the recipe or on the command line"
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        (["--alpha", "1.5"], "alpha must be in [0, 1], got alpha=1.5"),
-        (["--temperature", "0"], "temperature must be > 0, got temperature=0.0"),
-        (["--loss_type", "jsd", "--beta", "1"], "beta must be in (0, 1) for loss_type='jsd', got beta=1.0"),
-        (["--skew_lambda", "1"], "skew_lambda must be in [0, 1), got skew_lambda=1.0"),
+        # The loss functions' own checks, run by DistillConfig: their message, as the why.
+        (["--alpha", "1.5"], f"invalid value (DistillConfig): alpha must be in [0, 1], got alpha=1.5{LOSS_FIX}"),
+        (
+            ["--temperature", "0"],
+            f"invalid value (DistillConfig): temperature must be > 0, got temperature=0.0{LOSS_FIX}",
+        ),
+        (
+            ["--loss_type", "jsd", "--beta", "1"],
+            f"invalid value (DistillConfig): beta must be in (0, 1) for loss_type='jsd', got beta=1.0{LOSS_FIX}",
+        ),
+        (
+            ["--skew_lambda", "1"],
+            f"invalid value (DistillConfig): skew_lambda must be in [0, 1), got skew_lambda=1.0{LOSS_FIX}",
+        ),
         (
             ["--early_stop_patience", "2"],
             "early_stop_patience=2 needs evaluation: set eval_strategy to 'steps' or 'epoch' (it is 'no')",
@@ -142,10 +155,14 @@ def test_missing_dataset_path(workspace, capsys, no_weights):
         (["--track_samples", "foo"], "track_samples=['foo'] may only hold 'eval' and 'train'"),
         (
             ["--teacher_cache_mode", "dense"],
-            "argument --teacher_cache_mode/--teacher-cache-mode: invalid choice: 'dense' (choose from "
-            "'renormalized', 'tail_bucket', 'teacher_renormalized')",
+            "invalid teacher_cache_mode (teacher_cache_mode='dense'): not one of its choices; use one of "
+            "'renormalized', 'tail_bucket', 'teacher_renormalized'",
         ),
-        (["--temperture", "2"], "unknown key 'temperture' in the command line; did you mean 'temperature'?"),
+        (
+            ["--temperture", "2"],
+            "unknown key ('temperture' in the command line): no argument of a run has this name; did you mean "
+            "'temperature'?",
+        ),
     ],
 )
 def test_bad_config_values(workspace, capsys, no_weights, override, message):
@@ -168,14 +185,17 @@ def test_yaml_syntax_error_names_the_line(workspace, capsys, no_weights):
     recipe.write_text("alpha: 0.5\nteacher: [a, b\nmax_steps: 3\n")
     # PyYAML reports where the unclosed flow sequence of line 2 breaks: the ':' after `max_steps` on line 3.
     assert error_line(capsys, ["train", str(recipe)]) == (
-        f"hf-distill: error: {recipe}: YAML syntax error at line 3, column 10: expected ',' or ']', but got ':'"
+        f"hf-distill: error: YAML syntax error ({recipe}:3, column 10): expected ',' or ']', but got ':'; fix the "
+        "recipe there"
     )
 
 
 @pytest.mark.parametrize("command", ["train", "check"])
 def test_recipe_file_that_does_not_exist(tmp_path, monkeypatch, capsys, no_weights, command):
     monkeypatch.chdir(tmp_path)
-    assert error_line(capsys, [command, "nowhere.yaml"]) == "hf-distill: error: recipe file not found: nowhere.yaml"
+    assert error_line(capsys, [command, "nowhere.yaml"]) == (
+        "hf-distill: error: recipe file not found (nowhere.yaml): no such file; fix the path"
+    )
 
 
 @pytest.mark.parametrize("teachers", ["t5", "ensemble"])

@@ -47,7 +47,8 @@ from hf_distill.teacher_numerics import NonFiniteTeacherError, _bad_rows
          "fp16: false (bf16 works on cpu)"),
         (["--temperature", "inf"], "invalid temperature (temperature=inf): must be finite; set a temperature in "
          "[0.05, 20], e.g. 2.0"),
-        (["--temperature", "nan"], "temperature must be > 0, got temperature=nan"),
+        (["--temperature", "nan"], "invalid value (DistillConfig): temperature must be > 0, got temperature=nan; fix "
+         "it in the recipe or on the command line"),
     ],
 )  # fmt: skip
 def test_training_arguments_trainer_would_mishandle(workspace, capsys, no_weights, override, message):  # noqa: F811
@@ -85,7 +86,10 @@ def test_a_key_given_twice_in_a_recipe_names_the_key_and_both_lines(workspace, c
     with open(recipe, "a") as f:
         f.write("beta: 0.2\nskew_lambda: 0.2\nbeta: 0.4\n")
     first, second = len(lines) + 1, len(lines) + 3
-    message = f"hf-distill: error: {recipe}: duplicate key 'beta' at lines {first} and {second}; keep one"
+    message = (
+        f"hf-distill: error: duplicate key ({recipe}:{second}): 'beta' is set at lines {first} and {second} (YAML "
+        "would keep the last without a word); keep one"
+    )
     assert error_line(capsys, ["train", str(recipe)]) == message
     assert error_line(capsys, ["check", str(recipe)]) == message
 
@@ -95,7 +99,10 @@ def test_a_key_given_twice_inside_a_round_is_refused_too(tmp_path):
     recipe.write_text("alpha: 0.5\nrounds:\n  - output_dir: a\n    max_steps: 2\n    max_steps: 3\n")
     with pytest.raises(RecipeError) as info:
         load_yaml(str(recipe))
-    assert str(info.value) == f"{recipe}: duplicate key 'max_steps' at lines 4 and 5; keep one"
+    assert str(info.value) == (
+        f"duplicate key ({recipe}:5): 'max_steps' is set at lines 4 and 5 (YAML would keep the last without a word); "
+        "keep one"
+    )
     # Mappings of the same key at different places are not duplicates.
     recipe.write_text("rounds:\n  - max_steps: 2\n  - max_steps: 3\n")
     assert load_yaml(str(recipe)) == {"rounds": [{"max_steps": 2}, {"max_steps": 3}]}

@@ -70,7 +70,10 @@ def test_parse_chains_the_rounds(workspace):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("rounds:\n  - {max_steps: 2}\n  - {temperture: 1}\n", "unknown key 'temperture' in round 2 of .*temperature"),
+        (
+            "rounds:\n  - {max_steps: 2}\n  - {temperture: 1}\n",
+            r"unknown key \('temperture' in round 2 of .*temperature",
+        ),
         ("rounds:\n  - {output_dir: x}\n", "'output_dir' in round 1 of .*: set it once for all rounds"),
         ("rounds:\n  - {}\n  - {model_name_or_path: x}\n", "'model_name_or_path' in round 2 .*previous round's"),
         ("rounds:\n  - {teacher_model_name_or_path: previous_round}\n", "round 1 .*there is no previous round"),
