@@ -12,7 +12,7 @@ from .losses import ENSEMBLE_MODES, LOSS_CHUNK_SIZE, LOSS_TYPES, SPARSE_MODES, D
 from .losses.divergences import BETA_LOSS_TYPES, DEFAULT_BETA
 from .losses.sparse import check_sparse_mode
 from .modeling import parse_init_kwargs
-from .user_errors import UserInputError
+from .user_errors import UserInputError, bad_value
 
 TEACHER_SOURCES = ("none", "model", "cache")
 
@@ -23,9 +23,14 @@ def normalized_weights(weights: Sequence[float] | None, n_teachers: int) -> list
         return [1.0 / n_teachers] * n_teachers
     weights = list(weights)
     if len(weights) != n_teachers:
-        raise UserInputError(f"teacher_weights={weights} has {len(weights)} entries for {n_teachers} teachers")
+        raise bad_value(
+            "teacher_weights",
+            weights,
+            f"{len(weights)} entries for {n_teachers} teachers",
+            "give one weight a teacher",
+        )
     if any(not w >= 0 for w in weights) or not sum(weights) > 0:
-        raise UserInputError(f"teacher_weights={weights} must be >= 0 with a positive sum")
+        raise bad_value("teacher_weights", weights, "must be >= 0 with a positive sum", "fix the weights")
     total = sum(weights)
     return [w / total for w in weights]
 
@@ -249,8 +254,11 @@ class DistillConfig(TrainingArguments):
     def _validate_distillation_fields(self) -> None:
         teachers = self.teacher_model_name_or_path
         if isinstance(teachers, list | tuple) and not teachers:
-            raise UserInputError(
-                "teacher_model_name_or_path=[] names no teacher; give a path, a list of paths, or None"
+            raise bad_value(
+                "teacher_model_name_or_path",
+                [],
+                "an empty list names no teacher",
+                "give a path, a list of paths, or None",
             )
         check_ensemble_mode(self.teacher_ensemble)
         if self.teacher_weights is not None:
@@ -260,77 +268,88 @@ class DistillConfig(TrainingArguments):
         self.divergence_spec  # noqa: B018 (built to validate: alpha, temperature, loss_type, beta, skew_lambda)
         if self.loss_type not in BETA_LOSS_TYPES and self.beta != DEFAULT_BETA:
             raise UserInputError(
-                f"beta={self.beta} is read by loss_type 'jsd' and 'gjsd' only, and loss_type={self.loss_type!r} would "
-                "ignore it (TRL's beta: 0 is forward KL, 1 reverse KL; that is loss_type: gjsd)"
+                "beta that would be ignored",
+                f"beta={self.beta}, loss_type={self.loss_type!r}",
+                f"beta is read by loss_type 'jsd' and 'gjsd' only, and loss_type={self.loss_type!r} would ignore it",
+                "remove beta, or use loss_type: gjsd (TRL's beta: 0 is forward KL, 1 reverse KL)",
             )
         if self.teacher_cache_mode not in SPARSE_MODES:
-            raise UserInputError(
-                f"teacher_cache_mode={self.teacher_cache_mode!r} is not supported; choose one of "
-                f"{', '.join(SPARSE_MODES)}"
+            raise bad_value(
+                "teacher_cache_mode",
+                self.teacher_cache_mode,
+                "not supported",
+                f"choose one of {', '.join(SPARSE_MODES)}",
             )
         if self.teacher_cache_dir is not None:
             check_sparse_mode(self.teacher_cache_mode, self.loss_type)
         if self.early_stop_patience is not None and self.early_stop_patience < 1:
-            raise UserInputError(
-                f"early_stop_patience must be >= 1 or None, got early_stop_patience={self.early_stop_patience}"
+            raise bad_value(
+                "early_stop_patience",
+                self.early_stop_patience,
+                "must be >= 1 or None",
+                "set it to 1 or more, or unset it",
             )
         if self.early_stop_min_delta < 0:
-            raise UserInputError(
-                f"early_stop_min_delta must be >= 0, got early_stop_min_delta={self.early_stop_min_delta}"
-            )
+            raise bad_value("early_stop_min_delta", self.early_stop_min_delta, "must be >= 0", "set it to 0 or more")
         if self.loss_chunk_size < 0:
-            raise UserInputError(
-                f"loss_chunk_size must be >= 0 (0 = dense), got loss_chunk_size={self.loss_chunk_size}"
+            raise bad_value(
+                "loss_chunk_size",
+                self.loss_chunk_size,
+                "must be >= 0",
+                "set it to 0 (dense) or a chunk size in tokens",
             )
         if self.max_nonfinite_steps < 0:
-            raise UserInputError(
-                f"max_nonfinite_steps must be >= 0, got max_nonfinite_steps={self.max_nonfinite_steps}"
-            )
+            raise bad_value("max_nonfinite_steps", self.max_nonfinite_steps, "must be >= 0", "set it to 0 or more")
         unknown = set(self.track_samples) - {"eval", "train"}
         if unknown:
-            raise UserInputError(f"track_samples={self.track_samples} may only hold 'eval' and 'train'")
+            raise bad_value(
+                "track_samples", self.track_samples, "may only hold 'eval' and 'train'", "keep some of 'eval', 'train'"
+            )
         self._validate_generation_fields()
         if self.early_stop_patience is not None and str(self.eval_strategy) in ("no", "IntervalStrategy.NO"):
             raise UserInputError(
-                f"early_stop_patience={self.early_stop_patience} needs evaluation: set eval_strategy to 'steps' or "
-                "'epoch' (it is 'no')"
+                "early stopping without evaluation",
+                f"early_stop_patience={self.early_stop_patience}",
+                "it stops on the eval loss, and eval_strategy is 'no'",
+                "set eval_strategy to 'steps' or 'epoch'",
             )
 
     def _validate_generation_fields(self) -> None:
         if not 0.0 <= self.lmbda <= 1.0:
-            raise UserInputError(f"lmbda must be in [0, 1], got lmbda={self.lmbda}")
+            raise bad_value("lmbda", self.lmbda, "must be in [0, 1]", "set a share of on-policy steps in [0, 1]")
         if self.max_new_tokens < 1:
-            raise UserInputError(f"max_new_tokens must be >= 1, got max_new_tokens={self.max_new_tokens}")
+            raise bad_value("max_new_tokens", self.max_new_tokens, "must be >= 1", "set it to 1 or more")
         if not self.generation_temperature >= 0:
-            raise UserInputError(
-                f"generation_temperature must be >= 0 (0 = greedy), got generation_temperature="
-                f"{self.generation_temperature}"
+            raise bad_value(
+                "generation_temperature", self.generation_temperature, "must be >= 0", "set it to 0 (greedy) or more"
             )
         if not 0.0 < self.generation_top_p <= 1.0:
-            raise UserInputError(f"generation_top_p must be in (0, 1], got generation_top_p={self.generation_top_p}")
+            raise bad_value("generation_top_p", self.generation_top_p, "must be in (0, 1]", "set it in (0, 1]")
         if self.generation_top_k < 0:
-            raise UserInputError(
-                f"generation_top_k must be >= 0 (0 = off), got generation_top_k={self.generation_top_k}"
-            )
+            raise bad_value("generation_top_k", self.generation_top_k, "must be >= 0", "set it to 0 (off) or more")
         parse_generation_kwargs(self.generation_kwargs)
         if self.eval_max_new_tokens < 1:
-            raise UserInputError(
-                f"eval_max_new_tokens must be >= 1, got eval_max_new_tokens={self.eval_max_new_tokens}"
-            )
+            raise bad_value("eval_max_new_tokens", self.eval_max_new_tokens, "must be >= 1", "set it to 1 or more")
         if not self.generates:
             return
         setting = f"lmbda={self.lmbda}" if self.lmbda > 0 else "seq_kd=True"
         if self.teacher_cache_dir is not None:
             raise UserInputError(
-                f"{setting} trains on generated text, which a teacher cache cannot score: teacher_cache_dir="
-                f"{self.teacher_cache_dir!r} must be unset (a live teacher scores every generated token)"
+                "generated text with a teacher cache",
+                f"{setting}, teacher_cache_dir={self.teacher_cache_dir!r}",
+                f"{setting} trains on generated text, which a teacher cache cannot score",
+                "unset teacher_cache_dir (a live teacher scores every generated token)",
             )
         if self.alpha == 1.0:
-            raise UserInputError(f"{setting} needs a teacher, but alpha=1.0 loads none; set alpha < 1")
+            raise UserInputError(
+                "generation without a teacher", f"{setting}, alpha=1.0", "alpha=1.0 loads no teacher", "set alpha < 1"
+            )
         if self.seq_kd and len(self.teacher_paths) > 1:
             raise UserInputError(
-                f"seq_kd=True needs one teacher to generate, got an ensemble of {len(self.teacher_paths)} "
-                "(teacher_model_name_or_path)"
+                "seq_kd with an ensemble",
+                "seq_kd=True, teacher_model_name_or_path",
+                f"seq_kd=True needs one teacher to generate, got an ensemble of {len(self.teacher_paths)}",
+                "name one teacher, or set seq_kd: false",
             )
 
 
@@ -341,10 +360,18 @@ def parse_generation_kwargs(value: dict[str, Any] | str | None) -> dict[str, Any
     for key in value:
         if key in _OWN_GENERATION_FIELDS:
             raise UserInputError(
-                f"generation_kwargs sets {key!r}, which has its own field: {_OWN_GENERATION_FIELDS[key]}"
+                "invalid generation_kwargs",
+                f"generation_kwargs[{key!r}]",
+                f"{key!r} has its own field: {_OWN_GENERATION_FIELDS[key]}",
+                f"set {_OWN_GENERATION_FIELDS[key]} instead",
             )
         if key not in defaults:
-            raise UserInputError(f"generation_kwargs has {key!r}, which is not a transformers.GenerationConfig field")
+            raise UserInputError(
+                "invalid generation_kwargs",
+                f"generation_kwargs[{key!r}]",
+                f"{key!r} is not a transformers.GenerationConfig field",
+                "remove it, or fix its name",
+            )
     return value
 
 

@@ -127,6 +127,9 @@ def test_missing_dataset_path(workspace, capsys, no_weights):
 
 
 LOSS_FIX = "; fix it in the recipe or on the command line"
+TRACK_SAMPLES = (
+    "invalid track_samples (track_samples=['foo']): may only hold 'eval' and 'train'; keep some of 'eval', 'train'"
+)
 
 
 @pytest.mark.parametrize(
@@ -148,11 +151,19 @@ LOSS_FIX = "; fix it in the recipe or on the command line"
         ),
         (
             ["--early_stop_patience", "2"],
-            "early_stop_patience=2 needs evaluation: set eval_strategy to 'steps' or 'epoch' (it is 'no')",
+            "early stopping without evaluation (early_stop_patience=2): it stops on the eval loss, and eval_strategy "
+            "is 'no'; set eval_strategy to 'steps' or 'epoch'",
         ),
-        (["--max_nonfinite_steps", "-1"], "max_nonfinite_steps must be >= 0, got max_nonfinite_steps=-1"),
-        (["--loss_chunk_size", "-1"], "loss_chunk_size must be >= 0 (0 = dense), got loss_chunk_size=-1"),
-        (["--track_samples", "foo"], "track_samples=['foo'] may only hold 'eval' and 'train'"),
+        (
+            ["--max_nonfinite_steps", "-1"],
+            "invalid max_nonfinite_steps (max_nonfinite_steps=-1): must be >= 0; set it to 0 or more",
+        ),
+        (
+            ["--loss_chunk_size", "-1"],
+            "invalid loss_chunk_size (loss_chunk_size=-1): must be >= 0; set it to 0 (dense) or a chunk size in "
+            "tokens",
+        ),
+        (["--track_samples", "foo"], TRACK_SAMPLES),
         (
             ["--teacher_cache_mode", "dense"],
             "invalid teacher_cache_mode (teacher_cache_mode='dense'): not one of its choices; use one of "
@@ -176,7 +187,7 @@ def test_bad_list_value_in_the_recipe(workspace, capsys, no_weights):
     with open(recipe, "a") as f:
         f.write("track_samples: [foo]\n")
     line = error_line(capsys, ["train", recipe])
-    assert line == "hf-distill: error: track_samples=['foo'] may only hold 'eval' and 'train'"
+    assert line == f"hf-distill: error: {TRACK_SAMPLES}"
 
 
 def test_yaml_syntax_error_names_the_line(workspace, capsys, no_weights):

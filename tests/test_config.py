@@ -18,7 +18,7 @@ from hf_distill import DistillConfig
         ({"skew_lambda": 1.0}, "skew_lambda=1.0"),
         ({"skew_lambda": -0.5}, "skew_lambda=-0.5"),
         ({"early_stop_patience": 0, "eval_strategy": "steps"}, "early_stop_patience=0"),
-        ({"early_stop_patience": 2}, "early_stop_patience=2 needs evaluation"),
+        ({"early_stop_patience": 2}, r"early stopping without evaluation \(early_stop_patience=2\)"),
         ({"early_stop_min_delta": -1.0}, "early_stop_min_delta=-1.0"),
     ],
 )

@@ -73,7 +73,9 @@ def test_mismatched_member_vocabularies_are_refused(tmp_path):
 
 
 def test_weights_must_match_the_teachers(tmp_path):
-    with pytest.raises(ValueError, match=r"teacher_weights=\[1.0\] has 1 entries for 2 teachers"):
+    with pytest.raises(
+        ValueError, match=r"^invalid teacher_weights \(teacher_weights=\[1.0\]\): 1 entries for 2 teachers"
+    ):
         DistillTrainer(
             model=tiny_llama(seed=1),
             teacher_model=[tiny_llama(seed=2), tiny_llama(seed=3)],
@@ -111,11 +113,11 @@ def test_model_card_names_ensemble_members_passed_as_models(tmp_path):
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        (dict(teacher_weights=[1.0]), r"teacher_weights=\[1.0\] has 1 entries for 2 teachers"),
-        (dict(teacher_weights=[-1.0, 2.0]), r"teacher_weights=\[-1.0, 2.0\] must be >= 0 with a positive sum"),
-        (dict(teacher_weights=[0.0, 0.0]), r"teacher_weights=\[0.0, 0.0\] must be >= 0 with a positive sum"),
+        (dict(teacher_weights=[1.0]), r"\(teacher_weights=\[1.0\]\): 1 entries for 2 teachers; give one weight a "),
+        (dict(teacher_weights=[-1.0, 2.0]), r"\(teacher_weights=\[-1.0, 2.0\]\): must be >= 0 with a positive sum"),
+        (dict(teacher_weights=[0.0, 0.0]), r"\(teacher_weights=\[0.0, 0.0\]\): must be >= 0 with a positive sum"),
         (dict(teacher_ensemble="max"), "teacher_ensemble='max' is not supported"),
-        (dict(teacher_model_name_or_path=[]), r"teacher_model_name_or_path=\[\] names no teacher"),
+        (dict(teacher_model_name_or_path=[]), r"\(teacher_model_name_or_path=\[\]\): an empty list names no teacher"),
     ],
 )
 def test_bad_ensemble_config(tmp_path, fields, message):

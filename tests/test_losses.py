@@ -233,7 +233,10 @@ def test_gjsd_equals_trl_generalized_jsd_loss(beta, temperature):
 
 
 def test_beta_with_a_loss_type_that_ignores_it_is_refused(tmp_path):
-    message = "beta=1.0 is read by loss_type 'jsd' and 'gjsd' only, and loss_type='forward_kl' would ignore it"
+    message = (
+        r"^beta that would be ignored \(beta=1.0, loss_type='forward_kl'\): beta is read by loss_type 'jsd' and "
+        r"'gjsd' only, and loss_type='forward_kl' would ignore it; remove beta, or use loss_type: gjsd"
+    )
     with pytest.raises(ValueError, match=message):
         DistillConfig(output_dir=str(tmp_path), beta=1.0)
     student, teacher, labels = _inputs()

@@ -237,20 +237,34 @@ def test_prompts_are_the_tokens_before_the_last_target_run():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"lmbda": 1.5}, "lmbda must be in [0, 1], got lmbda=1.5"),
-        ({"lmbda": -0.1}, "lmbda must be in [0, 1], got lmbda=-0.1"),
-        ({"max_new_tokens": 0}, "max_new_tokens must be >= 1, got max_new_tokens=0"),
-        ({"generation_temperature": -1.0}, "generation_temperature must be >= 0"),
-        ({"generation_top_p": 0.0}, "generation_top_p must be in (0, 1], got generation_top_p=0.0"),
-        ({"generation_top_k": -2}, "generation_top_k must be >= 0"),
-        ({"generation_kwargs": {"temperature": 0.5}}, "generation_kwargs sets 'temperature', which has its own field"),
-        ({"generation_kwargs": {"no_such_field": 1}}, "'no_such_field', which is not a transformers.GenerationConfig"),
+        ({"lmbda": 1.5}, "invalid lmbda (lmbda=1.5): must be in [0, 1]; set a share of on-policy steps in [0, 1]"),
+        ({"lmbda": -0.1}, "invalid lmbda (lmbda=-0.1): must be in [0, 1]"),
+        ({"max_new_tokens": 0}, "invalid max_new_tokens (max_new_tokens=0): must be >= 1; set it to 1 or more"),
+        (
+            {"generation_temperature": -1.0},
+            "invalid generation_temperature (generation_temperature=-1.0): must be >= 0",
+        ),
+        ({"generation_top_p": 0.0}, "invalid generation_top_p (generation_top_p=0.0): must be in (0, 1]"),
+        ({"generation_top_k": -2}, "invalid generation_top_k (generation_top_k=-2): must be >= 0"),
+        (
+            {"generation_kwargs": {"temperature": 0.5}},
+            "invalid generation_kwargs (generation_kwargs['temperature']): 'temperature' has its own field: "
+            "generation_temperature; set generation_temperature instead",
+        ),
+        ({"generation_kwargs": {"no_such_field": 1}}, "'no_such_field' is not a transformers.GenerationConfig field"),
         (
             {"generation_kwargs": "{not json"},
             "invalid generation_kwargs (generation_kwargs='{not json'): not valid JSON",
         ),
-        ({"teacher_cache_dir": "/tmp/cache"}, "teacher_cache_dir='/tmp/cache' must be unset"),
-        ({"alpha": 1.0}, "lmbda=1.0 needs a teacher, but alpha=1.0 loads none"),
+        (
+            {"teacher_cache_dir": "/tmp/cache"},
+            "generated text with a teacher cache (lmbda=1.0, teacher_cache_dir='/tmp/cache'): lmbda=1.0 trains on "
+            "generated text, which a teacher cache cannot score; unset teacher_cache_dir",
+        ),
+        (
+            {"alpha": 1.0},
+            "generation without a teacher (lmbda=1.0, alpha=1.0): alpha=1.0 loads no teacher; set alpha < 1",
+        ),
         ({"lmbda": 0.0, "seq_kd": True, "teacher_model_name_or_path": ["a", "b"]}, "seq_kd=True needs one teacher"),
     ],
 )
