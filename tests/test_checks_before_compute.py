@@ -18,34 +18,7 @@ import hf_distill.checks
 import hf_distill.data_files
 from hf_distill.cli import main
 
-STEPS_FIX = "(or a fraction in (0, 1) of the run's steps)"
 REBUILD = "delete the folder and rebuild it with hf-distill cache-teacher"
-
-
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        (["--save_strategy", "steps", "--save_steps", "0"], "invalid save_steps (save_steps=0): save_strategy='steps' "
-         f"needs a positive interval; set save_steps to a number of steps >= 1 {STEPS_FIX}"),
-        (["--save_strategy", "steps", "--save_steps", "-3"], "invalid save_steps (save_steps=-3): "
-         f"save_strategy='steps' needs a positive interval; set save_steps to a number of steps >= 1 {STEPS_FIX}"),
-        # Transformers would replace eval_steps: 0 by logging_steps without a word.
-        (["--eval_strategy", "steps", "--eval_steps", "0"], "invalid eval_steps (eval_steps=0): eval_strategy='steps' "
-         f"needs a positive interval; set eval_steps to a number of steps >= 1 {STEPS_FIX}"),
-        (["--eval_strategy", "steps", "--eval_steps", "2.5"], "invalid eval_steps (eval_steps=2.5): above 1 it counts "
-         f"steps, which are whole; set eval_steps to a number of steps >= 1 {STEPS_FIX}"),
-        (["--logging_steps", "0"], "invalid logging_steps (logging_steps=0): logging_strategy='steps' needs a "
-         f"positive interval; set logging_steps to a number of steps >= 1 {STEPS_FIX}"),
-        (["--report_to", "no_such_tracker"], "invalid report_to (report_to=['no_such_tracker']): 'no_such_tracker' is "
-         "not an integration transformers knows; use some of azure_ml, clearml, codecarbon, comet_ml, dagshub, "
-         "dvclive, flyte, kubeflow, mlflow, neptune, swanlab, tensorboard, trackio, wandb, 'all' or 'none'"),
-        (["--output_dir", ""], "invalid output_dir (output_dir=''): an empty path would write the run into the "
-         "current folder; name a folder"),
-    ],
-)  # fmt: skip
-def test_training_arguments(workspace, capsys, no_weights, override, message):  # noqa: F811
-    _, recipe = workspace
-    assert error_line(capsys, ["train", recipe, *override]) == f"hf-distill: error: {message}"
 
 
 def test_a_fraction_of_the_run_is_a_valid_interval(workspace, capsys):

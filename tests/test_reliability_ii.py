@@ -26,6 +26,8 @@ from hf_distill.recipe import RecipeError, load_yaml
 from hf_distill.run_lock import LOCK_NAME, OutputDirInUseError, acquire, run_lock
 from hf_distill.teacher_numerics import NonFiniteTeacherError, _bad_rows
 
+STEPS_FIX = "(or a fraction in (0, 1) of the run's steps)"
+
 
 @pytest.mark.parametrize(
     ("override", "message"),
@@ -49,6 +51,22 @@ from hf_distill.teacher_numerics import NonFiniteTeacherError, _bad_rows
          "[0.05, 20], e.g. 2.0"),
         (["--temperature", "nan"], "invalid value (DistillConfig): temperature must be > 0, got temperature=nan; fix "
          "it in the recipe or on the command line"),
+        (["--save_strategy", "steps", "--save_steps", "0"], "invalid save_steps (save_steps=0): save_strategy='steps' "
+         f"needs a positive interval; set save_steps to a number of steps >= 1 {STEPS_FIX}"),
+        (["--save_strategy", "steps", "--save_steps", "-3"], "invalid save_steps (save_steps=-3): "
+         f"save_strategy='steps' needs a positive interval; set save_steps to a number of steps >= 1 {STEPS_FIX}"),
+        # Transformers would replace eval_steps: 0 by logging_steps without a word.
+        (["--eval_strategy", "steps", "--eval_steps", "0"], "invalid eval_steps (eval_steps=0): eval_strategy='steps' "
+         f"needs a positive interval; set eval_steps to a number of steps >= 1 {STEPS_FIX}"),
+        (["--eval_strategy", "steps", "--eval_steps", "2.5"], "invalid eval_steps (eval_steps=2.5): above 1 it counts "
+         f"steps, which are whole; set eval_steps to a number of steps >= 1 {STEPS_FIX}"),
+        (["--logging_steps", "0"], "invalid logging_steps (logging_steps=0): logging_strategy='steps' needs a "
+         f"positive interval; set logging_steps to a number of steps >= 1 {STEPS_FIX}"),
+        (["--report_to", "no_such_tracker"], "invalid report_to (report_to=['no_such_tracker']): 'no_such_tracker' is "
+         "not an integration transformers knows; use some of azure_ml, clearml, codecarbon, comet_ml, dagshub, "
+         "dvclive, flyte, kubeflow, mlflow, neptune, swanlab, tensorboard, trackio, wandb, 'all' or 'none'"),
+        (["--output_dir", ""], "invalid output_dir (output_dir=''): an empty path would write the run into the "
+         "current folder; name a folder"),
     ],
 )  # fmt: skip
 def test_training_arguments_trainer_would_mishandle(workspace, capsys, no_weights, override, message):  # noqa: F811
