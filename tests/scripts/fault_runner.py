@@ -1,4 +1,4 @@
-"""Runs `hf-distill` commands with a fault injected at a chosen moment; used by test_kill_moments.py.
+"""Runs `hf-distill` commands with a fault injected at a chosen moment; used by test_injected_faults.py.
 
 python tests/scripts/fault_runner.py
 
@@ -16,8 +16,9 @@ FAULT is null (no fault) or `ACTION:POINT:N`: at the N-th time the run reaches P
 - `evaluate`: an evaluation batch, before its forward pass;
 - `teacher`: a teacher forward pass of `hf-distill cache-teacher`.
 
-ACTIONs: `kill` (SIGKILL, as `kill -9` or the OOM killer) and `enospc` (the write raises the error a full disk
-gives: `OSError(ENOSPC)` from torch.save, safetensors' `StorageFull` message; `torch.save` and `safetensors` only).
+ACTIONs: `kill` (SIGKILL, as `kill -9` or the OOM killer), `enospc` (the write raises the error a full disk
+gives: `OSError(ENOSPC)` from torch.save, safetensors' `StorageFull` message; `torch.save` and `safetensors` only),
+and `pause` (the run creates `LOG.paused` and waits there until `LOG.resume` exists, then goes on).
 
 With `events`, the child writes there every moment it reached, in order: `[point, n, phase]`, phase being
 `train`, `checkpoint`, `evaluate`, `final save` or `cache` (moments outside these, such as dataset caching, are not
@@ -30,6 +31,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 import datasets
 import safetensors.torch
@@ -45,13 +47,14 @@ FULL = 'IoError(Os { code: 28, kind: StorageFull, message: "No space left on dev
 
 
 class Injector:
-    def __init__(self, fault: str | None, events_path: str | None):
+    def __init__(self, fault: str | None, events_path: str | None, log: str):
         action, point, n = fault.split(":") if fault else (None, None, "0")
         self.action, self.point, self.n = action, point, int(n)
         self.events_path = events_path
         self.events: list = []
         self.counts: dict[str, int] = {}
         self.phase: str | None = None
+        self.log = log
 
     def reach(self, point: str, partial: tuple | None = None) -> None:
         """The run reached `point`; `partial` is `(path, bytes)` of a file being written there."""
@@ -60,6 +63,11 @@ class Injector:
         self.counts[point] = self.counts.get(point, 0) + 1
         self.events.append([point, self.counts[point], self.phase])
         if (point, self.counts[point]) != (self.point, self.n):
+            return
+        if self.action == "pause":
+            open(f"{self.log}.paused", "w").close()
+            while not os.path.exists(f"{self.log}.resume"):
+                time.sleep(0.05)
             return
         if partial is not None:
             path, data = partial
@@ -139,7 +147,7 @@ def child(job: dict) -> None:
     fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
-    injector = Injector(job.get("fault"), job.get("events"))
+    injector = Injector(job.get("fault"), job.get("events"), job["log"])
     injector.install()
     code = 0
     try:
