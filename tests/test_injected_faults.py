@@ -13,11 +13,13 @@ folder and the space needed, exit 2, nothing partial marked complete or presente
 resumes from the previous complete checkpoint.
 """
 
+import csv
 import errno
 import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -327,3 +329,69 @@ def test_a_save_that_did_not_fail_raises_nothing(tmp_path):
         then=lambda: "rerun",
         cleanup=lambda: pytest.fail("nothing to clean"),
     )
+
+
+def finished_copy(uninterrupted, name):
+    """A copy of the uninterrupted run's output_dir, to damage."""
+    out = uninterrupted["base"] / name
+    shutil.copytree(uninterrupted["base"] / "train", out)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "harm", "problem"),
+    [
+        ("model.safetensors", lambda p: p.write_bytes(p.read_bytes()[:1000]), "model.safetensors has 1000 bytes, "),
+        (
+            "trainer_state.json",
+            lambda p: p.write_text("x" * p.stat().st_size),
+            "trainer_state.json has changed since it was written (checksum)",
+        ),
+    ],
+)
+def test_a_damaged_last_checkpoint_is_skipped_and_rerun_ends_at_the_same_weights(uninterrupted, name, harm, problem):
+    """A truncated weights file, or a trainer state overwritten, in checkpoint-6: the rerun warns naming the file and
+    resumes from checkpoint-4."""
+    out = finished_copy(uninterrupted, f"damaged-{name}")
+    harm(out / "checkpoint-6" / name)
+    code, log = uninterrupted["runner"].run(train_argv(uninterrupted["recipe"], out))
+    assert code == 0, log[-3000:]
+    [warning] = [line for line in log.splitlines() if "skipping damaged checkpoint" in line]
+    assert f"skipping damaged checkpoint {out / 'checkpoint-6'}: {problem}" in warning
+    assert warning.endswith("; resuming from an earlier one")
+    assert f"resuming from the last checkpoint in output_dir: {out / 'checkpoint-4'}" in log
+    assert_same_weights(load_file(out / "model.safetensors"), uninterrupted["weights"], atol=1e-6)
+    assert damage(str(out / "checkpoint-6")) is None  # written again, whole
+
+
+def test_no_undamaged_checkpoint_left_is_one_line(uninterrupted):
+    out = finished_copy(uninterrupted, "all-damaged")
+    for step in (2, 4, 6):
+        (out / f"checkpoint-{step}" / "optimizer.pt").unlink()
+    code, log = uninterrupted["runner"].run(train_argv(uninterrupted["recipe"], out))
+    assert code == 2, log[-3000:]
+    assert last_error_line(log) == (
+        f"hf-distill: error: output_dir={str(out)!r}: every complete checkpoint is damaged (checkpoint-6: "
+        "optimizer.pt is missing; checkpoint-4: optimizer.pt is missing; checkpoint-2: optimizer.pt is missing); "
+        "restore the files, or delete the checkpoints to train from the start"
+    )
+
+
+def test_unreadable_rows_of_metrics_csv_are_dropped_on_resume_with_a_warning(uninterrupted):
+    """A damaged row (a step that is no number) and a line of NUL bytes, as a crash can leave: the resumed run warns
+    naming the file and lines, drops them, and ends at the same weights with every kept row readable."""
+    out = finished_copy(uninterrupted, "bad-metrics")
+    shutil.rmtree(out / "checkpoint-6")
+    metrics = out / "metrics.csv"
+    lines = metrics.read_text().splitlines()
+    lines[2] = "abc" + lines[2][lines[2].index(",") :]
+    lines.insert(4, "\0" * 20)
+    metrics.write_text("\n".join(lines) + "\n")
+    code, log = uninterrupted["runner"].run(train_argv(uninterrupted["recipe"], out))
+    assert code == 0, log[-3000:]
+    assert f"{metrics}: skipping 2 rows that cannot be read (lines 3, 5)" in log
+    assert_same_weights(load_file(out / "model.safetensors"), uninterrupted["weights"], atol=1e-6)
+    with open(metrics, newline="") as f:
+        rows = list(csv.DictReader(f))
+    steps = [int(r["step"]) for r in rows if r["split"] == "train"]
+    assert steps == [1, 3, 4, 5, 6]  # step 2's row was the damaged one; 5 and 6 were trained again, once
