@@ -443,11 +443,15 @@ def uninterrupted_signal_run(tmp_path_factory):
     return torch.load(out / "final.pt")
 
 
-@pytest.mark.parametrize(("name", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+@pytest.mark.parametrize(
+    ("mode", "name", "code"),
+    # "repeated": a second SIGTERM at once, as a launcher forwards a scheduler's: the same request, not a second one.
+    [("SIGTERM", "SIGTERM", 143), ("SIGINT", "SIGINT", 130), ("repeated", "SIGTERM", 143)],
+)
 def test_a_stop_signal_finishes_the_step_saves_and_resumes_to_the_same_weights(
-    tmp_path, uninterrupted_signal_run, name, code
+    tmp_path, uninterrupted_signal_run, mode, name, code
 ):
-    result = run_script(SIGNAL_SCRIPT, tmp_path, 5, name, 3)
+    result = run_script(SIGNAL_SCRIPT, tmp_path, 5, mode, 3)
     assert result.returncode == code, result.stderr[-2000:]
     checkpoint = tmp_path / "checkpoint-3"
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-3"]
@@ -464,6 +468,7 @@ def test_a_stop_signal_finishes_the_step_saves_and_resumes_to_the_same_weights(
 
 
 def test_a_second_signal_stops_at_once(tmp_path):
+    """Sent again more than `REPEAT_SECONDS` after the first, as a person who wants the run to stop now does."""
     result = run_script(SIGNAL_SCRIPT, tmp_path, 5, "twice", 3)
     assert result.returncode == -signal.SIGTERM
     assert not list(tmp_path.glob("checkpoint-*"))
