@@ -23,7 +23,7 @@ from hf_distill.checkpoints import CHECKPOINT_MARKER, damage, is_complete, last_
 from hf_distill.data import DistillDataCollator
 from hf_distill.modeling import check_weight_files, load_causal_lm
 from hf_distill.recipe import RecipeError, load_yaml
-from hf_distill.run_lock import LOCK_NAME, OutputDirInUseError, acquire, run_lock
+from hf_distill.run_lock import LOCK_NAME, OutputDirInUseError, acquire, check_free, run_lock
 from hf_distill.teacher_numerics import NonFiniteTeacherError, _bad_rows
 
 
@@ -425,9 +425,15 @@ def test_training_holds_the_lock_and_the_cli_refuses_a_second_run(workspace, cap
     )
     trainer.train()
     assert seen == [os.getpid()] * 2 and not (tmp_path / "run" / LOCK_NAME).exists()
-    with run_lock(str(tmp_path / "out")):
-        line = error_line(capsys, ["train", recipe, "--max_steps", "1"])
-    assert line.startswith(f"hf-distill: error: output_dir='{tmp_path / 'out'}' is in use by another run (pid ")
+    # Another live process of this host holds the lock (this test's parent; a lock this process holds is its own).
+    (tmp_path / "out").mkdir()
+    holder = {"host": socket.gethostname(), "pid": os.getppid(), "since": "then"}
+    (tmp_path / "out" / LOCK_NAME).write_text(json.dumps(holder))
+    line = error_line(capsys, ["train", recipe, "--max_steps", "1"])
+    assert line == (
+        f"hf-distill: error: output_dir='{tmp_path / 'out'}' is in use by another run (pid {os.getppid()} on this "
+        "host, since then); wait for it to end, or set another output_dir"
+    )
 
 
 SIGNAL_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "signal_run.py")
@@ -506,3 +512,12 @@ def test_resuming_with_another_student_architecture_names_both(tmp_path):
         "with the student it was trained from, or set another output_dir"
     )
     trainer(tiny_llama(seed=1, hidden=32, layers=1)).train(resume_from_checkpoint=True)  # the same one resumes
+
+
+def test_lock_blocks_nest_and_the_outermost_releases(tmp_path):
+    """The pipeline holds the lock for the whole run and `DistillTrainer.train` takes it again inside."""
+    with run_lock(str(tmp_path)):
+        with run_lock(str(tmp_path)):
+            check_free(str(tmp_path))  # this process's own lock is no other run's
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()  # still held
+    assert not (tmp_path / LOCK_NAME).exists()
