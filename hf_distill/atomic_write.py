@@ -19,13 +19,13 @@ def atomic_write(path: str, write: Callable[[str], object]) -> None:
     it wrote is removed. A folder is renamed only to a `path` that does not exist (or is an empty folder).
     """
     tmp = temporary_path(path)
-    _remove(tmp)
+    remove_path(tmp)
     try:
         write(tmp)
         _fsync_tree(tmp)
         os.replace(tmp, path)
     except BaseException:
-        _remove(tmp)
+        remove_path(tmp)
         raise
     # The rename itself is durable only once the folder that holds the name is on disk.
     _fsync(os.path.dirname(os.path.abspath(path)))
@@ -41,7 +41,8 @@ def write_json_atomically(path: str, content: object) -> None:
     atomic_write(path, write)
 
 
-def _remove(path: str) -> None:
+def remove_path(path: str) -> None:
+    """Delete the file, link or folder at `path`, if there is one."""
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
     elif os.path.lexists(path):
@@ -64,3 +65,17 @@ def _fsync(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def move_entries(source: str, destination: str) -> None:
+    """Move every entry of the folder `source` into the folder `destination` (replacing entries of the same name),
+    then remove `source`. Each entry arrives whole (it is on disk before its rename), though not all at one instant:
+    a kill in between leaves some entries moved, each of them complete."""
+    _fsync_tree(source)
+    for name in sorted(os.listdir(source)):
+        target = os.path.join(destination, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)  # os.replace renames a folder only onto a missing or empty one
+        os.replace(os.path.join(source, name), target)
+    _fsync(destination)
+    os.rmdir(source)

@@ -111,6 +111,14 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
+def resume_advice(output_dir: str) -> str:
+    """What a rerun of the same command does in `output_dir`, as advice to end an error line with."""
+    checkpoint = last_complete_checkpoint(output_dir)
+    if checkpoint is None:
+        return "rerun the same command to start again (no complete checkpoint yet)"
+    return f"rerun the same command to resume from {checkpoint}"
+
+
 def rotate_checkpoints(output_dir: str, save_total_limit: int | None, newest: str, best: str | None) -> None:
     """Keep at most `save_total_limit` complete checkpoints (None or <= 0: all), deleting the oldest steps first.
 

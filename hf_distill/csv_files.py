@@ -1,19 +1,55 @@
 """CSV files a run appends to: a writer off the training thread, and the truncation that undoes rows on resume."""
 
 import csv
+import logging
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from .atomic_write import atomic_write
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _FSYNC = object()
 _STOP = object()
 
 
+def readable_rows(
+    reader: csv.DictReader,
+    path: str,
+    parse: Callable[[dict[str, str]], T],
+    warn: bool = True,
+    skipped: list[int] | None = None,
+) -> Iterator[T]:
+    """`parse(row)` of each row of `reader` that has all its fields and that `parse` reads without a ValueError.
+
+    The others (a row cut short by a crash, or damaged: a step that is no number) are left out, with one warning
+    (`warn`) naming `path` and their lines, which are also appended to `skipped`: the files are logs of a run, and
+    one bad row must stop neither a resumed run nor a report.
+    """
+    columns, bad = reader.fieldnames or [], []
+    for row in reader:
+        try:
+            if len(row) != len(columns) or None in row.values():
+                raise ValueError("fields missing")
+            parsed = parse(row)
+        except ValueError:
+            bad.append(reader.line_num)
+            continue
+        yield parsed
+    if skipped is not None:
+        skipped += bad
+    if bad and warn:
+        shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+        logger.warning(f"{path}: skipping {len(bad)} rows that cannot be read (lines {shown})")
+
+
 def truncate_csv(path: str, last_step: int) -> dict[str, str] | None:
-    """Drop the rows of `path` whose `step` is past `last_step`; returns the last row kept, if any.
+    """Drop the rows of `path` whose `step` is past `last_step`, and the rows that cannot be read (`readable_rows`);
+    returns the last row kept, if any.
 
     The file is streamed (a `samples.csv` tracking training examples can be large): read once to find the rows to
     drop and, only if there are any, once more into a new file that replaces it (`atomic_write`). Replaced, not
@@ -22,12 +58,16 @@ def truncate_csv(path: str, last_step: int) -> dict[str, str] | None:
     """
     if not os.path.isfile(path):
         return None
-    last, dropped = None, False
+
+    def up_to_last_step(row: dict[str, str]) -> tuple[bool, dict[str, str]]:
+        return int(row["step"]) <= last_step, row
+
+    last, dropped, unreadable = None, False, []
     with open(path, newline="") as f:
-        for keep, row in _rows(csv.DictReader(f), last_step):
+        for keep, row in readable_rows(csv.DictReader(f), path, up_to_last_step, skipped=unreadable):
             dropped |= not keep
             last = row if keep else last
-    if not dropped:
+    if not dropped and not unreadable:
         return last
 
     def write(tmp: str) -> None:
@@ -35,18 +75,10 @@ def truncate_csv(path: str, last_step: int) -> dict[str, str] | None:
             reader = csv.DictReader(src)
             writer = csv.DictWriter(dst, reader.fieldnames or [])
             writer.writeheader()
-            writer.writerows(row for keep, row in _rows(reader, last_step) if keep)
+            writer.writerows(row for keep, row in readable_rows(reader, path, up_to_last_step, warn=False) if keep)
 
     atomic_write(path, write)
     return last
-
-
-def _rows(reader: csv.DictReader, last_step: int) -> Iterator[tuple[bool, dict[str, str]]]:
-    """`(keep, row)` for each row of `reader`: rows past `last_step` and rows cut short are not kept."""
-    columns = reader.fieldnames or []
-    for row in reader:
-        # A row cut short by a crash lacks fields (None): its step may be cut too, so it cannot be trusted.
-        yield len(row) == len(columns) and None not in row.values() and int(row["step"]) <= last_step, row
 
 
 class BackgroundCSVWriter:

@@ -10,8 +10,9 @@ from .checkpoints import last_complete_checkpoint
 from .checks import check_run
 from .config import DistillConfig
 from .data import DistillDataCollator, prepare_datasets
+from .final_model import save_final_model
 from .loading import check_models_fit, load_student, load_teachers, load_tokenizer
-from .run_lock import check_free
+from .run_lock import check_free, run_lock
 from .teacher_cache import attach_teacher_cache
 from .trainer import DistillTrainer
 
@@ -54,7 +55,15 @@ def build_trainer(
 
 
 def run_training(model_args: ModelArguments, data_args: DataArguments, config: DistillConfig) -> dict:
-    """Train, evaluate and save as the HF example scripts do; returns the final metrics."""
+    """Train, evaluate and save as the HF example scripts do; returns the final metrics.
+
+    The main process holds the lock of `output_dir` from before the models load until the card is written
+    (`hf_distill.run_lock`): a second run on it is refused during the final evaluation and save too."""
+    with run_lock(config.output_dir, enabled=config.process_index == 0):
+        return _train_evaluate_save(model_args, data_args, config)
+
+
+def _train_evaluate_save(model_args: ModelArguments, data_args: DataArguments, config: DistillConfig) -> dict:
     trainer = build_trainer(model_args, data_args, config)
     eval_dataset = trainer.eval_dataset
     checkpoint = config.resume_from_checkpoint
@@ -83,7 +92,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         # Under SHARDED_STATE_DICT (our FSDP2 configs, for fast checkpoints) save_model writes no weights at all:
         # the published student is gathered into one full state dict.
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    trainer.save_model(config.output_dir)
+    save_final_model(trainer, config.output_dir)
     if trainer.is_world_process_zero():
         trainer.create_model_card(dataset_name=data_args.dataset_name, student_base=_student_base(model_args))
     if config.push_to_hub:

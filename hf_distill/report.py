@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from .csv_files import readable_rows
 from .metric_names import (
     CE_LOSS,
     COMPLETION_LENGTH,
@@ -57,23 +58,34 @@ class _Run:
         return next((r for r in reversed(self.metrics) if r["split"] == split), {})
 
 
-def _read_csv(path: str) -> list[dict]:
+def _read_csv(path: str, parse) -> list:
+    """`parse(row)` of the readable rows of `path` (none if there is no such file); the others are skipped with a
+    warning naming their lines (`csv_files.readable_rows`)."""
     if not os.path.isfile(path):
         return []
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        return list(readable_rows(csv.DictReader(f), path, parse))
 
 
 def _number(value: str) -> float | None:
     return float(value) if value not in ("", None) else None
 
 
+def _metrics_row(row: dict[str, str]) -> dict:
+    values = {k: _number(v) for k, v in row.items() if k not in ("step", "split")}
+    return {**values, "step": int(row["step"]), "split": row["split"]}
+
+
+def _sample_row(row: dict[str, str]) -> dict:
+    # What the report reads of a sample, checked here: a ValueError leaves the row out.
+    int(row["step"])
+    float(row[KD_LOSS])
+    return row
+
+
 def _load_run(folder: str, label: str) -> _Run:
-    metrics = []
-    for row in _read_csv(os.path.join(folder, METRICS_FILE)):
-        values = {k: _number(v) for k, v in row.items() if k not in ("step", "split")}
-        metrics.append({**values, "step": int(row["step"]), "split": row["split"]})
-    samples = [r for r in _read_csv(os.path.join(folder, SAMPLES_FILE)) if r["split"] == "eval"]
+    metrics = _read_csv(os.path.join(folder, METRICS_FILE), _metrics_row)
+    samples = [r for r in _read_csv(os.path.join(folder, SAMPLES_FILE), _sample_row) if r["split"] == "eval"]
     last_step = max((int(r["step"]) for r in samples), default=None)
     # An evaluation at the last training step and the final one after training share a step (and the same weights).
     last_eval = {r["id"]: r for r in samples if int(r["step"]) == last_step}

@@ -1,5 +1,6 @@
 """One training run per `output_dir`: two runs writing the same checkpoints and `metrics.csv` would mix them without a
-word. The main process holds `output_dir/hf_distill.lock` (its host and pid) while it trains."""
+word. The main process holds `output_dir/hf_distill.lock` (its host and pid) for the whole run: from before the models
+load, through training, the final evaluation and save, to the model card."""
 
 import contextlib
 import json
@@ -14,6 +15,9 @@ from .user_errors import UserInputError
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = "hf_distill.lock"
+# Locks this process holds, by path, with how many `run_lock` blocks hold each: the pipeline holds the lock for the
+# whole run, and `DistillTrainer.train` inside it takes the same lock again.
+_held: dict[str, int] = {}
 
 
 class OutputDirInUseError(UserInputError):
@@ -84,11 +88,11 @@ def _refuse_if_held(output_dir: str, path: str, holder: dict) -> None:
 
 
 def check_free(output_dir: str) -> None:
-    """Raise `OutputDirInUseError` now if another live run holds `output_dir`: called by the pipeline before any model
-    is loaded, so a second run stops at once; `acquire` takes the lock when training starts."""
+    """Raise `OutputDirInUseError` now if another live run holds `output_dir` (a lock this process holds is no other
+    run's): `build_trainer` calls it before any model is loaded, so a second run stops at once."""
     path = os.path.join(output_dir, LOCK_NAME)
     holder = _read(path)
-    if holder is not None:
+    if holder is not None and os.path.abspath(path) not in _held:
         _refuse_if_held(output_dir, path, holder)
 
 
@@ -136,12 +140,19 @@ def release(path: str) -> None:
 
 @contextlib.contextmanager
 def run_lock(output_dir: str, enabled: bool = True) -> Iterator[None]:
-    """Hold the lock of `output_dir` for the block (on the main process: `enabled`)."""
+    """Hold the lock of `output_dir` for the block (on the main process: `enabled`). Blocks nest: a block inside one
+    that holds the same lock keeps it, and the outermost releases it."""
     if not enabled:
         yield
         return
-    path = acquire(output_dir)
+    key = os.path.abspath(os.path.join(output_dir, LOCK_NAME))
+    if key not in _held:
+        acquire(output_dir)
+    _held[key] = _held.get(key, 0) + 1
     try:
         yield
     finally:
-        release(path)
+        _held[key] -= 1
+        if not _held[key]:
+            del _held[key]
+            release(key)

@@ -1,12 +1,19 @@
 """SIGTERM (what schedulers and preemptible clouds send) and SIGINT (Ctrl-C) end a training run cleanly: the current
 optimizer step finishes, a complete checkpoint is written, and the process exits 143 or 130 with one line saying how
-to resume. A second signal stops at once."""
+to resume. A second signal stops at once, unless it comes within `REPEAT_SECONDS` of the first.
+
+Under torchrun (and `accelerate launch`, which runs it), a scheduler that signals every process of a job (as Slurm
+does) reaches each worker twice: directly, and forwarded by the launcher, which also signals its workers when it is
+signalled alone. Such a repeat arrives within milliseconds, so it is taken as the same request. The launcher kills
+its workers 30 seconds after forwarding a signal: a step and a checkpoint must fit in that time.
+"""
 
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 
 import torch
 from transformers import TrainerCallback
@@ -16,6 +23,9 @@ from .checkpoints import last_complete_checkpoint
 logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# A signal this soon after the first is the same request, forwarded (see the module docstring); a person who sends it
+# again to stop at once does so later.
+REPEAT_SECONDS = 1.0
 
 
 class StopOnSignal(TrainerCallback):
@@ -29,6 +39,7 @@ class StopOnSignal(TrainerCallback):
     def __init__(self, trainer):
         self.trainer = trainer
         self.received: int | None = None
+        self._received_at = 0.0
         self.stopped_at: int | None = None
         self._previous = {}
 
@@ -48,11 +59,13 @@ class StopOnSignal(TrainerCallback):
 
     def _handle(self, signum, frame):
         if self.received is not None:
+            if time.monotonic() - self._received_at < REPEAT_SECONDS:
+                return
             # The second signal: stop now, as the signal's default action does.
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        self.received = signum
+        self.received, self._received_at = signum, time.monotonic()
         logger.warning(
             f"{signal.Signals(signum).name} received: finishing this step and saving a checkpoint (send it again to "
             "stop at once)"
@@ -65,6 +78,8 @@ class StopOnSignal(TrainerCallback):
             flag = accelerator.reduce(flag, reduction="max")
         if flag.item() == 0:
             return
+        if self.received is None:
+            self._received_at = time.monotonic()  # another process's signal: its forwarded copy may follow
         self.received = int(flag.item())
         self.stopped_at = state.global_step
         control.should_save = True

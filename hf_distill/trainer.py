@@ -12,10 +12,12 @@ from accelerate.utils import gather_object
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 
-from .checkpoints import mark_complete, resume_point, rotate_checkpoints
+from .atomic_write import remove_path
+from .checkpoints import mark_complete, resume_advice, resume_point, rotate_checkpoints
 from .config import DistillConfig
 from .context_length import check_batch_length, teacher_contexts
 from .data import CACHE_COLUMNS, DistillDataCollator
+from .disk_space import raise_if_save_failed, tensor_bytes
 from .eval_generation import generation_metrics
 from .generation import GENERATED_BY, StepGenerator
 from .hidden_states import final_hidden_states, fused_heads_reproduce_logits, lm_head
@@ -138,16 +140,33 @@ class DistillTrainer(Trainer):
         # Trainer rotates at the end of its own save, before the new checkpoint is complete: a crash there could
         # leave no complete checkpoint, and rank 0 could delete the old one while other ranks still write the new one.
         # Rotation waits until the new checkpoint is marked complete, and counts complete checkpoints only.
+        run_dir = self._get_output_dir(trial=trial)
+        path = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
+        if self.args.should_save and os.path.lexists(path):
+            # A killed save's leftover, or a checkpoint that resume skipped as damaged: none of its files (nor its old
+            # marker) may survive among the new ones.
+            remove_path(path)
+        self.accelerator.wait_for_everyone()
         save_total_limit, self.args.save_total_limit = self.args.save_total_limit, None
+        failure = None
         try:
             super()._save_checkpoint(model, trial)
+        except Exception as err:
+            failure = err
         finally:
             self.args.save_total_limit = save_total_limit
+        raise_if_save_failed(
+            self.accelerator,
+            failure,
+            what=f"checkpoint-{self.state.global_step}",
+            path=path,
+            needed=lambda: tensor_bytes([self._unwrap(self.model).state_dict(), self.optimizer.state_dict()]),
+            then=lambda: resume_advice(run_dir),
+            cleanup=lambda: remove_path(path),
+        )
         # Every process has written its part (model shards, RNG state) before the checkpoint is declared complete.
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            run_dir = self._get_output_dir(trial=trial)
-            path = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
             mark_complete(path, self.state.global_step)
             rotate_checkpoints(run_dir, save_total_limit, path, self.state.best_model_checkpoint)
 
@@ -163,6 +182,14 @@ class DistillTrainer(Trainer):
             output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         stop.exit_if_signalled()
         return output
+
+    def _run_epoch(self, *args, **kwargs):
+        # Trainer checks max_steps only after an optimizer step: resumed from a checkpoint at max_steps (a run killed
+        # after its last checkpoint, in the final evaluation or save) it would train one step past the end.
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
     def step_example_ids(self) -> list:
         """Ids of the examples of the current optimizer step, from every process (a collective: call on all)."""

@@ -30,6 +30,11 @@ def tokenizer():
 @pytest.fixture
 def workspace(tmp_path):
     """A teacher folder, a student config folder, a tokenizer and a chat dataset, all local."""
+    return make_workspace(tmp_path)
+
+
+def make_workspace(tmp_path):
+    """`(tmp_path, recipe path)`: the `workspace` fixture's files, written into `tmp_path`."""
     tokenizer = word_tokenizer()
     teacher = tiny_llama(seed=2, hidden=48, layers=2)
     teacher.save_pretrained(tmp_path / "teacher")

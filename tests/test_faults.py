@@ -139,3 +139,29 @@ def test_rotation_in_training_keeps_the_best_and_the_newest_checkpoint(tmp_path)
     for step, names, best in seen:
         assert names == sorted({f"checkpoint-{step}", best}), (step, names, best)
     assert any(best != f"checkpoint-{step}" for step, _, best in seen), "the best was always the newest: no test"
+
+
+def test_resuming_from_a_checkpoint_at_max_steps_trains_no_further_step(tmp_path):
+    """A run killed after its last checkpoint (in the final evaluation or save) resumes there: Trainer alone would
+    train one step past max_steps (it checks max_steps only after a step), which a constant learning rate makes
+    visible in the weights."""
+
+    def trainer():
+        return DistillTrainer(
+            model=tiny_llama(seed=1, hidden=32, layers=1),
+            teacher_model=tiny_llama(seed=2, hidden=48, layers=2),
+            args=make_args(
+                tmp_path, max_steps=2, per_device_train_batch_size=2, save_strategy="steps", save_steps=2,
+                lr_scheduler_type="constant",
+            ),
+            train_dataset=variable_length_dataset(),
+            data_collator=pad_collator,
+        )  # fmt: skip
+
+    finished = trainer()
+    finished.train()
+    resumed = trainer()
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 2
+    assert_same_weights(resumed.model.state_dict(), finished.model.state_dict(), atol=0)
+    assert checkpoint_names(tmp_path) == ["checkpoint-2"]

@@ -23,7 +23,7 @@ from hf_distill.checkpoints import CHECKPOINT_MARKER, damage, is_complete, last_
 from hf_distill.data import DistillDataCollator
 from hf_distill.modeling import check_weight_files, load_causal_lm
 from hf_distill.recipe import RecipeError, load_yaml
-from hf_distill.run_lock import LOCK_NAME, OutputDirInUseError, acquire, run_lock
+from hf_distill.run_lock import LOCK_NAME, OutputDirInUseError, acquire, check_free, run_lock
 from hf_distill.teacher_numerics import NonFiniteTeacherError, _bad_rows
 
 STEPS_FIX = "(or a fraction in (0, 1) of the run's steps)"
@@ -453,9 +453,15 @@ def test_training_holds_the_lock_and_the_cli_refuses_a_second_run(workspace, cap
     )
     trainer.train()
     assert seen == [os.getpid()] * 2 and not (tmp_path / "run" / LOCK_NAME).exists()
-    with run_lock(str(tmp_path / "out")):
-        line = error_line(capsys, ["train", recipe, "--max_steps", "1"])
-    assert line.startswith(f"hf-distill: error: output_dir='{tmp_path / 'out'}' is in use by another run (pid ")
+    # Another live process of this host holds the lock (this test's parent; a lock this process holds is its own).
+    (tmp_path / "out").mkdir()
+    holder = {"host": socket.gethostname(), "pid": os.getppid(), "since": "then"}
+    (tmp_path / "out" / LOCK_NAME).write_text(json.dumps(holder))
+    line = error_line(capsys, ["train", recipe, "--max_steps", "1"])
+    assert line == (
+        f"hf-distill: error: output_dir='{tmp_path / 'out'}' is in use by another run (pid {os.getppid()} on this "
+        "host, since then); wait for it to end, or set another output_dir"
+    )
 
 
 SIGNAL_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "signal_run.py")
@@ -471,11 +477,15 @@ def uninterrupted_signal_run(tmp_path_factory):
     return torch.load(out / "final.pt")
 
 
-@pytest.mark.parametrize(("name", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+@pytest.mark.parametrize(
+    ("mode", "name", "code"),
+    # "repeated": a second SIGTERM at once, as a launcher forwards a scheduler's: the same request, not a second one.
+    [("SIGTERM", "SIGTERM", 143), ("SIGINT", "SIGINT", 130), ("repeated", "SIGTERM", 143)],
+)
 def test_a_stop_signal_finishes_the_step_saves_and_resumes_to_the_same_weights(
-    tmp_path, uninterrupted_signal_run, name, code
+    tmp_path, uninterrupted_signal_run, mode, name, code
 ):
-    result = run_script(SIGNAL_SCRIPT, tmp_path, 5, name, 3)
+    result = run_script(SIGNAL_SCRIPT, tmp_path, 5, mode, 3)
     assert result.returncode == code, result.stderr[-2000:]
     checkpoint = tmp_path / "checkpoint-3"
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-3"]
@@ -492,6 +502,7 @@ def test_a_stop_signal_finishes_the_step_saves_and_resumes_to_the_same_weights(
 
 
 def test_a_second_signal_stops_at_once(tmp_path):
+    """Sent again more than `REPEAT_SECONDS` after the first, as a person who wants the run to stop now does."""
     result = run_script(SIGNAL_SCRIPT, tmp_path, 5, "twice", 3)
     assert result.returncode == -signal.SIGTERM
     assert not list(tmp_path.glob("checkpoint-*"))
@@ -529,3 +540,12 @@ def test_resuming_with_another_student_architecture_names_both(tmp_path):
         "with the student it was trained from, or set another output_dir"
     )
     trainer(tiny_llama(seed=1, hidden=32, layers=1)).train(resume_from_checkpoint=True)  # the same one resumes
+
+
+def test_lock_blocks_nest_and_the_outermost_releases(tmp_path):
+    """The pipeline holds the lock for the whole run and `DistillTrainer.train` takes it again inside."""
+    with run_lock(str(tmp_path)):
+        with run_lock(str(tmp_path)):
+            check_free(str(tmp_path))  # this process's own lock is no other run's
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()  # still held
+    assert not (tmp_path / LOCK_NAME).exists()

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import sys
 
 import pytest
@@ -95,3 +96,19 @@ def test_report_without_matplotlib_says_what_to_install(tmp_path, monkeypatch, c
         "hf-distill: error: matplotlib is not installed (hf-distill report): it draws the plots; pip install "
         "hf_distill[plots]"
     )
+
+
+def test_report_skips_unreadable_rows_with_a_warning_naming_their_lines(tmp_path, caplog):
+    """A damaged metrics.csv (a loss that is no number, a step cut off): the report is made from the other rows, and
+    one warning names the file and the lines left out."""
+    row = {"split": "train", "ce_loss": 2, "kd_loss": 1, "learning_rate": 0.1}
+    write_metrics(tmp_path, [{**row, "step": s, "loss": 1 / s} for s in (1, 2, 3)])
+    with open(tmp_path / "metrics.csv", "a") as f:
+        f.write("4,train,not-a-number,2,1,0.1,\n5,tra\n")
+    with caplog.at_level(logging.WARNING, logger="hf_distill.csv_files"):
+        main(["report", str(tmp_path)])
+    assert [r.getMessage() for r in caplog.records if r.name == "hf_distill.csv_files"] == [
+        f"{tmp_path / 'metrics.csv'}: skipping 2 rows that cannot be read (lines 5, 6)"
+    ]
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| 3 | 0.3333 |" in report  # the last readable step is the final one
