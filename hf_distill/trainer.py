@@ -102,13 +102,14 @@ class DistillTrainer(Trainer):
         self._eval_sums = torch.zeros(len(_EVAL_SUMS), device=self.args.device)
         # DeepSpeed ZeRO-3 takes the dense path: the chunked loss reads the LM head's weight outside its module's
         # forward, where ZeRO-3 holds an empty partition, and a weight gathered there would leave the gradient the loss
-        # computes for it no partition to land in. Each model's head is probed against its own logits (one warning
-        # and the dense path where the chunked loss would compute other logits).
+        # computes for it no partition to land in. Each model's head is probed against its own logits: where the
+        # chunked loss would compute other logits, a warning and the dense path (auto), or an error when the user set
+        # loss_chunk_size.
         live = self.teacher.members if isinstance(self.teacher, LiveTeacher) else []
         self._fused_loss_ok = (
-            args.loss_chunk_size > 0
+            args.effective_loss_chunk_size > 0
             and not is_deepspeed_zero3(self.accelerator)
-            and fused_heads_reproduce_logits([self.model, *live], self.accelerator.unwrap_model)
+            and fused_heads_reproduce_logits([self.model, *live], self.accelerator.unwrap_model, args.loss_chunk_size)
         )
         self._teacher_contexts = teacher_contexts([self.accelerator.unwrap_model(m) for m in live])
         self._step_ids: list = []
@@ -243,7 +244,7 @@ class DistillTrainer(Trainer):
                 teacher,
                 targets,
                 spec,
-                self.args.loss_chunk_size,
+                self.args.effective_loss_chunk_size,
                 score_targets=generated is not None,
             )
         else:
