@@ -495,6 +495,22 @@ def test_teacher_context_shorter_than_the_batch_is_one_line_before_compute(tmp_p
     assert forwards == []
 
 
+def test_teacher_context_of_a_packed_row_is_its_longest_sequence(tmp_path):
+    """A padding-free row (TRL's packing) holds sequences whose positions restart at 0: the teacher reads positions
+    up to the longest one, so a row longer than its context is accepted, and a sequence longer than it is not."""
+    short = tiny("gpt2", seed=3)
+    short.config.n_positions = 8
+    trainer = DistillTrainer(model=tiny_llama(seed=1), teacher_model=short, args=make_args(tmp_path))
+    ids = torch.arange(3, 15)[None]
+    trainer._prepare_inputs({"input_ids": ids, "position_ids": torch.tensor([[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5]])})
+    with pytest.raises(ValueError, match=r"max_position_embeddings=8 positions, but a batch has 9;"):
+        trainer._prepare_inputs(
+            {"input_ids": ids, "position_ids": torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4, 5, 6, 7, 8]])}
+        )
+    with pytest.raises(ValueError, match=r"max_position_embeddings=8 positions, but a batch has 12;"):
+        trainer._prepare_inputs({"input_ids": ids})
+
+
 def test_other_label_names_are_refused(tmp_path):
     """Before: accepted, then a KeyError 'labels' from inside compute_loss at the first step."""
     with pytest.raises(ValueError, match=r"^label_names=\['target'\]: DistillTrainer reads the targets from"):

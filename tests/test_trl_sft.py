@@ -64,9 +64,10 @@ def student_dir(tmp_path_factory):
 
 def _data_dir(path, data_format: str) -> str:
     path.mkdir(parents=True)
-    with open(path / "train.jsonl", "w") as f:
-        for row in _rows(data_format):
-            f.write(json.dumps(row) + "\n")
+    for split in ("train", "test"):
+        with open(path / f"{split}.jsonl", "w") as f:
+            for row in _rows(data_format):
+                f.write(json.dumps(row) + "\n")
     return str(path)
 
 
@@ -209,6 +210,17 @@ def test_peft_student_from_the_scripts_model_config(tmp_path, student_dir):
     assert trainable and all("lora_" in n for n in trainable)
     assert trainer._fused_loss_ok and trainer.state.log_history[0]["kd_loss"] > 0
     assert os.path.isfile(os.path.join(trainer.args.output_dir, "adapter_config.json"))
+
+
+def test_evaluation_reports_the_distillation_metrics(tmp_path, student_dir):
+    """The script's eval split, prepared by SFT (packed, as `packing` asks), is evaluated by DistillTrainer."""
+    trainer = run_script(
+        tmp_path, student_dir, "text", "--max_steps", "1", "--packing", "true", "--eval_strategy", "steps",
+        "--eval_steps", "1", "--per_device_eval_batch_size", "8",
+    )  # fmt: skip
+    (metrics,) = [h for h in trainer.state.log_history if "eval_loss" in h]
+    assert {"eval_ce_loss", "eval_kd_loss", "eval_teacher_agreement", "eval_perplexity"} <= metrics.keys()
+    assert metrics["eval_loss"] == pytest.approx(0.5 * metrics["eval_ce_loss"] + 0.5 * metrics["eval_kd_loss"])
 
 
 @pytest.mark.parametrize(
