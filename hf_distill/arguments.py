@@ -1,6 +1,7 @@
 """What a run needs beside `DistillConfig`: the student model and the data. Parsed together from one recipe."""
 
-from dataclasses import dataclass, field
+import importlib.util
+from dataclasses import dataclass, field, fields
 
 from .field_docs import document_fields
 from .user_errors import UserInputError
@@ -8,6 +9,7 @@ from .user_errors import UserInputError
 STUDENT_INITS = ("pretrained", "from_config")
 DATASET_FORMATS = ("auto", "text", "prompt_completion", "messages", "prompt")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+LORA_TASK_TYPES = ("CAUSAL_LM",)
 
 
 @document_fields
@@ -32,6 +34,33 @@ class ModelArguments:
             transformers choose.
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Allow models and tokenizers that ship their own code.
+        use_peft (`bool`, *optional*, defaults to `False`):
+            Train a LoRA adapter on the pretrained student instead of all its weights (`peft.get_peft_model` with the
+            `lora_*` fields below, TRL `ModelConfig`'s names and defaults; `pip install hf_distill[peft]`). Only the
+            adapter (and `lora_modules_to_save`) trains; the run saves a PEFT adapter, which
+            `peft.PeftModel.from_pretrained` loads over the base model, and its model card keeps `library_name: peft`.
+            Needs `student_init: pretrained` and a single-round recipe. The `lora_*`, `use_rslora` and `use_dora`
+            fields are refused without it, since nothing would read them.
+        lora_r (`int`, *optional*, defaults to `16`):
+            Rank of the LoRA update matrices, >= 1.
+        lora_alpha (`int`, *optional*, defaults to `32`):
+            LoRA scaling numerator: the update is scaled by `lora_alpha / lora_r` (by `lora_alpha / sqrt(lora_r)` with
+            `use_rslora`).
+        lora_dropout (`float`, *optional*, defaults to `0.05`):
+            Dropout on the LoRA input, in [0, 1). A LoRA on the LM head with dropout is not one matrix: training then
+            takes the dense loss (see `loss_chunk_size`).
+        lora_target_modules (`list[str]`, *optional*, defaults to `None`):
+            Names of the modules that get a LoRA, e.g. `[q_proj, v_proj]`, or `all-linear`; `None` takes PEFT's
+            default for the architecture.
+        lora_modules_to_save (`list[str]`, *optional*, defaults to `None`):
+            Modules trained in full beside the adapter and saved with it, e.g. `[lm_head]`.
+        lora_task_type (`str`, *optional*, defaults to `"CAUSAL_LM"`):
+            PEFT task type; a distilled student is a causal LM, so `CAUSAL_LM` is the only choice (kept so that a TRL
+            recipe setting it reads unchanged).
+        use_rslora (`bool`, *optional*, defaults to `False`):
+            Rank-stabilised LoRA: scale the update by `lora_alpha / sqrt(lora_r)`.
+        use_dora (`bool`, *optional*, defaults to `False`):
+            Weight-decomposed LoRA (DoRA): a learned magnitude per output beside the LoRA direction.
     """
 
     model_name_or_path: str
@@ -40,6 +69,41 @@ class ModelArguments:
     dtype: str = field(default="auto", metadata={"choices": list(DTYPES)})
     attn_implementation: str | None = None
     trust_remote_code: bool = False
+    use_peft: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = None
+    lora_modules_to_save: list[str] | None = None
+    lora_task_type: str = field(default="CAUSAL_LM", metadata={"choices": list(LORA_TASK_TYPES)})
+    use_rslora: bool = False
+    use_dora: bool = False
+
+    def __post_init__(self):
+        if not self.use_peft:
+            # Compared with the defaults: a LoRA setting without use_peft would be ignored without a word.
+            changed = [
+                f"{f.name}={getattr(self, f.name)!r}" for f in _LORA_FIELDS if getattr(self, f.name) != f.default
+            ]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} set without use_peft: true, which would ignore it")
+            return
+        if importlib.util.find_spec("peft") is None:
+            raise ValueError("use_peft=True needs the peft package: pip install 'hf_distill[peft]'")
+        if self.student_init != "pretrained":
+            raise ValueError(
+                f"use_peft=True trains an adapter over the student's weights, but student_init={self.student_init!r} "
+                "makes them random; use student_init: pretrained"
+            )
+        if self.lora_r < 1:
+            raise ValueError(f"lora_r must be >= 1, got lora_r={self.lora_r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got lora_dropout={self.lora_dropout}")
+
+
+_LORA_FIELDS = [
+    f for f in fields(ModelArguments) if f.name.startswith("lora_") or f.name in ("use_rslora", "use_dora")
+]
 
 
 @document_fields

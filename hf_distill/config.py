@@ -95,17 +95,21 @@ class DistillConfig(TrainingArguments):
             `early_stop_min_delta`. `None` turns early stopping off. Needs an eval dataset and an `eval_strategy`.
         early_stop_min_delta (`float`, *optional*, defaults to `0.0`):
             Smallest decrease of `eval_loss` that counts as an improvement for early stopping, >= 0.
-        loss_chunk_size (`int`, *optional*, defaults to `256`):
+        loss_chunk_size (`int`, *optional*, defaults to `None`):
             Training computes CE and the divergence from the final hidden states, this many target tokens at a time,
             recomputing nothing in backward: the `(tokens x vocabulary)` logits of student and teacher never exist in
-            full. 256 keeps a chunk's buffers near 1.3 GB at a 128k vocabulary (peak about ten float32
-            `(chunk, vocab)` buffers) while the matmuls stay large; `benchmarks/loss_memory.py` measured it at
-            0.06-0.17x the dense memory and 0.3-0.6x its time on CPU (float32). Besides the chunk buffers it holds a
-            float32 gradient of the student's head and, for bf16/fp16 heads, float32 copies of both heads (for a
-            128k x 4096 head, 2 GB each). `0` uses the dense path (full logits, as the model returns them).
-            Evaluation is always dense (it needs per-example values), and so is training under DeepSpeed ZeRO-3. A
-            teacher ensemble runs chunked too: each member is kept to hidden states and their softened distributions
-            are combined chunk by chunk.
+            full. When the trainer is built, each model's LM head on its final hidden states is checked against its
+            own logits on a few tokens. `None` (auto) chunks 256 tokens at a time when every model passes that check,
+            and otherwise takes the dense path with one warning naming the model class and the difference; a value
+            > 0 chunks that many, and a model that fails the check is then an error naming its class and the
+            difference (set `0` or leave it unset). `0` uses the dense path (full logits, as the model returns them).
+            256 keeps a chunk's buffers near 1.3 GB at a 128k vocabulary (peak about ten float32 `(chunk, vocab)`
+            buffers) while the matmuls stay large; `benchmarks/loss_memory.py` measured it at 0.06-0.17x the dense
+            memory and 0.3-0.6x its time on CPU (float32). Besides the chunk buffers it holds a float32 gradient of the
+            student's head and, for bf16/fp16 heads, float32 copies of both heads (for a 128k x 4096 head, 2 GB
+            each). Evaluation is always dense (it needs per-example values), and so is training under DeepSpeed
+            ZeRO-3 and with `track_samples` holding `train`. A teacher ensemble runs chunked too: each member is kept
+            to hidden states and their softened distributions are combined chunk by chunk.
         max_nonfinite_steps (`int`, *optional*, defaults to `3`):
             An optimizer step whose gradients hold NaN or inf is skipped (no weight changes); after this many
             consecutive skipped steps training stops with an error naming the step and its example ids. `0` stops at
@@ -175,7 +179,7 @@ class DistillConfig(TrainingArguments):
     early_stop_patience: int | None = None
     early_stop_min_delta: float = 0.0
 
-    loss_chunk_size: int = LOSS_CHUNK_SIZE
+    loss_chunk_size: int | None = None
     max_nonfinite_steps: int = 3
     track_samples: list[str] = field(default_factory=lambda: ["eval"])
     metrics_csv: bool = True
@@ -214,6 +218,12 @@ class DistillConfig(TrainingArguments):
     def uses_teacher_cache(self) -> bool:
         """Whether training reads the teacher from `teacher_cache_dir` instead of running one (only when alpha < 1)."""
         return self.teacher_source == "cache"
+
+    @property
+    def effective_loss_chunk_size(self) -> int:
+        """Target tokens per chunk of the fused loss: `loss_chunk_size`, or `LOSS_CHUNK_SIZE` when it is None (auto);
+        0 is the dense path."""
+        return LOSS_CHUNK_SIZE if self.loss_chunk_size is None else self.loss_chunk_size
 
     @property
     def divergence_spec(self) -> DivergenceSpec:
@@ -291,7 +301,7 @@ class DistillConfig(TrainingArguments):
             )
         if self.early_stop_min_delta < 0:
             raise bad_value("early_stop_min_delta", self.early_stop_min_delta, "must be >= 0", "set it to 0 or more")
-        if self.loss_chunk_size < 0:
+        if self.loss_chunk_size is not None and self.loss_chunk_size < 0:
             raise bad_value(
                 "loss_chunk_size",
                 self.loss_chunk_size,

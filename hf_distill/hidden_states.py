@@ -172,13 +172,14 @@ def _probe_difference(wrapped: nn.Module, unwrapped: nn.Module) -> tuple[float, 
     return difference, tolerance
 
 
-def fused_heads_reproduce_logits(models: list[nn.Module], unwrap) -> bool:
+def fused_heads_reproduce_logits(models: list[nn.Module], unwrap, loss_chunk_size: int | None = None) -> bool:
     """Whether the chunked loss may stand in for each model's own logits (`unwrap` strips the engine's wrapper).
 
     Each model must be readable (`_unsupported`) and `lm_head` on its final hidden states must equal its own logits
     on a probe input: an architecture that post-processes its logits in a way `LMHead` does not know is caught here
-    instead of training on other logits. The first model that fails is named in one logged warning, and the trainer
-    then uses the dense path (full logits), which is exact for every model.
+    instead of training on other logits. The first model that fails is named: in one logged warning when
+    `loss_chunk_size` is None (auto; the trainer then uses the dense path, which is exact for every model), in a
+    one-line ValueError when the user set `loss_chunk_size` > 0 and so asked for the chunked loss.
     """
     for model in models:
         unwrapped = unwrap(model)
@@ -193,7 +194,13 @@ def fused_heads_reproduce_logits(models: list[nn.Module], unwrap) -> bool:
                     f"(tolerance {tolerance:.3g}): its forward post-processes the logits in a way the chunked loss "
                     "does not know"
                 )
-        if problem is not None:
-            logger.warning(f"loss_chunk_size: {name} takes the dense loss (full logits), because {problem}")
-            return False
+        if problem is None:
+            continue
+        if loss_chunk_size is not None:
+            raise ValueError(
+                f"loss_chunk_size={loss_chunk_size} asks for the chunked loss, but {name} cannot take it: {problem}; "
+                "set loss_chunk_size: 0 (dense), or leave it unset to fall back to the dense path with a warning"
+            )
+        logger.warning(f"loss_chunk_size: {name} takes the dense loss (full logits), because {problem}")
+        return False
     return True

@@ -52,7 +52,8 @@ def load_student(model_args: ModelArguments, config: DistillConfig) -> nn.Module
     if model_args.attn_implementation is not None:
         kwargs["attn_implementation"] = model_args.attn_implementation
     if model_args.student_init == "pretrained":
-        return load_causal_lm(model_args.model_name_or_path, "model_name_or_path", **kwargs)
+        model = load_causal_lm(model_args.model_name_or_path, "model_name_or_path", **kwargs)
+        return with_lora(model, model_args) if model_args.use_peft else model
     model_config = load_causal_lm_config(
         model_args.model_name_or_path, "model_name_or_path", kwargs["trust_remote_code"]
     )
@@ -61,6 +62,33 @@ def load_student(model_args: ModelArguments, config: DistillConfig) -> nn.Module
     dtype = kwargs.pop("dtype")
     model = AutoModelForCausalLM.from_config(model_config, **kwargs)
     return model.to(getattr(torch, dtype)) if dtype != "auto" else model
+
+
+def with_lora(model: nn.Module, model_args: ModelArguments) -> nn.Module:
+    """`model` with a LoRA adapter of `model_args`' `lora_*` fields (TRL's `get_peft_config`), only the adapter and
+    `lora_modules_to_save` trainable."""
+    from peft import LoraConfig, get_peft_model
+    from peft.utils.error import NoMatchingPeftModuleError
+
+    target_modules = model_args.lora_target_modules
+    if target_modules == ["all-linear"]:
+        # PEFT reads the shorthand only as a string; in a list it would look for a module named "all-linear".
+        target_modules = "all-linear"
+    config = LoraConfig(
+        task_type=model_args.lora_task_type,
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=target_modules,
+        modules_to_save=model_args.lora_modules_to_save,
+        use_rslora=model_args.use_rslora,
+        use_dora=model_args.use_dora,
+        bias="none",
+    )
+    try:
+        return get_peft_model(model, config)
+    except NoMatchingPeftModuleError as err:
+        raise ValueError(f"lora_target_modules={model_args.lora_target_modules}: {err}") from None
 
 
 def teacher_init_kwargs(config: DistillConfig, model_args: ModelArguments | None = None) -> dict:

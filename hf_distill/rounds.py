@@ -102,6 +102,9 @@ def parse_rounds(path: str, overrides: list[str] | None = None) -> list[Round]:
             chained += ["--model_name_or_path", rounds[-1].config.output_dir, "--student_init", "pretrained"]
         # The chained flags come last so that they win over the user's command line.
         rounds.append(Round(number, *_parse(values, overrides + chained, where)))
+        if rounds[-1].model_args.use_peft and len(stages) > 1:
+            # A LoRA round saves an adapter, which is no full model for the next round (or teacher) to load.
+            raise RecipeError(f"use_peft: true in {where}: a multi-round recipe chains full models, not adapters")
     return rounds
 
 

@@ -78,10 +78,11 @@ class DistillTrainer(Trainer):
     ):
         if not isinstance(args, DistillConfig):
             raise TypeError(f"args must be a DistillConfig, got {type(args).__name__}")
-        # Trainer's own signature tells which argument is which, however a drop-in script passes them (positionally,
-        # by keyword, or both); they then all go on by keyword.
-        bound = inspect.signature(Trainer.__init__).bind(self, model, args, *trainer_args, **trainer_kwargs)
-        trainer_kwargs = {k: v for k, v in bound.arguments.items() if k not in ("self", "model", "args")}
+        # The signature of the trainer built next (Trainer's, or SFTTrainer's in `hf_distill.trl_sft`) tells which
+        # argument is which, however a drop-in script passes them (positionally, by keyword, or both); they then all
+        # go on by keyword.
+        bound = inspect.signature(super().__init__).bind(model, args, *trainer_args, **trainer_kwargs)
+        trainer_kwargs = {k: v for k, v in bound.arguments.items() if k not in ("model", "args")}
         trainer_kwargs = checked_trainer_kwargs(args, trainer_kwargs)
 
         # A teacher given by path is loaded with `args.teacher_model_init_kwargs` alone: the trainer knows no student
@@ -105,13 +106,14 @@ class DistillTrainer(Trainer):
         self._eval_sums = torch.zeros(len(_EVAL_SUMS), device=self.args.device)
         # DeepSpeed ZeRO-3 takes the dense path: the chunked loss reads the LM head's weight outside its module's
         # forward, where ZeRO-3 holds an empty partition, and a weight gathered there would leave the gradient the loss
-        # computes for it no partition to land in. Each model's head is probed against its own logits (one warning
-        # and the dense path where the chunked loss would compute other logits).
+        # computes for it no partition to land in. Each model's head is probed against its own logits: where the
+        # chunked loss would compute other logits, a warning and the dense path (auto), or an error when the user set
+        # loss_chunk_size.
         live = self.teacher.members if isinstance(self.teacher, LiveTeacher) else []
         self._fused_loss_ok = (
-            args.loss_chunk_size > 0
+            args.effective_loss_chunk_size > 0
             and not is_deepspeed_zero3(self.accelerator)
-            and fused_heads_reproduce_logits([self.model, *live], self.accelerator.unwrap_model)
+            and fused_heads_reproduce_logits([self.model, *live], self.accelerator.unwrap_model, args.loss_chunk_size)
         )
         self._teacher_contexts = teacher_contexts([self.accelerator.unwrap_model(m) for m in live])
         self._step_ids: list = []
@@ -232,8 +234,12 @@ class DistillTrainer(Trainer):
         """Trainer's, then every batch (training and evaluation) is checked against the teachers' context lengths,
         before any forward pass."""
         inputs = super()._prepare_inputs(inputs)
-        if "input_ids" in inputs:
-            check_batch_length(inputs["input_ids"].shape[-1], self._teacher_contexts)
+        if "input_ids" in inputs and self._teacher_contexts:
+            positions = inputs.get("position_ids")
+            # A padding-free row (TRL's packing) holds several sequences whose positions restart at 0: the teacher
+            # reads positions up to the longest of them, not the row's length.
+            length = int(positions.max()) + 1 if positions is not None else inputs["input_ids"].shape[-1]
+            check_batch_length(length, self._teacher_contexts)
         return inputs
 
     def target_tokens_seen(self) -> int:
@@ -271,7 +277,7 @@ class DistillTrainer(Trainer):
                 teacher,
                 targets,
                 spec,
-                self.args.loss_chunk_size,
+                self.args.effective_loss_chunk_size,
                 score_targets=generated is not None,
             )
         else:

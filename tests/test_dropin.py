@@ -181,8 +181,8 @@ def test_granite_trains_fused_to_the_dense_weights(tmp_path, role):
 
 @pytest.mark.parametrize("role", ["student", "teacher"])
 def test_unknown_logit_post_processing_falls_back_to_dense(tmp_path, role, caplog):
-    """A model whose forward scales its logits in a way no config says: one warning naming its class and the
-    difference, and training takes the dense path, reaching the dense weights."""
+    """A model whose forward scales its logits in a way no config says, with `loss_chunk_size` left unset (auto): one
+    warning naming its class and the difference, and training takes the dense path, reaching the dense weights."""
 
     def run(name, chunk):
         scaled, llama = scaled_logits_llama(seed=1), tiny_llama(seed=2, hidden=48)
@@ -191,13 +191,48 @@ def test_unknown_logit_post_processing_falls_back_to_dense(tmp_path, role, caplo
 
     dense, dense_weights = run("dense", 0)
     with caplog.at_level(logging.WARNING, logger="hf_distill.hidden_states"):
-        fused, fused_weights = run("fused", 5)
+        auto, auto_weights = run("auto", None)
     warnings = [r.getMessage() for r in caplog.records if r.name == "hf_distill.hidden_states"]
     assert (
         len(warnings) == 1 and "ScaledLogitsLlama" in warnings[0] and "differs from its own logits by" in warnings[0]
     )
-    assert not fused._fused_loss_ok
-    assert_same_weights(dense_weights, fused_weights, atol=0)
+    assert not auto._fused_loss_ok
+    assert_same_weights(dense_weights, auto_weights, atol=0)
+
+
+@pytest.mark.parametrize("role", ["student", "teacher"])
+def test_explicit_chunk_size_with_a_failed_probe_is_one_line_before_compute(tmp_path, role):
+    """`loss_chunk_size` set by the user asks for the chunked loss: a model that cannot take it is an error naming its
+    class and the difference, raised when the trainer is built (before, the same warning as auto and a dense run)."""
+    scaled, llama = scaled_logits_llama(seed=1), tiny_llama(seed=2, hidden=48)
+    student, teacher = (scaled, llama) if role == "student" else (tiny_llama(seed=1), scaled)
+    message = (
+        r"^loss_chunk_size=5 asks for the chunked loss, but ScaledLogitsLlama cannot take it: its LM head on the "
+        r"final hidden states differs from its own logits by \d\.\d+(e[-+]\d+)? \(tolerance [^)]+\): .*; set "
+        r"loss_chunk_size: 0 \(dense\), or leave it unset to fall back to the dense path with a warning$"
+    )
+    with pytest.raises(ValueError, match=message) as raised:
+        DistillTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=make_args(tmp_path, loss_chunk_size=5),
+            train_dataset=variable_length_dataset(),
+            data_collator=pad_collator,
+        )
+    assert "\n" not in str(raised.value)
+
+
+def test_explicit_and_auto_chunk_sizes_fuse_when_the_probe_passes(tmp_path):
+    """Unset is auto (chunks of LOSS_CHUNK_SIZE); an explicit size is used as given; 0 is dense."""
+    from hf_distill.losses import LOSS_CHUNK_SIZE
+
+    sizes = {}
+    for chunk in (None, 7, 0):
+        trainer = DistillTrainer(
+            model=tiny_llama(seed=1), teacher_model=tiny_llama(seed=2), args=make_args(tmp_path, loss_chunk_size=chunk)
+        )
+        sizes[chunk] = (trainer._fused_loss_ok, trainer.args.effective_loss_chunk_size)
+    assert sizes == {None: (True, LOSS_CHUNK_SIZE), 7: (True, 7), 0: (False, 0)}
 
 
 def test_probe_restores_training_mode(tmp_path):
@@ -258,7 +293,7 @@ def test_peft_head_with_dropout_falls_back_with_one_line(tmp_path, caplog):
         trainer = DistillTrainer(
             model=student,
             teacher_model=tiny_llama(seed=2),
-            args=make_args(tmp_path, loss_chunk_size=5),
+            args=make_args(tmp_path),
             train_dataset=variable_length_dataset(),
         )
     assert not trainer._fused_loss_ok
@@ -458,6 +493,22 @@ def test_teacher_context_shorter_than_the_batch_is_one_line_before_compute(tmp_p
     with pytest.raises(ValueError, match="reads at most max_position_embeddings=8"):
         trainer.evaluate()
     assert forwards == []
+
+
+def test_teacher_context_of_a_packed_row_is_its_longest_sequence(tmp_path):
+    """A padding-free row (TRL's packing) holds sequences whose positions restart at 0: the teacher reads positions
+    up to the longest one, so a row longer than its context is accepted, and a sequence longer than it is not."""
+    short = tiny("gpt2", seed=3)
+    short.config.n_positions = 8
+    trainer = DistillTrainer(model=tiny_llama(seed=1), teacher_model=short, args=make_args(tmp_path))
+    ids = torch.arange(3, 15)[None]
+    trainer._prepare_inputs({"input_ids": ids, "position_ids": torch.tensor([[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5]])})
+    with pytest.raises(ValueError, match=r"max_position_embeddings=8 positions, but a batch has 9;"):
+        trainer._prepare_inputs(
+            {"input_ids": ids, "position_ids": torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4, 5, 6, 7, 8]])}
+        )
+    with pytest.raises(ValueError, match=r"max_position_embeddings=8 positions, but a batch has 12;"):
+        trainer._prepare_inputs({"input_ids": ids})
 
 
 def test_other_label_names_are_refused(tmp_path):

@@ -78,6 +78,10 @@ def test_parse_chains_the_rounds(workspace):
         ("rounds:\n  - {}\n  - {model_name_or_path: x}\n", "'model_name_or_path' in round 2 .*previous round's"),
         ("rounds:\n  - {teacher_model_name_or_path: previous_round}\n", "round 1 .*there is no previous round"),
         ("rounds:\n  - {}\n  - {alpha: 3}\n", "round 2 of .*: alpha must be in"),
+        (
+            "rounds:\n  - {}\n  - {use_peft: true}\n",
+            "use_peft: true in round 2 of .*: a multi-round recipe chains full",
+        ),
         ("rounds: []\n", "'rounds' must be a non-empty list"),
         ("rounds:\n  - 3\n", "'rounds' must be a non-empty list of mappings"),
     ],
