@@ -5,6 +5,9 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,6 +78,19 @@ def test_on_policy_speed_tiny():
     assert rows["hf_distill DistillTrainer"][1] == rows["TRL DistillationTrainer"][1]
     assert float(rows["TRL DistillationTrainer"][2]) == 1.0
     assert re.search(r"^hf_distill / TRL median on-policy step time: [\d.]+x \((meets|misses)", out, re.M)
+
+
+@pytest.mark.slow
+def test_cpu_threads_runs_every_setting():
+    """Six demo runs in their own processes (start-up dominates: a minute or more on 2 shared cores)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        output = os.path.join(tmp, "threads.md")
+        out = run("cpu_threads.py", "--max_steps", "2", "--repeats", "1", "--settle_s", "0", "--output", output)
+        with open(output) as f:
+            assert f.read() in out
+    for condition in ("quiet", "loaded"):
+        for threads in ("1", "2", r"auto: \d"):
+            assert re.search(rf"^\| {condition} \| {threads} \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|$", out, re.M)
 
 
 def test_step_overhead_tiny():
