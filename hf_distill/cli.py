@@ -18,7 +18,7 @@ import traceback
 from accelerate import PartialState
 
 from .checks import check_recipe
-from .cpu_threads import warn_if_oversubscribed
+from .cpu_threads import choose_torch_threads
 from .evaluation import format_results, run_evaluation
 from .pipeline import run_training
 from .process_group import leave_process_group
@@ -30,7 +30,7 @@ from .user_errors import UserError
 
 
 def _train(recipe: str, overrides: list[str]) -> None:
-    warn_if_oversubscribed()
+    choose_torch_threads()
     if is_multi_round(recipe):
         run_rounds(parse_rounds(recipe, overrides))
     else:
@@ -50,10 +50,12 @@ def _check(recipes: list[str], overrides: list[str]) -> None:
 
 
 def _cache_teacher(recipe: str, overrides: list[str], cache_dir: str, top_k: int, shard_size: int) -> None:
+    choose_torch_threads()
     print(build_teacher_cache(*parse_recipe(recipe, overrides), cache_dir, top_k, shard_size))
 
 
 def _evaluate(args: argparse.Namespace, overrides: list[str]) -> None:
+    choose_torch_threads()
     results = run_evaluation(
         args.recipe, overrides, args.model, args.teacher, args.split, args.max_new_tokens, args.metric, args.output
     )

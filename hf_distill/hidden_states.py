@@ -3,6 +3,7 @@ wrapper (DDP, FSDP2) the engine put around it; and the LM head that turns them i
 
 import inspect
 import logging
+import math
 from contextlib import contextmanager
 from typing import Any
 
@@ -188,7 +189,11 @@ def fused_heads_reproduce_logits(models: list[nn.Module], unwrap, loss_chunk_siz
         problem = _unsupported(unwrapped)
         if problem is None:
             difference, tolerance = _probe_difference(model, unwrapped)
-            if difference > tolerance:
+            if math.isnan(difference):
+                # Non-finite logits (NaN or inf weights): on the dense path the check of the teacher's logits then
+                # stops the run at its first step, naming the examples; the chunked loss never has those logits.
+                problem = "its logits on a probe input are not finite"
+            elif difference > tolerance:
                 problem = (
                     f"its LM head on the final hidden states differs from its own logits by {difference:.3g} "
                     f"(tolerance {tolerance:.3g}): its forward post-processes the logits in a way the chunked loss "

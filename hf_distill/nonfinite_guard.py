@@ -17,12 +17,16 @@ class NonFiniteLossError(UserError, RuntimeError):
 
 
 def _all_finite(model: torch.nn.Module) -> torch.Tensor:
-    flags = [
-        (g.to_local() if isinstance(g, DTensor) else g).isfinite().all()
+    """Whether every gradient (this process's shard of it) is finite. A sum is NaN or +-inf as soon as one term is,
+    and reads each gradient once without writing a mask of its size: `isfinite().all()` per gradient cost 35 ms per
+    step for a 19.5M-parameter student on one CPU thread, the sums 2 ms. Finite gradients whose float32 sum overflows
+    (values near 1e38) count as not finite."""
+    sums = [
+        (g.to_local() if isinstance(g, DTensor) else g).sum(dtype=torch.float32)
         for g in (p.grad for p in model.parameters())
         if g is not None
     ]
-    return torch.stack(flags).all() if flags else torch.tensor(True)
+    return torch.stack(sums).sum().isfinite() if sums else torch.tensor(True)
 
 
 class NonFiniteGuard(TrainerCallback):

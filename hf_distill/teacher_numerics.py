@@ -26,17 +26,16 @@ def _bad_rows(values: torch.Tensor, targets: torch.Tensor, allow_minus_inf: bool
 
 def check_teacher_finite(trainer, teacher, targets: torch.Tensor, ids: list | None, mode: str) -> None:
     """Raise `NonFiniteTeacherError` naming the step, the teacher and the examples if a live teacher's logits (dense
-    path) or final hidden states and LM head (fused path) hold NaN or inf at a target position of this micro-batch.
+    path) or final hidden states (fused path) hold NaN or inf at a target position of this micro-batch.
 
     The flag is reduced over processes, so every process raises together and none waits on the others.
     """
     if isinstance(teacher, TeacherLogits):
         rows = [_bad_rows(logits, targets, allow_minus_inf=True) for logits in teacher.logits]
     elif isinstance(teacher, TeacherHeads):
-        rows = [
-            _bad_rows(hidden, targets, allow_minus_inf=False) | _head_is_bad(head)
-            for hidden, head in zip(teacher.hidden, teacher.heads)
-        ]
+        # The heads are not read here: a frozen teacher's head does not change, and one holding NaN or inf makes its
+        # logits on the trainer's probe not finite, which sends it to the dense path (`fused_heads_reproduce_logits`).
+        rows = [_bad_rows(hidden, targets, allow_minus_inf=False) for hidden in teacher.hidden]
     else:
         return  # no teacher, or a cache: its values were checked when it was built
     flags = torch.stack([r.any() for r in rows]).float()
@@ -62,11 +61,3 @@ def check_teacher_finite(trainer, teacher, targets: torch.Tensor, ids: list | No
         f"{', ...' if len(names) > 16 else ''}; check its weights, or load it in float32 "
         "(teacher_model_init_kwargs: {dtype: float32}) if it overflows"
     )
-
-
-def _head_is_bad(head) -> torch.Tensor:
-    """Whether the LM head holds NaN or inf: one read of the weight, small beside the fused loss's matmuls."""
-    bad = ~head.weight.sum(dtype=torch.float32).isfinite()
-    if head.bias is not None:
-        bad |= ~head.bias.sum(dtype=torch.float32).isfinite()
-    return bad

@@ -12,7 +12,7 @@ from transformers import TrainerCallback, TrainerState
 
 from hf_distill import DistillTrainer
 from hf_distill.data import DistillDataCollator
-from hf_distill.nonfinite_guard import NonFiniteGuard, NonFiniteLossError
+from hf_distill.nonfinite_guard import NonFiniteGuard, NonFiniteLossError, _all_finite
 
 
 class WeightRecorder(TrainerCallback):
@@ -97,3 +97,25 @@ def test_guard_acts_without_deepspeed(caplog):
     with pytest.raises(NonFiniteLossError, match=r"step 1: .*examples of step 1: ex-0"):
         guard.on_pre_optimizer_step(None, TrainerState(), None)
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "bad, finite",
+    [
+        ({}, True),
+        ({(0, 0): 3e30, (1, 1): -3e30}, True),  # large gradients are still finite
+        ({(2, 3): float("nan")}, False),
+        ({(2, 3): float("inf")}, False),
+        ({(2, 3): float("-inf")}, False),
+        ({(2, 3): float("inf"), (4, 5): float("-inf")}, False),  # they would cancel in a sum to NaN, still caught
+    ],
+)
+def test_a_single_nonfinite_gradient_value_is_found(bad, finite, dtype):
+    model = tiny_llama(seed=1).to(dtype)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    model.model.embed_tokens.weight.grad = None  # parameters without a gradient are skipped
+    for (row, col), value in bad.items():
+        model.lm_head.weight.grad[row, col] = value
+    assert _all_finite(model).item() is finite

@@ -269,7 +269,7 @@ def nonfinite_teacher_message(step, ids):
 
 @pytest.mark.parametrize("loss_chunk_size", [0, 1024])
 @pytest.mark.parametrize("poison", ["weights", "head", "one example at step 2"])
-def test_a_teacher_with_nonfinite_outputs_stops_the_run_at_that_step(tmp_path, loss_chunk_size, poison):
+def test_a_teacher_with_nonfinite_outputs_stops_the_run_at_that_step(tmp_path, loss_chunk_size, poison, caplog):
     teacher = tiny_llama(seed=2)
     if poison == "weights":
         with torch.no_grad():
@@ -277,7 +277,8 @@ def test_a_teacher_with_nonfinite_outputs_stops_the_run_at_that_step(tmp_path, l
     elif poison == "head":
         with torch.no_grad():
             teacher.lm_head.weight[5, 0] = float("inf")
-    trainer = teacher_trainer(tmp_path, teacher, loss_chunk_size)
+    with caplog.at_level(logging.WARNING, logger="hf_distill.hidden_states"):
+        trainer = teacher_trainer(tmp_path, teacher, loss_chunk_size)
     if poison == "one example at step 2":
 
         def poison_row_1(module, args, output):
@@ -286,7 +287,13 @@ def test_a_teacher_with_nonfinite_outputs_stops_the_run_at_that_step(tmp_path, l
             return output
 
         teacher.get_decoder().register_forward_hook(poison_row_1)
-    assert trainer.uses_fused_loss("train") == (loss_chunk_size > 0)
+    # Poisoned weights give non-finite logits on the trainer's probe: the dense path, whose logits are checked (the
+    # chunked loss never has them). A NaN-free probe keeps the chunked path, whose hidden states are checked.
+    assert trainer.uses_fused_loss("train") == (loss_chunk_size > 0 and poison == "one example at step 2")
+    probe_failed = (
+        "LlamaForCausalLM takes the dense loss (full logits), because its logits on a probe input are not finite"
+    )
+    assert (probe_failed in caplog.text) == (loss_chunk_size > 0 and poison != "one example at step 2")
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     with pytest.raises(NonFiniteTeacherError) as info:
         trainer.train()
