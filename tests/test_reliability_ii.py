@@ -134,13 +134,15 @@ def test_a_key_given_twice_inside_a_round_is_refused_too(tmp_path):
                 {"id": "a", "messages": [{"role": "user", "content": "w1"}, {"role": "assistant", "content": "w2"}]},
                 {"id": "b", "messages": [{"role": "user", "content": "w1"}, {"role": "assistant", "text": "w2"}]},
             ],
-            "split 'train': example 1 (id 'b') cannot be read as 'messages': turn 1 (role 'assistant') has no "
-            "'content' (its keys: ['role', 'text']); each turn needs 'role' and 'content'",
+            "example cannot be read (split 'train', example 1, id 'b'): it cannot be read as 'messages': turn 1 (role "
+            "'assistant') has no 'content', which each turn needs (its keys: ['role', 'text']); fix the example, or "
+            "set dataset_format to the format of the data",
         ),
         (
             [{"messages": [{"role": "human", "content": "w1"}, {"role": "gpt", "content": "w2"}]}],
-            "split 'train': example 0 cannot be read as 'messages': turn 0 has role='human'; expected one of system, "
-            "developer, user, assistant, tool, ipython (its keys: ['content', 'role'])",
+            "example cannot be read (split 'train', example 0): it cannot be read as 'messages': turn 0 has "
+            "role='human', not one of system, developer, user, assistant, tool, ipython (its keys: ['content', "
+            "'role']); fix the example, or set dataset_format to the format of the data",
         ),
     ],
 )
