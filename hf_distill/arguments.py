@@ -4,7 +4,7 @@ import importlib.util
 from dataclasses import dataclass, field, fields
 
 from .field_docs import document_fields
-from .user_errors import UserInputError
+from .user_errors import bad_value
 
 STUDENT_INITS = ("pretrained", "from_config")
 DATASET_FORMATS = ("auto", "text", "prompt_completion", "messages", "prompt")
@@ -149,8 +149,8 @@ class DataArguments:
 
     def __post_init__(self):
         if self.max_length < 2:
-            raise UserInputError(f"max_length must be >= 2, got max_length={self.max_length}")
+            raise bad_value("max_length", self.max_length, "must be >= 2", "set max_length to 2 or more")
         for name in ("dataset_num_proc", "max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise UserInputError(f"{name} must be >= 1 or None, got {name}={value}")
+                raise bad_value(name, value, "must be >= 1 or None", f"set {name} to 1 or more, or unset it")

@@ -81,20 +81,19 @@ CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "ipython")
 def _check_turns(messages: list) -> None:
     """Each turn is a mapping with a known `role` and a `content`: a chat template renders a missing content as
     empty, so turns written with `text` instead would train on empty answers without a word. Arrow gives every turn
-    of a column the keys of all turns, so a key holding None counts as missing."""
+    of a column the keys of all turns, so a key holding None counts as missing. The ValueError is the why of the
+    example's error (`tokenize_dataset`)."""
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise UserInputError(f"turn {i} is a {type(message).__name__}, not a mapping with 'role' and 'content'")
+            raise ValueError(f"turn {i} is a {type(message).__name__}, not a mapping with 'role' and 'content'")
         keys = sorted(k for k, v in message.items() if v is not None)
         if message.get("role") not in CHAT_ROLES:
-            raise UserInputError(
-                f"turn {i} has role={message.get('role')!r}; expected one of {', '.join(CHAT_ROLES)} "
-                f"(its keys: {keys})"
+            raise ValueError(
+                f"turn {i} has role={message.get('role')!r}, not one of {', '.join(CHAT_ROLES)} (its keys: {keys})"
             )
         if message.get("content") is None and not message.get("tool_calls"):
-            raise UserInputError(
-                f"turn {i} (role {message['role']!r}) has no 'content' (its keys: {keys}); each turn needs 'role' and "
-                "'content'"
+            raise ValueError(
+                f"turn {i} (role {message['role']!r}) has no 'content', which each turn needs (its keys: {keys})"
             )
 
 
@@ -152,8 +151,13 @@ def tokenize_dataset(
         try:
             ids, labels = build(example, tokenizer)
         except (TypeError, ValueError, KeyError, AttributeError) as err:
-            name = f"example {index}" + (f" (id {example['id']!r})" if has_ids else "")
-            raise UserInputError(f"split {split!r}: {name} cannot be read as {fmt!r}: {err}") from None
+            name = f"example {index}" + (f", id {example['id']!r}" if has_ids else "")
+            raise UserInputError(
+                "example cannot be read",
+                f"split {split!r}, {name}",
+                f"it cannot be read as {fmt!r}: {err}",
+                "fix the example, or set dataset_format to the format of the data",
+            ) from None
         return {
             "id": str(example["id"]) if has_ids else str(index),
             "input_ids": ids[:max_length],
@@ -182,8 +186,10 @@ def tokenize_dataset(
         logger.warning(f"split {split!r}: dropped {len(tokenized) - len(kept)} examples with no target token")
     if len(kept) == 0:
         raise UserInputError(
-            f"split {split!r} has no example with a target token (of {len(tokenized)}): every label is masked "
-            f"for dataset_format={fmt!r} (prompt-only data trains with lmbda=1.0 only)"
+            "no example with a target token",
+            f"split {split!r}",
+            f"every label of its {len(tokenized)} examples is masked for dataset_format={fmt!r}",
+            "check the data's format and roles (prompt-only data trains with lmbda=1.0 only)",
         )
     return kept.remove_columns(["truncated", "has_target"])
 

@@ -34,12 +34,16 @@ def load_tokenizer(model_args: ModelArguments, config: DistillConfig):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
     except (OSError, ValueError) as err:
-        raise UserInputError(f"tokenizer_name_or_path={name!r}: cannot load a tokenizer ({err})") from None
+        raise UserInputError(
+            "cannot load a tokenizer", f"tokenizer_name_or_path={name!r}", str(err), "fix the path or hub id"
+        ) from None
     if config.generates and tokenizer.eos_token is None:
         setting = f"lmbda={config.lmbda}" if config.lmbda > 0 else "seq_kd=True"
         raise UserInputError(
-            f"tokenizer_name_or_path={name!r} has no eos_token, but {setting} generates completions, which stop "
-            "there: use a tokenizer with an end-of-sequence token"
+            "tokenizer without an end-of-sequence token",
+            f"tokenizer_name_or_path={name!r}, {setting}",
+            f"{setting} generates completions, which stop at the eos_token this tokenizer has none of",
+            "use a tokenizer with an end-of-sequence token",
         )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -19,6 +19,7 @@ from .user_errors import UserInputError, bad_value
 _PAD_MULTIPLES = (8, 16, 32, 64, 128, 256)
 # Weight files of formats whose tensor names cannot be read without loading the tensors.
 _OTHER_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, *_OTHER_WEIGHT_FILES)
 
 
 def resolve_dtype(init_kwargs: dict[str, Any] | None) -> dict[str, Any]:
@@ -66,11 +67,17 @@ def load_causal_lm_config(name_or_path: str, role: str, trust_remote_code: bool 
     except (OSError, ValueError) as err:
         where = "local folder" if os.path.isdir(name_or_path) else "path or hub id"
         raise UserInputError(
-            f"{role}={name_or_path!r}: cannot load a model config from this {where} ({err})"
+            "cannot load a model config",
+            f"{role}={name_or_path!r}",
+            f"from this {where}: {err}",
+            "fix the path or hub id (offline, a hub model must be in the local cache)",
         ) from None
     if type(config) not in AutoModelForCausalLM._model_mapping and not trust_remote_code:
         raise UserInputError(
-            f"{role}={name_or_path!r} is a {config.model_type!r} model, which is not a causal language model"
+            "not a causal language model",
+            f"{role}={name_or_path!r}",
+            f"it is a {config.model_type!r} model",
+            "use a model AutoModelForCausalLM loads",
         )
     return config
 
@@ -98,8 +105,10 @@ def _refuse_mismatch(name_or_path: str, role: str, missing, unexpected) -> None:
             shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
             parts.append(f"{len(keys)} tensors {what} ({shown})")
     raise UserInputError(
-        f"{role}={name_or_path!r}: its weights do not match its config.json: {'; '.join(parts)}; transformers would "
-        "initialise missing tensors randomly and drop unexpected ones"
+        "weights that do not match config.json",
+        f"{role}={name_or_path!r}",
+        f"{', and '.join(parts)}: transformers would initialise missing tensors randomly and drop unexpected ones",
+        "use the config.json the weights were saved with, or download the model again",
     )
 
 
@@ -112,20 +121,29 @@ def _safetensors_files(folder: str, role: str) -> list[str]:
             with open(index) as f:
                 shards = sorted(set(json.load(f)["weight_map"].values()))
         except (OSError, ValueError, KeyError, AttributeError) as err:
-            raise UserInputError(f"{role}={folder!r}: {SAFE_WEIGHTS_INDEX_NAME} cannot be read ({err})") from None
+            raise UserInputError(
+                "model weight index cannot be read",
+                f"{role}={folder!r}",
+                f"{SAFE_WEIGHTS_INDEX_NAME}: {err}",
+                "download the model again",
+            ) from None
         absent = [name for name in shards if not os.path.isfile(os.path.join(folder, name))]
         if absent:
             raise UserInputError(
-                f"{role}={folder!r}: {len(absent)} weight files named by {SAFE_WEIGHTS_INDEX_NAME} are missing "
-                f"({', '.join(absent[:3])}); download the model again"
+                "model weight files missing",
+                f"{role}={folder!r}",
+                f"{len(absent)} files named by {SAFE_WEIGHTS_INDEX_NAME} are not there ({', '.join(absent[:3])})",
+                "download the model again",
             )
         return [os.path.join(folder, name) for name in shards]
     if os.path.isfile(os.path.join(folder, SAFE_WEIGHTS_NAME)):
         return [os.path.join(folder, SAFE_WEIGHTS_NAME)]
     if not any(os.path.isfile(os.path.join(folder, name)) for name in _OTHER_WEIGHT_FILES):
         raise UserInputError(
-            f"{role}={folder!r} holds no model weights ({SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME} or "
-            f"{', '.join(_OTHER_WEIGHT_FILES)})"
+            "no model weights",
+            f"{role}={folder!r}",
+            f"the folder holds none of {', '.join(_WEIGHT_FILES)}",
+            "download the model again, or point to the folder that holds its weights",
         )
     return []
 
@@ -148,7 +166,10 @@ def check_weight_files(name_or_path: str, role: str, config: PretrainedConfig) -
                 present.update(f.keys())
         except Exception as err:  # safetensors raises its own error types for truncated or foreign files
             raise UserInputError(
-                f"{role}={name_or_path!r}: {os.path.basename(path)} cannot be read ({err}); download the model again"
+                "model weight file cannot be read",
+                f"{role}={name_or_path!r}",
+                f"{os.path.basename(path)}: {err}",
+                "download the model again",
             ) from None
     if not present:
         return
@@ -217,14 +238,18 @@ def check_vocab_sizes(width_s: int, width_t: int, tokenizer_size: int | None) ->
     logit for each of its `tokenizer_size` tokens. Returns the number of logits the divergence uses."""
     if width_s != width_t and not _differ_by_padding(width_s, width_t):
         raise UserInputError(
-            f"vocabulary mismatch: student vocab size {width_s} and teacher vocab size {width_t} differ by more than "
-            "embedding padding; distillation needs a shared tokenizer"
+            "vocabulary mismatch",
+            "model_name_or_path, teacher_model_name_or_path",
+            f"student vocab size {width_s} and teacher vocab size {width_t} differ by more than embedding padding",
+            "distil between models that share a tokenizer",
         )
     common = min(width_s, width_t)
     if tokenizer_size is not None and common < tokenizer_size:
         raise UserInputError(
-            f"vocabulary mismatch: the tokenizer has {tokenizer_size} tokens but the student has {width_s} logits "
-            f"and the teacher {width_t}; both need one logit per token"
+            "vocabulary mismatch",
+            "tokenizer_name_or_path",
+            f"the tokenizer has {tokenizer_size} tokens but the student has {width_s} logits, the teacher {width_t}",
+            "use the models' own tokenizer: both need one logit per token",
         )
     return common
 
@@ -237,6 +262,8 @@ def check_same_tokenizer(student_tokenizer, teacher_tokenizer) -> None:
     differing = sorted(t for t in vocab_s.keys() | vocab_t.keys() if vocab_s.get(t) != vocab_t.get(t))
     examples = ", ".join(f"{t!r}: {vocab_s.get(t)} vs {vocab_t.get(t)}" for t in differing[:3])
     raise UserInputError(
-        f"teacher and student tokenizers differ: {len(differing)} tokens map to different ids "
-        f"(student vs teacher: {examples}); distillation needs one shared vocabulary"
+        "teacher and student tokenizers differ",
+        "tokenizer_name_or_path, teacher_model_name_or_path",
+        f"{len(differing)} tokens map to different ids (student vs teacher: {examples})",
+        "distil between models that share one vocabulary",
     )

@@ -71,7 +71,12 @@ def parse_rounds(path: str, overrides: list[str] | None = None) -> list[Round]:
     recipe = load_yaml(path)
     stages = recipe.pop(ROUNDS_KEY, None)
     if not isinstance(stages, list) or not stages or not all(isinstance(s, dict) for s in stages):
-        raise RecipeError(f"{path}: {ROUNDS_KEY!r} must be a non-empty list of mappings of recipe keys")
+        raise RecipeError(
+            f"invalid {ROUNDS_KEY!r}",
+            path,
+            "it must be a non-empty list of mappings",
+            "write one mapping of keys a round",
+        )
     known = set(field_names())
     for key in recipe:
         if key not in known:
@@ -80,7 +85,9 @@ def parse_rounds(path: str, overrides: list[str] | None = None) -> list[Round]:
         forbidden = _CHAINED_KEYS + (_CHAINED_KEYS_AFTER_FIRST if number > 1 else ())
         for key in stage:
             if key in forbidden:
-                raise RecipeError(f"{key!r} in round {number} of {path}: {_why_chained(key)}")
+                raise RecipeError(
+                    "key set by the chain of rounds", f"{key!r} in round {number} of {path}", *_why_chained(key)
+                )
             if key not in known:
                 raise unknown_key_error(key, f"round {number} of {path}")
     overrides = list(overrides or [])
@@ -95,7 +102,10 @@ def parse_rounds(path: str, overrides: list[str] | None = None) -> list[Round]:
         if values.get("teacher_model_name_or_path") == PREVIOUS_ROUND:
             if not rounds:
                 raise RecipeError(
-                    f"teacher_model_name_or_path: {PREVIOUS_ROUND} in {where}: there is no previous round"
+                    "no previous round",
+                    f"teacher_model_name_or_path: {PREVIOUS_ROUND} in {where}",
+                    "round 1 has no previous round to distil from",
+                    "name a teacher for round 1",
                 )
             values["teacher_model_name_or_path"] = rounds[-1].config.output_dir
         if rounds:
@@ -108,10 +118,10 @@ def parse_rounds(path: str, overrides: list[str] | None = None) -> list[Round]:
     return rounds
 
 
-def _why_chained(key: str) -> str:
+def _why_chained(key: str) -> tuple[str, str]:
     if key == "output_dir":
-        return "set it once for all rounds; round k writes to output_dir/round-<k>"
-    return "from round 2 on, the student is the previous round's student"
+        return "round k writes to output_dir/round-<k>", "set it once for all rounds"
+    return "from round 2 on, the student is the previous round's student", "remove it from the round"
 
 
 def _parse(values: dict, overrides: list[str], where: str) -> tuple[ModelArguments, DataArguments, DistillConfig]:

@@ -52,7 +52,10 @@ def test_teacher_tokenizer_with_other_ids(workspace, capsys, no_weights):
     assert "cannot load a tokenizer" in line
     word_tokenizer().save_pretrained(tmp_path / "student_tok")
     line = error_line(capsys, ["train", recipe, "--tokenizer_name_or_path", str(tmp_path / "student_tok")])
-    assert "teacher and student tokenizers differ: 2 tokens map to different ids" in line
+    assert line.startswith(
+        "hf-distill: error: teacher and student tokenizers differ (tokenizer_name_or_path, "
+        "teacher_model_name_or_path): 2 tokens map to different ids (student vs teacher: "
+    )
 
 
 def test_teacher_vocabulary_wider_than_padding(workspace, capsys, no_weights):
@@ -90,7 +93,10 @@ def test_student_that_is_not_a_causal_lm(workspace, capsys, no_weights):
             str(tmp_path / "teacher"),
         ],
     )
-    assert "model_name_or_path=" in line and "is a 't5' model, which is not a causal language model" in line
+    assert line == (
+        f"hf-distill: error: not a causal language model (model_name_or_path='{tmp_path / 't5'}'): it is a 't5' "
+        "model; use a model AutoModelForCausalLM loads"
+    )
 
 
 def write_split(tmp_path, rows):
@@ -230,7 +236,8 @@ def test_teacher_that_is_not_a_causal_lm(workspace, capsys, no_weights, teachers
     if tokenizer_source == "recipe":
         overrides += ["--tokenizer_name_or_path", str(tmp_path / "teacher")]
     expected = (
-        f"hf-distill: error: teacher_model_name_or_path='{t5}' is a 't5' model, which is not a causal language model"
+        f"hf-distill: error: not a causal language model (teacher_model_name_or_path='{t5}'): it is a 't5' model; use "
+        "a model AutoModelForCausalLM loads"
     )
     assert error_line(capsys, ["train", recipe, *overrides]) == expected
     assert error_line(capsys, ["check", recipe, *overrides]) == expected

@@ -50,7 +50,7 @@ def test_yaml_keys_fill_all_three_dataclasses_and_flags_override(tmp_path):
             [],
             r"^invalid loss_type \(loss_type='kl'\): not one of its choices; use one of 'forward_kl', ",
         ),
-        ("max_length: 1\n", [], "max_length must be >= 2, got max_length=1"),
+        ("max_length: 1\n", [], r"^invalid max_length \(max_length=1\): must be >= 2; set max_length to 2 or more$"),
     ],
 )
 def test_bad_recipes_raise_one_line(tmp_path, extra, overrides, message):

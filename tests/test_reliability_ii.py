@@ -134,13 +134,15 @@ def test_a_key_given_twice_inside_a_round_is_refused_too(tmp_path):
                 {"id": "a", "messages": [{"role": "user", "content": "w1"}, {"role": "assistant", "content": "w2"}]},
                 {"id": "b", "messages": [{"role": "user", "content": "w1"}, {"role": "assistant", "text": "w2"}]},
             ],
-            "split 'train': example 1 (id 'b') cannot be read as 'messages': turn 1 (role 'assistant') has no "
-            "'content' (its keys: ['role', 'text']); each turn needs 'role' and 'content'",
+            "example cannot be read (split 'train', example 1, id 'b'): it cannot be read as 'messages': turn 1 (role "
+            "'assistant') has no 'content', which each turn needs (its keys: ['role', 'text']); fix the example, or "
+            "set dataset_format to the format of the data",
         ),
         (
             [{"messages": [{"role": "human", "content": "w1"}, {"role": "gpt", "content": "w2"}]}],
-            "split 'train': example 0 cannot be read as 'messages': turn 0 has role='human'; expected one of system, "
-            "developer, user, assistant, tool, ipython (its keys: ['content', 'role'])",
+            "example cannot be read (split 'train', example 0): it cannot be read as 'messages': turn 0 has "
+            "role='human', not one of system, developer, user, assistant, tool, ipython (its keys: ['content', "
+            "'role']); fix the example, or set dataset_format to the format of the data",
         ),
     ],
 )
@@ -158,9 +160,9 @@ def deepen_config(folder, layers):
 
 
 TEACHER_MISSING = (
-    "its weights do not match its config.json: 9 tensors missing (model.layers.2.input_layernorm.weight, "
-    "model.layers.2.mlp.down_proj.weight, model.layers.2.mlp.gate_proj.weight, ...); transformers would initialise "
-    "missing tensors randomly and drop unexpected ones"
+    "9 tensors missing (model.layers.2.input_layernorm.weight, model.layers.2.mlp.down_proj.weight, "
+    "model.layers.2.mlp.gate_proj.weight, ...): transformers would initialise missing tensors randomly and drop "
+    "unexpected ones; use the config.json the weights were saved with, or download the model again"
 )
 
 
@@ -170,7 +172,10 @@ def test_teacher_whose_config_has_more_layers_than_its_weights(workspace, capsys
     deepen_config(tmp_path / "teacher", 3)
     teacher = tmp_path / "teacher"
     line = error_line(capsys, [command, recipe])
-    assert line == f"hf-distill: error: teacher_model_name_or_path='{teacher}': {TEACHER_MISSING}"
+    assert line == (
+        f"hf-distill: error: weights that do not match config.json (teacher_model_name_or_path='{teacher}'): "
+        f"{TEACHER_MISSING}"
+    )
 
 
 def test_teacher_whose_weights_hold_more_layers_than_its_config(workspace, capsys, no_weights):  # noqa: F811
@@ -178,8 +183,8 @@ def test_teacher_whose_weights_hold_more_layers_than_its_config(workspace, capsy
     deepen_config(tmp_path / "teacher", 1)
     line = error_line(capsys, ["train", recipe])
     assert line.startswith(
-        f"hf-distill: error: teacher_model_name_or_path='{tmp_path / 'teacher'}': its weights do not match its "
-        "config.json: 9 tensors unexpected (model.layers.1.input_layernorm.weight, "
+        "hf-distill: error: weights that do not match config.json (teacher_model_name_or_path="
+        f"'{tmp_path / 'teacher'}'): 9 tensors unexpected (model.layers.1.input_layernorm.weight, "
     )
 
 
@@ -190,12 +195,13 @@ def test_teacher_weight_file_truncated_or_missing(workspace, capsys, no_weights,
     weights = teacher / "model.safetensors"
     if damage == "truncated":
         weights.write_bytes(weights.read_bytes()[:100])
-        expected = f"teacher_model_name_or_path='{teacher}': model.safetensors cannot be read ("
+        expected = f"model weight file cannot be read (teacher_model_name_or_path='{teacher}'): model.safetensors: "
     elif damage == "deleted":
         weights.unlink()
         expected = (
-            f"teacher_model_name_or_path='{teacher}' holds no model weights (model.safetensors, "
-            "model.safetensors.index.json or pytorch_model.bin, pytorch_model.bin.index.json)"
+            f"no model weights (teacher_model_name_or_path='{teacher}'): the folder holds none of model.safetensors, "
+            "model.safetensors.index.json, pytorch_model.bin, pytorch_model.bin.index.json; download the model "
+            "again, or point to the folder that holds its weights"
         )
     else:
         weights.unlink()
@@ -203,8 +209,8 @@ def test_teacher_weight_file_truncated_or_missing(workspace, capsys, no_weights,
         shards = sorted(teacher.glob("model-*.safetensors"))
         shards[1].unlink()
         expected = (
-            f"teacher_model_name_or_path='{teacher}': 1 weight files named by model.safetensors.index.json are "
-            f"missing ({shards[1].name}); download the model again"
+            f"model weight files missing (teacher_model_name_or_path='{teacher}'): 1 files named by "
+            f"model.safetensors.index.json are not there ({shards[1].name}); download the model again"
         )
     for command in ("train", "check"):
         line = error_line(capsys, [command, recipe])

@@ -74,16 +74,19 @@ def test_parse_chains_the_rounds(workspace):
             "rounds:\n  - {max_steps: 2}\n  - {temperture: 1}\n",
             r"unknown key \('temperture' in round 2 of .*temperature",
         ),
-        ("rounds:\n  - {output_dir: x}\n", "'output_dir' in round 1 of .*: set it once for all rounds"),
-        ("rounds:\n  - {}\n  - {model_name_or_path: x}\n", "'model_name_or_path' in round 2 .*previous round's"),
-        ("rounds:\n  - {teacher_model_name_or_path: previous_round}\n", "round 1 .*there is no previous round"),
+        (
+            "rounds:\n  - {output_dir: x}\n",
+            r"^key set by the chain of rounds \('output_dir' in round 1 of .*; set it once",
+        ),
+        ("rounds:\n  - {}\n  - {model_name_or_path: x}\n", r"'model_name_or_path' in round 2 .*previous round's"),
+        ("rounds:\n  - {teacher_model_name_or_path: previous_round}\n", r"^no previous round \(.* in round 1 of "),
         ("rounds:\n  - {}\n  - {alpha: 3}\n", "round 2 of .*: alpha must be in"),
         (
             "rounds:\n  - {}\n  - {use_peft: true}\n",
             "use_peft: true in round 2 of .*: a multi-round recipe chains full",
         ),
-        ("rounds: []\n", "'rounds' must be a non-empty list"),
-        ("rounds:\n  - 3\n", "'rounds' must be a non-empty list of mappings"),
+        ("rounds: []\n", r"^invalid 'rounds' \(.*\): it must be a non-empty list of mappings"),
+        ("rounds:\n  - 3\n", r"^invalid 'rounds' \(.*\): it must be a non-empty list of mappings; write one"),
     ],
 )
 def test_bad_rounds_name_the_key_and_the_round(workspace, text, message):
