@@ -45,5 +45,8 @@ def save_final_model(trainer, output_dir: str) -> None:
         cleanup=lambda: remove_path(staging),
     )
     if main:
+        # PEFT's save_pretrained writes a card of its own, which would arrive (its name sorts first) before the
+        # weights: the pipeline writes the run's card once every file is in place.
+        remove_path(os.path.join(staging, MODEL_CARD))
         move_entries(staging, output_dir)
     trainer.accelerator.wait_for_everyone()

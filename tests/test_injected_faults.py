@@ -31,9 +31,11 @@ from fault_runner import FULL
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from test_bad_input import error_line
+from test_dropin import lora_student, trained_weights
 from test_trainer import assert_same_weights
+from testing_utils import tiny_llama
 
-from hf_distill import disk_space
+from hf_distill import disk_space, final_model
 from hf_distill.checkpoints import damage, is_complete, last_complete_checkpoint
 from hf_distill.final_model import MODEL_CARD, staging_path
 from hf_distill.run_lock import LOCK_NAME
@@ -394,3 +396,21 @@ def test_unreadable_rows_of_metrics_csv_are_dropped_on_resume_with_a_warning(uni
         rows = list(csv.DictReader(f))
     steps = [int(r["step"]) for r in rows if r["split"] == "train"]
     assert steps == [1, 3, 4, 5, 6]  # step 2's row was the damaged one; 5 and 6 were trained again, once
+
+
+def test_the_final_save_moves_the_weights_in_before_any_card(tmp_path, monkeypatch):
+    """A PEFT student's save_pretrained writes a card of its own, whose name sorts before the weights': it is not
+    moved in with them, so a kill while the files move never leaves a card beside a partial set; the run's card is
+    written after (`test_dropin.py::test_peft_model_card_keeps_peft_metadata_and_the_distillation_section`)."""
+    trainer, _ = trained_weights(tmp_path, lora_student("decoder"), tiny_llama(seed=2), max_steps=1)
+    assert trainer.args.output_dir == str(tmp_path)
+    moved, move = [], final_model.move_entries
+
+    def record(source, destination):
+        moved.extend(sorted(os.listdir(source)))
+        move(source, destination)
+
+    monkeypatch.setattr(final_model, "move_entries", record)
+    final_model.save_final_model(trainer, str(tmp_path))
+    assert "adapter_model.safetensors" in moved and MODEL_CARD not in moved
+    assert not (tmp_path / MODEL_CARD).exists() and (tmp_path / "adapter_model.safetensors").is_file()
