@@ -99,7 +99,7 @@ def main() -> None:
     print(
         f"\nrecipe: {opts.recipe}, max_steps: {config.max_steps} (first {opts.skip_steps} left out), repeats: "
         f"{opts.repeats}, per_device_train_batch_size: {config.per_device_train_batch_size}, "
-        f"loss_chunk_size: {config.loss_chunk_size}, teacher_cache_mode: {config.teacher_cache_mode}"
+        f"loss_chunk_size: {config.effective_loss_chunk_size}, teacher_cache_mode: {config.teacher_cache_mode}"
     )
     print("| run | median step time (ms) | per-run medians (ms) | compute only (ms) | ratio to plain fine-tuning |")
     print("|---|---|---|---|---|")

@@ -258,6 +258,10 @@ class DistillTrainer(Trainer):
         During evaluation (or whenever `num_items_in_batch` is None) the divisor is this micro-batch's own count.
         """
         model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "id", GENERATED_BY, *CACHE_COLUMNS)}
+        # No forward here needs a KV cache, and a model building one (a teacher whose config says use_cache, as most
+        # hub models do) takes the batch for a generation step: transformers then does not split a padding-free
+        # packed row (TRL's packing) into its sequences, and they attend to each other.
+        model_inputs["use_cache"] = False
         # Causal LM: the logits at position i predict the token at position i + 1.
         targets = inputs["labels"][:, 1:]
         # The wrapped module's mode: a DeepSpeed engine's own `training` stays True in evaluation.

@@ -62,6 +62,16 @@ def student_dir(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """The demo teacher with `use_cache: true` in its config, as most hub models have it."""
+    path = tmp_path_factory.mktemp("teacher")
+    teacher = AutoModelForCausalLM.from_pretrained(os.path.join(DEMO, "teacher"))
+    teacher.config.use_cache = True
+    teacher.save_pretrained(path)
+    return str(path)
+
+
 def _data_dir(path, data_format: str) -> str:
     path.mkdir(parents=True)
     for split in ("train", "test"):
@@ -71,12 +81,19 @@ def _data_dir(path, data_format: str) -> str:
     return str(path)
 
 
-def run_script(tmp_path, student_dir, data_format: str, *flags: str, name: str = "run") -> DistillSFTTrainer:
+def run_script(
+    tmp_path,
+    student_dir,
+    data_format: str,
+    *flags: str,
+    name: str = "run",
+    teacher: str = os.path.join(DEMO, "teacher"),
+) -> DistillSFTTrainer:
     """`trl_sft_distill.py` as a user runs it, parsed by TrlParser from these flags, in float32 on the CPU."""
     argv = [
         "--model_name_or_path", student_dir,
         "--dataset_name", _data_dir(tmp_path / name / "data", data_format),
-        "--teacher_model_name_or_path", os.path.join(DEMO, "teacher"),
+        "--teacher_model_name_or_path", teacher,
         "--output_dir", str(tmp_path / name / "out"),
         "--temperature", str(TEMPERATURE),
         "--alpha", "0.5",
@@ -102,7 +119,9 @@ CASES = {
     "messages": ("messages", ("--assistant_only_loss", "true", "--loss_type", "reverse_kl")),
     "prompt_completion": ("prompt_completion", ()),
     "prompt_completion_full": ("prompt_completion", ("--completion_only_loss", "false")),
-    "packing": ("text", ("--packing", "true", "--loss_type", "reverse_kl")),
+    # The teacher and (`use_cache`) the student would build a KV cache: a forward that does takes a packed row for one
+    # sequence (before, the teacher's KD attended across the packed sequences).
+    "packing": ("text", ("--packing", "true", "--loss_type", "reverse_kl", "--use_cache", "true")),
 }
 
 
@@ -133,7 +152,7 @@ def _expected_first_step(trainer, student_dir):
     rows = [{k: row[k] for k in ("input_ids", "labels", "seq_lengths") if k in row} for row in trainer.train_dataset]
     batch = trainer.data_collator(rows)
     student = AutoModelForCausalLM.from_pretrained(student_dir).eval()
-    teacher = AutoModelForCausalLM.from_pretrained(os.path.join(DEMO, "teacher")).eval()
+    teacher = AutoModelForCausalLM.from_pretrained(trainer.args.teacher_model_name_or_path).eval()
     ce = kd = n = 0
     for ids, labels in _sequences(batch):
         with torch.no_grad():
@@ -147,13 +166,14 @@ def _expected_first_step(trainer, student_dir):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_first_step_is_the_distillation_loss_on_sfts_labels(tmp_path, student_dir, case):
+def test_first_step_is_the_distillation_loss_on_sfts_labels(tmp_path, student_dir, teacher_dir, case):
     """The script trains one step on the whole set: the logged loss, ce_loss and kd_loss equal the formula computed
-    here from the models' own logits on the batch TRL prepared, and the targets are those SFT's options say."""
+    here from the models' own logits, each sequence alone, and the targets are those SFT's options say."""
     data_format, flags = CASES[case]
     trainer = run_script(
-        tmp_path, student_dir, data_format, "--max_steps", "1", "--per_device_train_batch_size", "8", *flags
-    )
+        tmp_path, student_dir, data_format, "--max_steps", "1", "--per_device_train_batch_size", "8", *flags,
+        teacher=teacher_dir,
+    )  # fmt: skip
     batch, ce, kd = _expected_first_step(trainer, student_dir)
     log = trainer.state.log_history[0]
     assert kd > 0
