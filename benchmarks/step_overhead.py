@@ -29,7 +29,8 @@ beside it, as the measure the load of other processes on a shared machine change
 order rotating each repeat, so the load of a shared machine hits them alike. The thread count is set before torch
 is imported (`--threads`, default 1). Prints a Markdown table of median step times, the mean training loss of each
 (the same from the same start: the same work), and the ratios against the targets (DistillTrainer / bare loop <=
-1.05, DistillTrainer / TRL <= 1.0). `--profile` prints the top functions of one extra `DistillTrainer` run (cProfile).
+1.05, DistillTrainer / TRL <= 1.0). `--profile` prints the top functions, in CPU time, of one extra bare-loop run and
+one extra `DistillTrainer` run (cProfile).
 """
 
 import os
@@ -249,7 +250,11 @@ def parse_args(argv=None):
     parser.add_argument("--teacher_hidden", type=int, default=512, help="(default: 512)")
     parser.add_argument("--teacher_layers", type=int, default=6, help="(default: 6)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, set before import (default: 1)")
-    parser.add_argument("--profile", action="store_true", help="also profile one DistillTrainer run (cProfile)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile one bare-loop and one DistillTrainer run (cProfile, CPU time)",
+    )
     opts = parser.parse_args(argv)
     if opts.max_steps <= opts.skip_steps or opts.repeats < 1:
         parser.error("need max_steps > skip_steps and repeats >= 1")
@@ -283,11 +288,14 @@ def main() -> None:
                 per_run[name].append(statistics.median(kept))
                 print(f"repeat {repeat + 1}/{opts.repeats}, {name}: median step {1000 * per_run[name][-1]:.1f} ms")
         if opts.profile:
-            profiler = cProfile.Profile()
-            profiler.runcall(run_hf_distill, opts, models, dataset, tokenizer, os.path.join(tmp, "profile"))
-            out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(20)
-            print(f"\n### cProfile of {HF_DISTILL} ({opts.max_steps} steps)\n{out.getvalue()}")
+            for name in (BARE, HF_DISTILL):
+                # CPU time of this process: what other processes' load changes least.
+                profiler = cProfile.Profile(time.process_time)
+                profiler.runcall(RUNNERS[name], opts, models, dataset, tokenizer, os.path.join(tmp, "profile"))
+                out = io.StringIO()
+                pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+                title = f"cProfile (CPU time) of {name}, {opts.max_steps} steps, models built inside"
+                print(f"\n### {title}\n{out.getvalue()}")
 
     medians = {name: statistics.median(steps[name]) for name in names}
     cpu_medians = {name: statistics.median(cpu[name]) for name in names}

@@ -185,8 +185,9 @@ def test_gpu_benchmark_skips_a_case_that_would_end_past_the_budget():
     budget = gpu_run_module().Budget(100.0)
     assert budget.skip_reason("loss:dense", 1, first_guess=5.0) is None
     assert budget.skip_reason("loss:dense", 1, first_guess=500.0).startswith("skipped: time budget (estimated 500 s")
-    budget.record("loss:dense", 1, 20.0)
-    assert budget.skip_reason("loss:dense", 4, first_guess=5.0) is None  # 80 s, scaled from the case measured
-    assert budget.skip_reason("loss:dense", 8, first_guess=5.0).startswith("skipped: time budget (estimated 160 s")
+    budget.record("loss:dense", 1, 30.0, scaled=10.0)  # e.g. 20 s of compilation
+    assert budget.skip_reason("loss:dense", 4, first_guess=5.0) is None  # 20 + 4 x 10 s
+    assert budget.skip_reason("loss:dense", 9, first_guess=5.0).startswith("skipped: time budget (estimated 110 s")
+    assert budget.skip_reason("step:bare loop", 1, first_guess=5.0) is None  # another kind: its own guess
     budget.deadline = 0.0
     assert budget.skip_reason("step:bare loop", 1, first_guess=0.0).startswith("skipped: time budget")

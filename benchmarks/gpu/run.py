@@ -68,20 +68,22 @@ class Budget:
     def __init__(self, seconds: float):
         self.start = time.perf_counter()
         self.deadline = self.start + seconds
-        self.last: dict[str, tuple[float, float]] = {}  # kind -> (seconds, size) of its last case
+        self.last: dict[str, tuple[float, float, float]] = {}  # kind -> (fixed s, size-bound s, size) of its last case
 
     def skip_reason(self, kind: str, size: float, first_guess: float) -> str | None:
-        """Why a case of `kind` and `size` does not fit: its estimate (the last case of its kind scaled linearly in
-        size, else `first_guess` seconds) would end past the deadline."""
+        """Why a case of `kind` and `size` does not fit: its estimate would end past the deadline. The estimate is the
+        last case of its kind, its size-bound seconds scaled linearly in size plus its fixed ones (a compilation,
+        building the models), else `first_guess` seconds."""
         left = self.deadline - time.perf_counter()
-        seconds, last_size = self.last.get(kind, (first_guess, size))
-        estimate = seconds * size / last_size
+        fixed, scaled, last_size = self.last.get(kind, (first_guess, 0.0, size))
+        estimate = fixed + scaled * size / last_size
         if estimate > left or left <= 0:
             return f"skipped: time budget (estimated {estimate:.0f} s, {max(left, 0):.0f} s left)"
         return None
 
-    def record(self, kind: str, size: float, seconds: float) -> None:
-        self.last[kind] = (seconds, size)
+    def record(self, kind: str, size: float, seconds: float, scaled: float) -> None:
+        """A case of `kind` and `size` took `seconds`, of which `scaled` grow with the size (the timed work)."""
+        self.last[kind] = (seconds - scaled, scaled, size)
 
 
 class Clock:
@@ -274,7 +276,8 @@ def loss_cases(part, cases, methods, reference, opts, device, dtype, clock, budg
                 results[name] = failure(err, opts.smoke)
                 free_memory(device)
                 continue
-            budget.record(part + name, tokens * vocab, time.perf_counter() - began)
+            # The warm-up call holds any compilation; the others scale with the size.
+            budget.record(part + name, tokens * vocab, time.perf_counter() - began, seconds * (opts.repeats + 1))
             results[name] = (value, seconds, peak)
         rows += case_rows(part, f"{tokens} tokens x V {vocab}", tokens, results, reference)
         del inputs
@@ -462,7 +465,8 @@ def step_part(opts, device, dtype, clock, budget) -> list[str]:
                     continue
                 finally:
                     gc.collect()  # the run's models and optimizer; the peak stays readable until free_memory
-                budget.record(f"step:{name}", batch_size, time.perf_counter() - began)
+                # Building the models and the trainer does not grow with the batch; the steps do.
+                budget.record(f"step:{name}", batch_size, time.perf_counter() - began, sum(times))
                 peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else None
                 results[name] = (loss, statistics.median(times[opts.warmup_steps :]), peak)
             rows += case_rows("step", f"batch {batch_size} x {opts.seq_len}", tokens, results, BARE)
