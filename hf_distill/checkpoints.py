@@ -15,6 +15,7 @@ logger = logging.getLogger(__name__)
 
 # Written last into a checkpoint folder. Keep the file name: resume finds the checkpoints of earlier runs by it.
 CHECKPOINT_MARKER = "checkpoint_complete.json"
+TRAINER_STATE = "trainer_state.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Files up to this size get a checksum in the marker (optimizer-free state: scheduler, RNG, trainer state, config);
 # larger ones (weights, optimizer) only their size, which a truncation or a deletion changes, so marking stays cheap.
@@ -58,7 +59,7 @@ def is_complete(checkpoint_dir: str) -> bool:
 def damage(checkpoint_dir: str) -> str | None:
     """What is wrong with a complete checkpoint's files since it was marked (the first problem), or None.
 
-    Markers of earlier versions list no files: those checkpoints are taken as they are.
+    Markers of earlier versions list no files: those checkpoints are taken as they are, if their trainer state reads.
     """
     try:
         with open(os.path.join(checkpoint_dir, CHECKPOINT_MARKER)) as f:
@@ -74,6 +75,14 @@ def damage(checkpoint_dir: str) -> str | None:
             return f"{name} has {size} bytes, {expected['size']} when it was written"
         if expected.get("sha256") and _sha256(path) != expected["sha256"]:
             return f"{name} has changed since it was written (checksum)"
+    # Read whole by Trainer before anything else: a marker of an earlier version lists no checksum to catch it.
+    try:
+        with open(os.path.join(checkpoint_dir, TRAINER_STATE)) as f:
+            json.load(f)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as err:
+        return f"{TRAINER_STATE} cannot be read ({err})"
     return None
 
 

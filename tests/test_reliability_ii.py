@@ -396,6 +396,11 @@ def test_no_undamaged_checkpoint_left_is_an_error_and_old_markers_are_trusted(tm
     # A marker of an earlier version lists no files: the checkpoint is taken as it is.
     (tmp_path / "checkpoint-1" / CHECKPOINT_MARKER).write_text('{"global_step": 1}')
     assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-1")
+    # ... unless its trainer state does not read, which no checksum of such a marker can catch.
+    (tmp_path / "checkpoint-1" / "trainer_state.json").write_text('{"global_step": ')
+    assert damage(str(tmp_path / "checkpoint-1")) == (
+        "trainer_state.json cannot be read (Expecting value: line 1 column 17 (char 16))"
+    )
 
 
 def test_a_deleted_optimizer_file_resumes_from_the_checkpoint_before_to_the_same_weights(tmp_path):
