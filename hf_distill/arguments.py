@@ -4,7 +4,7 @@ import importlib.util
 from dataclasses import dataclass, field, fields
 
 from .field_docs import document_fields
-from .user_errors import bad_value
+from .user_errors import UserInputError, bad_value
 
 STUDENT_INITS = ("pretrained", "from_config")
 DATASET_FORMATS = ("auto", "text", "prompt_completion", "messages", "prompt")
@@ -86,19 +86,28 @@ class ModelArguments:
                 f"{f.name}={getattr(self, f.name)!r}" for f in _LORA_FIELDS if getattr(self, f.name) != f.default
             ]
             if changed:
-                raise ValueError(f"{', '.join(changed)} set without use_peft: true, which would ignore it")
+                raise UserInputError(
+                    "LoRA setting without use_peft",
+                    ", ".join(changed),
+                    "use_peft is false, so it would be ignored",
+                    "set use_peft: true, or remove the setting",
+                )
             return
         if importlib.util.find_spec("peft") is None:
-            raise ValueError("use_peft=True needs the peft package: pip install 'hf_distill[peft]'")
+            raise UserInputError(
+                "peft is not installed", "use_peft=True", "a LoRA student needs it", "pip install 'hf_distill[peft]'"
+            )
         if self.student_init != "pretrained":
-            raise ValueError(
-                f"use_peft=True trains an adapter over the student's weights, but student_init={self.student_init!r} "
-                "makes them random; use student_init: pretrained"
+            raise UserInputError(
+                "LoRA over random weights",
+                f"use_peft=True, student_init={self.student_init!r}",
+                "use_peft trains an adapter over the student's weights, which from_config makes random",
+                "use student_init: pretrained",
             )
         if self.lora_r < 1:
-            raise ValueError(f"lora_r must be >= 1, got lora_r={self.lora_r}")
+            raise bad_value("lora_r", self.lora_r, "must be >= 1", "set a LoRA rank of 1 or more")
         if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout must be in [0, 1), got lora_dropout={self.lora_dropout}")
+            raise bad_value("lora_dropout", self.lora_dropout, "must be in [0, 1)", "set a dropout in [0, 1)")
 
 
 _LORA_FIELDS = [

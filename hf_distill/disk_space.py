@@ -15,11 +15,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
+from .user_errors import UserInputError
+
 _FULL_CODES = (errno.ENOSPC, errno.EDQUOT)
 _FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "StorageFull")
 
 
-class DiskFullError(ValueError):
+class DiskFullError(UserInputError):
     """A save ran out of disk space: the user's to fix (free space, then rerun), so the CLI shows it as one line."""
 
 

@@ -202,9 +202,11 @@ def fused_heads_reproduce_logits(models: list[nn.Module], unwrap, loss_chunk_siz
         if problem is None:
             continue
         if loss_chunk_size is not None:
-            raise ValueError(
-                f"loss_chunk_size={loss_chunk_size} asks for the chunked loss, but {name} cannot take it: {problem}; "
-                "set loss_chunk_size: 0 (dense), or leave it unset to fall back to the dense path with a warning"
+            raise UserInputError(
+                f"the chunked loss cannot take {name}",
+                f"loss_chunk_size={loss_chunk_size}",
+                problem,
+                "set loss_chunk_size: 0 (dense), or leave it unset to fall back to the dense path with a warning",
             )
         logger.warning(f"loss_chunk_size: {name} takes the dense loss (full logits), because {problem}")
         return False

@@ -92,7 +92,12 @@ def with_lora(model: nn.Module, model_args: ModelArguments) -> nn.Module:
     try:
         return get_peft_model(model, config)
     except NoMatchingPeftModuleError as err:
-        raise ValueError(f"lora_target_modules={model_args.lora_target_modules}: {err}") from None
+        raise UserInputError(
+            "LoRA target modules not found",
+            f"lora_target_modules={model_args.lora_target_modules}",
+            str(err),
+            "name modules of the student (e.g. q_proj, v_proj), or all-linear",
+        ) from None
 
 
 def teacher_init_kwargs(config: DistillConfig, model_args: ModelArguments | None = None) -> dict:

@@ -44,21 +44,29 @@ def check_unsupported_arguments(args: DistillConfig) -> None:
     batch in ways its loss was not built for (`docs/trainer_arguments.md` has the whole list); errors name the field
     and its value."""
     if args.use_liger_kernel:
-        raise ValueError(
-            "use_liger_kernel=True: Liger patches the student's forward (a fused linear cross-entropy) and layers, "
-            "which DistillTrainer's own chunked loss replaces and was not tested with; set use_liger_kernel: false"
+        raise UserInputError(
+            "unsupported Trainer option",
+            "use_liger_kernel=True",
+            "Liger patches the student's forward (a fused linear cross-entropy) and layers, which DistillTrainer's "
+            "own chunked loss replaces and was not tested with",
+            "set use_liger_kernel: false",
         )
     if args.enable_jit_checkpoint:
-        raise ValueError(
-            "enable_jit_checkpoint=True: DistillTrainer handles SIGTERM itself (finishes the step, saves a checkpoint "
-            "and exits 143), replacing Trainer's JIT checkpoint handler; leave enable_jit_checkpoint unset"
+        raise UserInputError(
+            "unsupported Trainer option",
+            "enable_jit_checkpoint=True",
+            "DistillTrainer handles SIGTERM itself (finishes the step, saves a checkpoint and exits 143), replacing "
+            "Trainer's JIT checkpoint handler",
+            "leave enable_jit_checkpoint unset",
         )
     parallelism = args.parallelism_config
     for name in ("tp_size", "cp_size", "sp_size"):
         size = getattr(parallelism, name, None) or 1
         if size > 1:
             # The teacher is not split alike, and the loss's token count assumes whole sequences on each process.
-            raise ValueError(
-                f"parallelism_config.{name}={size}: tensor, context and sequence parallelism are not supported by "
-                "DistillTrainer; use DDP, FSDP2 or DeepSpeed"
+            raise UserInputError(
+                "unsupported Trainer option",
+                f"parallelism_config.{name}={size}",
+                "tensor, context and sequence parallelism are not supported by DistillTrainer",
+                "use DDP, FSDP2 or DeepSpeed",
             )

@@ -207,7 +207,7 @@ def test_explicit_chunk_size_with_a_failed_probe_is_one_line_before_compute(tmp_
     scaled, llama = scaled_logits_llama(seed=1), tiny_llama(seed=2, hidden=48)
     student, teacher = (scaled, llama) if role == "student" else (tiny_llama(seed=1), scaled)
     message = (
-        r"^loss_chunk_size=5 asks for the chunked loss, but ScaledLogitsLlama cannot take it: its LM head on the "
+        r"^the chunked loss cannot take ScaledLogitsLlama \(loss_chunk_size=5\): its LM head on the "
         r"final hidden states differs from its own logits by \d\.\d+(e[-+]\d+)? \(tolerance [^)]+\): .*; set "
         r"loss_chunk_size: 0 \(dense\), or leave it unset to fall back to the dense path with a warning$"
     )

@@ -77,16 +77,24 @@ def test_all_linear_reaches_peft_as_its_shorthand(pretrained_recipe):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--lora_r", "8"], "lora_r=8 set without use_peft: true, which would ignore it"),
+        (
+            ["--lora_r", "8"],
+            "LoRA setting without use_peft (lora_r=8): use_peft is false, so it would be ignored; set use_peft: "
+            "true, or remove the setting",
+        ),
         (
             ["--lora_target_modules", "q_proj", "--use_dora", "true"],
-            "lora_target_modules=['q_proj'], use_dora=True set without use_peft: true, which would ignore it",
+            "LoRA setting without use_peft (lora_target_modules=['q_proj'], use_dora=True): use_peft is false",
         ),
-        ([*LORA_FLAGS, "--lora_r", "0"], "lora_r must be >= 1, got lora_r=0"),
-        ([*LORA_FLAGS, "--lora_dropout", "1.0"], "lora_dropout must be in [0, 1), got lora_dropout=1.0"),
+        ([*LORA_FLAGS, "--lora_r", "0"], "invalid lora_r (lora_r=0): must be >= 1; set a LoRA rank of 1 or more"),
+        (
+            [*LORA_FLAGS, "--lora_dropout", "1.0"],
+            "invalid lora_dropout (lora_dropout=1.0): must be in [0, 1); set a dropout in [0, 1)",
+        ),
         (
             [*LORA_FLAGS, "--lora_target_modules", "nope"],
-            "lora_target_modules=['nope']: Target modules {'nope'} not found in the base model.",
+            "LoRA target modules not found (lora_target_modules=['nope']): Target modules {'nope'} not found in the "
+            "base model.",
         ),
     ],
 )
@@ -104,6 +112,6 @@ def test_use_peft_over_random_weights_is_refused(workspace, capsys):
     with pytest.raises(SystemExit):
         main(["check", recipe, *LORA_FLAGS])
     assert capsys.readouterr().err.strip() == (
-        "hf-distill: error: use_peft=True trains an adapter over the student's weights, but "
-        "student_init='from_config' makes them random; use student_init: pretrained"
+        "hf-distill: error: LoRA over random weights (use_peft=True, student_init='from_config'): use_peft trains "
+        "an adapter over the student's weights, which from_config makes random; use student_init: pretrained"
     )

@@ -155,10 +155,22 @@ def test_prediction_loss_only_and_eval_accumulation_steps(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"use_liger_kernel": True}, "use_liger_kernel=True: Liger patches the student's forward"),
-        ({"enable_jit_checkpoint": True}, "enable_jit_checkpoint=True: DistillTrainer handles SIGTERM itself"),
-        ("cp_size", "parallelism_config.cp_size=2: tensor, context and sequence parallelism are not supported"),
-        ("tp_size", "parallelism_config.tp_size=2: tensor, context and sequence parallelism are not supported"),
+        (
+            {"use_liger_kernel": True},
+            "unsupported Trainer option (use_liger_kernel=True): Liger patches the student's forward",
+        ),
+        (
+            {"enable_jit_checkpoint": True},
+            "unsupported Trainer option (enable_jit_checkpoint=True): DistillTrainer handles SIGTERM itself",
+        ),
+        (
+            "cp_size",
+            "unsupported Trainer option (parallelism_config.cp_size=2): tensor, context and sequence parallelism",
+        ),
+        (
+            "tp_size",
+            "unsupported Trainer option (parallelism_config.tp_size=2): tensor, context and sequence parallelism",
+        ),
     ],
 )
 def test_unsupported_arguments_are_one_line_before_compute(tmp_path, overrides, message):
