@@ -189,7 +189,7 @@ def test_unsupported_arguments_are_one_line_before_compute(tmp_path, overrides, 
 @pytest.mark.slow
 def test_torch_compile_trains_the_compiled_student_to_the_same_weights(tmp_path):
     """`torch_compile` wraps the student (Trainer's), and the chunked loss runs through the compiled module to the
-    weights of the uncompiled run (85 s on 2 CPU cores: compilation)."""
+    weights of the uncompiled run (54 s and 87 s in two runs on 2 shared CPU cores: compilation)."""
 
     def run(name, compile_):
         trainer = build(tmp_path / name, torch_compile=compile_, max_steps=2)
