@@ -249,7 +249,10 @@ def test_load_refuses_a_mismatch_the_header_check_cannot_see(tmp_path, monkeypat
     monkeypatch.setattr("hf_distill.modeling.check_weight_files", lambda *args: None)
     with pytest.raises(ValueError) as info:
         load_causal_lm(str(tmp_path / "teacher"), "teacher_model_name_or_path")
-    assert str(info.value) == f"teacher_model_name_or_path='{tmp_path / 'teacher'}': {TEACHER_MISSING}"
+    assert str(info.value) == (
+        f"weights that do not match config.json (teacher_model_name_or_path='{tmp_path / 'teacher'}'): "
+        f"{TEACHER_MISSING}"
+    )
 
 
 def teacher_trainer(tmp_path, teacher, loss_chunk_size):
