@@ -47,6 +47,8 @@ STEPS_FIX = "(or a fraction in (0, 1) of the run's steps)"
          "(gradient_accumulation_steps=0): must be >= 1; set gradient_accumulation_steps to 1 or more"),
         (["--fp16", "true"], "invalid fp16 (fp16=True): this run is on the cpu, which has no float16 autocast; set "
          "fp16: false (bf16 works on cpu)"),
+        (["--label_names", "target"], "label_names other than labels (label_names=['target']): DistillTrainer reads "
+         "the targets from the batch's 'labels'; name that column 'labels' and leave label_names unset"),
         (["--temperature", "inf"], "invalid temperature (temperature=inf): must be finite; set a temperature in "
          "[0.05, 20], e.g. 2.0"),
         (["--temperature", "nan"], "invalid value (DistillConfig): temperature must be > 0, got temperature=nan; fix "
