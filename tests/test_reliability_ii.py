@@ -273,8 +273,9 @@ def teacher_trainer(tmp_path, teacher, loss_chunk_size):
 
 def nonfinite_teacher_message(step, ids):
     return (
-        f"step {step}: the teacher (teacher 0) produced NaN or inf at target tokens of examples {', '.join(ids)}; "
-        "check its weights, or load it in float32 (teacher_model_init_kwargs: {dtype: float32}) if it overflows"
+        f"teacher produced NaN or inf (step {step}): the teacher (teacher 0), at target tokens of examples "
+        f"{', '.join(ids)}; check its weights, or load it in float32 (teacher_model_init_kwargs: {{dtype: "
+        "float32}) if it overflows"
     )
 
 
