@@ -5,6 +5,7 @@ import os
 
 from transformers import TrainerCallback, set_seed
 
+from .argument_checks import DEEPSPEED_MISMATCH, deepspeed_mismatch_error
 from .arguments import DataArguments, ModelArguments
 from .checkpoints import last_complete_checkpoint
 from .checks import check_run
@@ -62,7 +63,13 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         checkpoint = last_complete_checkpoint(config.output_dir)
         if checkpoint is not None:
             logger.warning(f"resuming from the last checkpoint in output_dir: {checkpoint}")
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    except ValueError as err:
+        if not str(err).startswith(DEEPSPEED_MISMATCH):
+            raise
+        lines = [line for line in str(err).splitlines() if line.startswith("- ")]
+        raise deepspeed_mismatch_error(config, lines) from None
     metrics = dict(train_result.metrics)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
