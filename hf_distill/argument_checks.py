@@ -3,6 +3,7 @@ config is built, before any data or model is loaded."""
 
 import logging
 import math
+import os
 
 from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 
@@ -62,6 +63,26 @@ def _check_report_to(config) -> None:
             )
 
 
+# How Transformers starts the message of DeepSpeed config values that disagree with the arguments, one per line after.
+DEEPSPEED_MISMATCH = "Please correct the following DeepSpeed config values that mismatch TrainingArguments values:"
+
+
+def deepspeed_mismatch_error(config, mismatches: list[str]) -> UserInputError:
+    """DeepSpeed config values that disagree with the recipe (Transformers' `- ds key=value vs hf field=value`
+    lines), in one line. A config given to `accelerate launch` is checked by Transformers only once training starts:
+    `pipeline.run_training` turns that error into this one."""
+    if isinstance(config.deepspeed, str):
+        where = f"deepspeed={config.deepspeed!r}"
+    else:
+        where = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or "the DeepSpeed config"
+    return UserInputError(
+        "DeepSpeed config disagrees with the recipe",
+        where,
+        ", ".join(m.removeprefix("- ") for m in mismatches),
+        "set those DeepSpeed values to 'auto' (or to the recipe's)",
+    )
+
+
 # Integrations whose pip package has another name.
 _PACKAGES = {"azure_ml": "azureml-core", "flyte": "flytekit"}
 
@@ -105,12 +126,7 @@ def check_training_arguments(config) -> None:
     # Transformers collects these when the config is built but raises them only when training starts, weights loaded.
     mismatches = getattr(getattr(config, "hf_deepspeed_config", None), "mismatches", None)
     if mismatches:
-        raise UserInputError(
-            "DeepSpeed config disagrees with the recipe",
-            f"deepspeed={config.deepspeed!r}" if isinstance(config.deepspeed, str) else "deepspeed",
-            ", ".join(m.removeprefix("- ") for m in mismatches),
-            "set those DeepSpeed values to 'auto' (or to the recipe's)",
-        )
+        raise deepspeed_mismatch_error(config, mismatches)
     temperature = config.temperature
     if not math.isfinite(temperature):
         raise bad_value("temperature", temperature, "must be finite", "set a temperature in [0.05, 20], e.g. 2.0")

@@ -14,6 +14,7 @@ from .data_files import load_raw_dataset
 from .loading import check_models_fit, load_tokenizer, teacher_init_kwargs
 from .modeling import check_weight_files, load_causal_lm_config, resolve_dtype
 from .teacher_cache_files import read_manifest, read_shards
+from .trainer_arguments import check_trainer_fields
 from .user_errors import UserInputError
 
 
@@ -45,6 +46,7 @@ def check_run(model_args: ModelArguments, data_args: DataArguments, config: Dist
     """What a run can be refused for from its arguments and files alone, before any tokenizer, data or model loads:
     the output folder, evaluation without an eval split, the teacher's init kwargs, and a teacher cache's files."""
     check_output_dir(config.output_dir)
+    check_trainer_fields(config)
     # Also what early_stop_patience needs: DistillConfig refuses it without an eval_strategy.
     strategy = getattr(config.eval_strategy, "value", config.eval_strategy)
     if data_args.dataset_eval_split is None and strategy != "no":

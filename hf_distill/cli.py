@@ -8,6 +8,11 @@ hf-distill report OUTPUT_DIR [--top N]
 hf-distill cache-teacher RECIPE.yaml --output_dir DIR --top_k K [--shard_size N] [--key value ...]
 hf-distill evaluate RECIPE.yaml [--model DIR] [--teacher DIR_OR_ID] [--split eval] [--max_new_tokens N]
     [--metric NAME_OR_PATH ...] [--output FILE.json] [--key value ...]
+
+Every command takes `--debug`. A user error (`hf_distill.user_errors.UserError`) is one line on stderr,
+`hf-distill: error: <what> (<where>): <why>; <what to do>`, from the main process only, and exit code 2 on every
+process; `--debug` or `HF_DISTILL_DEBUG=1` prints its traceback first. Any other exception is a bug: its traceback,
+then a line saying so, exit code 1.
 """
 
 import argparse

@@ -70,6 +70,9 @@ class NonFiniteGuard(TrainerCallback):
             ids = self.trainer.step_example_ids()
             shown = ", ".join(map(str, ids[:32])) + (f", ... ({len(ids)} in all)" if len(ids) > 32 else "")
             raise NonFiniteLossError(
-                f"step {step}: NaN or inf gradients for {self.consecutive} consecutive steps "
-                f"(max_nonfinite_steps={self.max_steps}); examples of step {step}: {shown or 'ids unavailable'}"
+                "NaN or inf gradients",
+                f"step {step}",
+                f"{self.consecutive} consecutive steps had them (max_nonfinite_steps={self.max_steps}); examples of "
+                f"step {step}: {shown or 'ids unavailable'}",
+                "lower the learning rate (or raise max_nonfinite_steps) and rerun to resume from the last checkpoint",
             )

@@ -5,9 +5,10 @@ import os
 
 from transformers import TrainerCallback, set_seed
 
+from .argument_checks import DEEPSPEED_MISMATCH, deepspeed_mismatch_error
 from .arguments import DataArguments, ModelArguments
 from .checkpoints import last_complete_checkpoint
-from .checks import check_run
+from .checks import check_output_dir, check_run
 from .config import DistillConfig
 from .data import DistillDataCollator, prepare_datasets
 from .final_model import save_final_model
@@ -59,6 +60,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
 
     The main process holds the lock of `output_dir` from before the models load until the card is written
     (`hf_distill.run_lock`): a second run on it is refused during the final evaluation and save too."""
+    check_output_dir(config.output_dir)  # before the lock, which is written into it
     with run_lock(config.output_dir, enabled=config.process_index == 0):
         return _train_evaluate_save(model_args, data_args, config)
 
@@ -71,7 +73,13 @@ def _train_evaluate_save(model_args: ModelArguments, data_args: DataArguments, c
         checkpoint = last_complete_checkpoint(config.output_dir)
         if checkpoint is not None:
             logger.warning(f"resuming from the last checkpoint in output_dir: {checkpoint}")
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    except ValueError as err:
+        if not str(err).startswith(DEEPSPEED_MISMATCH):
+            raise
+        lines = [line for line in str(err).splitlines() if line.startswith("- ")]
+        raise deepspeed_mismatch_error(config, lines) from None
     metrics = dict(train_result.metrics)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)

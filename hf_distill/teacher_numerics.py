@@ -57,7 +57,8 @@ def check_teacher_finite(trainer, teacher, targets: torch.Tensor, ids: list | No
         else f"evaluation at step {trainer.state.global_step}"
     )
     raise NonFiniteTeacherError(
-        f"{where}: the teacher ({who}) produced NaN or inf at target tokens of examples {', '.join(names[:16])}"
-        f"{', ...' if len(names) > 16 else ''}; check its weights, or load it in float32 "
-        "(teacher_model_init_kwargs: {dtype: float32}) if it overflows"
+        "teacher produced NaN or inf",
+        where,
+        f"the teacher ({who}), at target tokens of examples {', '.join(names[:16])}{', ...' * (len(names) > 16)}",
+        "check its weights, or load it in float32 (teacher_model_init_kwargs: {dtype: float32}) if it overflows",
     )

@@ -9,6 +9,27 @@ from .config import DistillConfig
 from .user_errors import UserInputError
 
 
+def check_trainer_fields(args: DistillConfig) -> None:
+    """`TrainingArguments` fields whose meaning `DistillTrainer` would change, refused: by the trainer when it is
+    built, and by `hf-distill train` and `check` (`checks.check_run`) before any model loads."""
+    if args.label_names not in (None, ["labels"]):
+        raise UserInputError(
+            "label_names other than labels",
+            f"label_names={args.label_names}",
+            "DistillTrainer reads the targets from the batch's 'labels'",
+            "name that column 'labels' and leave label_names unset",
+        )
+    if not args.average_tokens_across_devices and args.world_size > 1:
+        raise UserInputError(
+            "per-process token average",
+            "average_tokens_across_devices=False",
+            "DistillTrainer always divides by the step's target tokens across processes (the result then does not "
+            "depend on how the batch is split)",
+            "leave it True",
+        )
+    check_unsupported_arguments(args)
+
+
 def checked_trainer_kwargs(args: DistillConfig, trainer_kwargs: dict[str, Any]) -> dict[str, Any]:
     """`trainer_kwargs` (Trainer's arguments by name) checked against `args`, with early stopping's callback added;
     errors name the argument and its value."""
@@ -18,17 +39,7 @@ def checked_trainer_kwargs(args: DistillConfig, trainer_kwargs: dict[str, Any]) 
             "compute_loss_func is not used by DistillTrainer, whose loss is alpha * CE + (1 - alpha) * KD; "
             "subclass DistillTrainer and override compute_loss to change it"
         )
-    if args.label_names not in (None, ["labels"]):
-        raise UserInputError(
-            f"label_names={args.label_names}: DistillTrainer reads the targets from the batch's 'labels'; name "
-            "that column 'labels' and leave label_names unset"
-        )
-    if not args.average_tokens_across_devices and args.world_size > 1:
-        raise UserInputError(
-            "average_tokens_across_devices=False: DistillTrainer always divides by the step's target tokens "
-            "across processes (the result then does not depend on how the batch is split); leave it True"
-        )
-    check_unsupported_arguments(args)
+    check_trainer_fields(args)
     if args.early_stop_patience is not None:
         if trainer_kwargs.get("eval_dataset") is None:
             raise UserInputError(f"early_stop_patience={args.early_stop_patience} needs an eval_dataset")

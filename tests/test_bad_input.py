@@ -250,6 +250,6 @@ def test_training_that_keeps_producing_nan_ends_in_one_line(workspace, capsys):
     argv = ["train", recipe, "--learning_rate", "1e30", "--max_nonfinite_steps", "0", "--eval_strategy", "no"]
     line = error_line(capsys, argv)
     assert line.startswith(
-        "hf-distill: error: step 2: NaN or inf gradients for 1 consecutive steps (max_nonfinite_steps=0); examples of "
-        "step 2: train-"
+        "hf-distill: error: NaN or inf gradients (step 2): 1 consecutive steps had them (max_nonfinite_steps=0); "
+        "examples of step 2: train-"
     )

@@ -9,6 +9,7 @@ import re
 import pytest
 from test_bad_input import no_weights  # noqa: F401 (a fixture)
 
+import hf_distill.pipeline
 from hf_distill import cli
 from hf_distill.cli import main
 from hf_distill.user_errors import UserInputError
@@ -139,6 +140,28 @@ def test_a_deepspeed_config_that_disagrees_with_the_recipe_is_one_line_before_tr
         f"hf-distill: error: DeepSpeed config disagrees with the recipe (deepspeed={str(ds_config)!r}): ds "
         "train_micro_batch_size_per_gpu=8 vs hf per_device_train_batch_size=4, ds gradient_accumulation_steps=2 vs hf "
         "gradient_accumulation_steps=1; set those DeepSpeed values to 'auto' (or to the recipe's)"
+    )
+
+
+def test_a_deepspeed_mismatch_found_when_training_starts_is_one_line(workspace, capsys, monkeypatch):
+    """A DeepSpeed config given to `accelerate launch` is checked by Transformers only in `train()`; its error (the
+    text of transformers.integrations.deepspeed, raised here in its place) becomes one line too."""
+    _, recipe = workspace
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", "accelerate_configs/zero3.json")
+
+    def train(*args, **kwargs):
+        raise ValueError(
+            "Please correct the following DeepSpeed config values that mismatch TrainingArguments values:\n"
+            "- ds train_micro_batch_size_per_gpu=8 vs hf per_device_train_batch_size=4\n"
+            "- ds scheduler.params.total_num_steps=10 vs hf num_training_steps (calculated)=4\n"
+            "The easiest method is to set these DeepSpeed config values to 'auto'."
+        )
+
+    monkeypatch.setattr(hf_distill.pipeline.DistillTrainer, "train", train)
+    assert one_error_line(capsys, ["train", recipe]) == (
+        "hf-distill: error: DeepSpeed config disagrees with the recipe (accelerate_configs/zero3.json): ds "
+        "train_micro_batch_size_per_gpu=8 vs hf per_device_train_batch_size=4, ds scheduler.params.total_num_steps=10 "
+        "vs hf num_training_steps (calculated)=4; set those DeepSpeed values to 'auto' (or to the recipe's)"
     )
 
 

@@ -513,7 +513,7 @@ def test_teacher_context_of_a_packed_row_is_its_longest_sequence(tmp_path):
 
 def test_other_label_names_are_refused(tmp_path):
     """Before: accepted, then a KeyError 'labels' from inside compute_loss at the first step."""
-    with pytest.raises(ValueError, match=r"^label_names=\['target'\]: DistillTrainer reads the targets from"):
+    with pytest.raises(ValueError, match=r"^label_names other than labels \(label_names=\['target'\]\): "):
         DistillTrainer(model=tiny_llama(seed=1), args=make_args(tmp_path, alpha=1.0, label_names=["target"]))
     trainer = DistillTrainer(model=tiny_llama(seed=1), args=make_args(tmp_path, alpha=1.0, label_names=["labels"]))
     assert trainer.teacher is None
@@ -531,7 +531,7 @@ def test_per_device_token_average_is_refused_under_several_processes(tmp_path, m
     args = make_args(tmp_path, alpha=1.0, average_tokens_across_devices=False)
     DistillTrainer(model=tiny_llama(seed=1), args=args)
     monkeypatch.setattr(DistillConfig, "world_size", property(lambda self: 2))
-    with pytest.raises(ValueError, match=r"^average_tokens_across_devices=False: DistillTrainer always divides by"):
+    with pytest.raises(ValueError, match=r"^per-process token average \(average_tokens_across_devices=False\): "):
         DistillTrainer(model=tiny_llama(seed=1), args=args)
 
 

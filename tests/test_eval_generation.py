@@ -79,5 +79,5 @@ def test_eval_generate_needs_a_tokenizer(tmp_path):
         ValueError, match="eval_generate=True generates answers: pass the tokenizer as processing_class"
     ):
         DistillTrainer(model=tiny_llama(seed=1), args=args)
-    with pytest.raises(ValueError, match="eval_max_new_tokens must be >= 1, got eval_max_new_tokens=0"):
+    with pytest.raises(ValueError, match=r"^invalid eval_max_new_tokens \(eval_max_new_tokens=0\): must be >= 1; "):
         DistillConfig(output_dir=str(tmp_path), use_cpu=True, eval_max_new_tokens=0)

@@ -47,6 +47,8 @@ STEPS_FIX = "(or a fraction in (0, 1) of the run's steps)"
          "(gradient_accumulation_steps=0): must be >= 1; set gradient_accumulation_steps to 1 or more"),
         (["--fp16", "true"], "invalid fp16 (fp16=True): this run is on the cpu, which has no float16 autocast; set "
          "fp16: false (bf16 works on cpu)"),
+        (["--label_names", "target"], "label_names other than labels (label_names=['target']): DistillTrainer reads "
+         "the targets from the batch's 'labels'; name that column 'labels' and leave label_names unset"),
         (["--temperature", "inf"], "invalid temperature (temperature=inf): must be finite; set a temperature in "
          "[0.05, 20], e.g. 2.0"),
         (["--temperature", "nan"], "invalid value (DistillConfig): temperature must be > 0, got temperature=nan; fix "
@@ -249,7 +251,10 @@ def test_load_refuses_a_mismatch_the_header_check_cannot_see(tmp_path, monkeypat
     monkeypatch.setattr("hf_distill.modeling.check_weight_files", lambda *args: None)
     with pytest.raises(ValueError) as info:
         load_causal_lm(str(tmp_path / "teacher"), "teacher_model_name_or_path")
-    assert str(info.value) == f"teacher_model_name_or_path='{tmp_path / 'teacher'}': {TEACHER_MISSING}"
+    assert str(info.value) == (
+        f"weights that do not match config.json (teacher_model_name_or_path='{tmp_path / 'teacher'}'): "
+        f"{TEACHER_MISSING}"
+    )
 
 
 def teacher_trainer(tmp_path, teacher, loss_chunk_size):
@@ -268,8 +273,9 @@ def teacher_trainer(tmp_path, teacher, loss_chunk_size):
 
 def nonfinite_teacher_message(step, ids):
     return (
-        f"step {step}: the teacher (teacher 0) produced NaN or inf at target tokens of examples {', '.join(ids)}; "
-        "check its weights, or load it in float32 (teacher_model_init_kwargs: {dtype: float32}) if it overflows"
+        f"teacher produced NaN or inf (step {step}): the teacher (teacher 0), at target tokens of examples "
+        f"{', '.join(ids)}; check its weights, or load it in float32 (teacher_model_init_kwargs: {{dtype: "
+        "float32}) if it overflows"
     )
 
 
