@@ -180,19 +180,21 @@ def fused_heads_reproduce_logits(models: list[nn.Module], unwrap, loss_chunk_siz
     on a probe input: an architecture that post-processes its logits in a way `LMHead` does not know is caught here
     instead of training on other logits. The first model that fails is named: in one logged warning when
     `loss_chunk_size` is None (auto; the trainer then uses the dense path, which is exact for every model), in a
-    one-line ValueError when the user set `loss_chunk_size` > 0 and so asked for the chunked loss.
+    one-line ValueError when the user set `loss_chunk_size` > 0 and so asked for the chunked loss (unless the probe's
+    logits are not finite: the dense path then stops the run on them, naming the examples).
     """
     for model in models:
         unwrapped = unwrap(model)
         base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
         name = type(base).__name__ if base is unwrapped else f"{type(base).__name__} (in a {type(unwrapped).__name__})"
-        problem = _unsupported(unwrapped)
+        problem, nonfinite = _unsupported(unwrapped), False
         if problem is None:
             difference, tolerance = _probe_difference(model, unwrapped)
             if math.isnan(difference):
                 # Non-finite logits (NaN or inf weights): on the dense path the check of the teacher's logits then
                 # stops the run at its first step, naming the examples; the chunked loss never has those logits.
-                problem = "its logits on a probe input are not finite"
+                # That stop, not the chunk size, is what the user must hear of, even with an explicit chunk size.
+                problem, nonfinite = "its logits on a probe input are not finite", True
             elif difference > tolerance:
                 problem = (
                     f"its LM head on the final hidden states differs from its own logits by {difference:.3g} "
@@ -201,7 +203,7 @@ def fused_heads_reproduce_logits(models: list[nn.Module], unwrap, loss_chunk_siz
                 )
         if problem is None:
             continue
-        if loss_chunk_size is not None:
+        if loss_chunk_size is not None and not nonfinite:
             raise UserInputError(
                 f"the chunked loss cannot take {name}",
                 f"loss_chunk_size={loss_chunk_size}",
