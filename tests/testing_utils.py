@@ -102,3 +102,44 @@ def ensemble_recipe(tmp_path, recipe, mode="mean_probs"):
     path = tmp_path / f"ensemble_{mode}.yaml"
     path.write_text(text)
     return str(path), second
+
+
+OTHER_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'assistant' %}"
+    " [ANSWER] {{ m['content'] }}{{ eos_token }}{% else %}[ASK] {{ m['content'] }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %} [ANSWER] {% endif %}"
+)
+
+
+def other_demo_tokenizer(vocab_size: int = 400):
+    """A second byte-level BPE tokenizer of the demo data (recipes/demo/data), smaller than the demo's, with other
+    special tokens and another chat template: a teacher tokenizer for cross-tokenizer tests, built in memory."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    root = os.path.join(os.path.dirname(__file__), "..", "recipes", "demo", "data", "train.jsonl")
+    with open(root, encoding="utf-8") as f:
+        texts = [m["content"] for line in list(f)[:1000] for m in json.loads(line)["messages"]]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    specials = ["</s>", "<s>", "[ASK]", "[ANSWER]"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="</s>",
+        additional_special_tokens=specials[2:],
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = OTHER_CHAT_TEMPLATE
+    return tokenizer
