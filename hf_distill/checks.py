@@ -82,6 +82,9 @@ def check_recipe(
             raise ValueError(f"alpha={config.alpha} needs a teacher: set teacher_model_name_or_path")
         for teacher in config.teacher_paths:
             _check_local(teacher, "teacher_model_name_or_path", model_with_weights, produced_paths)
+        if config.teacher_tokenizer_name_or_path is not None:
+            name = config.teacher_tokenizer_name_or_path
+            _check_local(name, "teacher_tokenizer_name_or_path", tokenizer, produced_paths)
     _check_dataset(data_args)
     if config.early_stop_patience is not None and data_args.dataset_eval_split is None:
         raise ValueError(f"early_stop_patience={config.early_stop_patience} needs dataset_eval_split")

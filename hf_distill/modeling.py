@@ -202,7 +202,8 @@ def check_vocab_sizes(width_s: int, width_t: int, tokenizer_size: int | None) ->
     if width_s != width_t and not _differ_by_padding(width_s, width_t):
         raise ValueError(
             f"vocabulary mismatch: student vocab size {width_s} and teacher vocab size {width_t} differ by more than "
-            "embedding padding; distillation needs a shared tokenizer"
+            "embedding padding; distillation needs a shared tokenizer, or cross_tokenizer: uld or aligned for a "
+            "teacher with its own"
         )
     common = min(width_s, width_t)
     if tokenizer_size is not None and common < tokenizer_size:
@@ -222,5 +223,6 @@ def check_same_tokenizer(student_tokenizer, teacher_tokenizer) -> None:
     examples = ", ".join(f"{t!r}: {vocab_s.get(t)} vs {vocab_t.get(t)}" for t in differing[:3])
     raise ValueError(
         f"teacher and student tokenizers differ: {len(differing)} tokens map to different ids "
-        f"(student vs teacher: {examples}); distillation needs one shared vocabulary"
+        f"(student vs teacher: {examples}; {len(vocab_s)} vs {len(vocab_t)} tokens); distillation needs one shared "
+        "vocabulary, or cross_tokenizer: uld or aligned for a teacher with its own"
     )

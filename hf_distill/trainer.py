@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, Trainer
 from .checkpoints import mark_complete, resume_point, rotate_checkpoints
 from .config import DistillConfig
 from .context_length import check_batch_length, teacher_contexts
+from .cross_tokenization import CROSS_BATCH_KEYS, CROSS_COLUMNS
 from .data import CACHE_COLUMNS, DistillDataCollator
 from .eval_generation import generation_metrics
 from .generation import GENERATED_BY, StepGenerator
@@ -22,6 +23,7 @@ from .hidden_states import final_hidden_states, fused_heads_reproduce_logits, lm
 from .loading import load_teachers
 from .losses import (
     IGNORE_INDEX,
+    CrossVocabTeacher,
     TeacherHeads,
     TeacherLogits,
     TopKTeacher,
@@ -38,7 +40,7 @@ from .run_lock import run_lock
 from .stop_signals import StopOnSignal
 from .teacher_numerics import check_teacher_finite
 from .teacher_placement import is_deepspeed_zero3
-from .teachers import CachedTeacher, LiveTeacher, build_teacher
+from .teachers import CachedTeacher, CrossTokenizerTeacher, LiveTeacher, build_teacher
 from .trainer_arguments import checked_trainer_kwargs
 
 
@@ -107,6 +109,7 @@ class DistillTrainer(Trainer):
         live = self.teacher.members if isinstance(self.teacher, LiveTeacher) else []
         self._fused_loss_ok = (
             args.loss_chunk_size > 0
+            and getattr(self.teacher, "fused", True)
             and not is_deepspeed_zero3(self.accelerator)
             and fused_heads_reproduce_logits([self.model, *live], self.accelerator.unwrap_model)
         )
@@ -172,7 +175,7 @@ class DistillTrainer(Trainer):
         # Our collator carries example ids through to the per-example statistics, and a cached teacher to the loss;
         # other collators never see them.
         if isinstance(self.data_collator, DistillDataCollator) and "id" not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, "id", *CACHE_COLUMNS]
+            self._signature_columns = [*self._signature_columns, "id", *CACHE_COLUMNS, *CROSS_COLUMNS]
 
     # ---- loss ----
 
@@ -205,7 +208,9 @@ class DistillTrainer(Trainer):
         before any forward pass."""
         inputs = super()._prepare_inputs(inputs)
         if "input_ids" in inputs:
-            check_batch_length(inputs["input_ids"].shape[-1], self._teacher_contexts)
+            # A teacher with its own tokenizer reads its own tokens.
+            teacher_ids = inputs.get("teacher_input_ids", inputs["input_ids"])
+            check_batch_length(teacher_ids.shape[-1], self._teacher_contexts)
         return inputs
 
     def target_tokens_seen(self) -> int:
@@ -223,7 +228,8 @@ class DistillTrainer(Trainer):
 
         During evaluation (or whenever `num_items_in_batch` is None) the divisor is this micro-batch's own count.
         """
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "id", GENERATED_BY, *CACHE_COLUMNS)}
+        own = ("labels", "id", GENERATED_BY, *CACHE_COLUMNS, *CROSS_BATCH_KEYS)
+        model_inputs = {k: v for k, v in inputs.items() if k not in own}
         # Causal LM: the logits at position i predict the token at position i + 1.
         targets = inputs["labels"][:, 1:]
         # The wrapped module's mode: a DeepSpeed engine's own `training` stays True in evaluation.
@@ -285,13 +291,15 @@ class DistillTrainer(Trainer):
 
     def _teacher_source(
         self, model_inputs: dict[str, Any], batch: dict[str, Any], mode: str, fused: bool
-    ) -> TeacherHeads | TeacherLogits | TopKTeacher | None:
+    ) -> TeacherHeads | TeacherLogits | TopKTeacher | CrossVocabTeacher | None:
         """The teacher of this batch, as the fused (`fused`) or the dense loss takes it."""
         if isinstance(self.teacher, CachedTeacher):
             return self.teacher.top_k(batch, training=mode == "train")
         if self.teacher is None:
             return None
         with self.accelerator.autocast():
+            if isinstance(self.teacher, CrossTokenizerTeacher):
+                return self.teacher.aligned_logits(batch)
             if fused:
                 return self.teacher.heads(model_inputs, self._unwrap)
             return self.teacher.logits(model_inputs)
