@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from testing_utils import tiny_llama, variable_length_dataset, word_tokenizer
+from transformers import AutoModelForCausalLM
 
 
 @pytest.fixture
@@ -60,3 +61,14 @@ def workspace(tmp_path):
         "use_cpu: true\nreport_to: []\nsave_strategy: 'no'\ndisable_tqdm: true\n"
     )
     return tmp_path, str(recipe)
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Fail the test if any model weights are loaded: these errors must come first."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("model weights were loaded before the error was raised")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_config", refuse)

@@ -5,9 +5,17 @@ import json
 
 import pytest
 import torch
-from testing_utils import cross_tokenizer_recipe, word_tokenizer
+from testing_utils import (
+    DIGIT_WORDS,
+    cross_tokenizer_recipe,
+    digit_tokenizer,
+    pad_collator,
+    tiny_llama,
+    variable_length_dataset,
+    word_tokenizer,
+)
 
-from hf_distill import DistillConfig
+from hf_distill import DistillConfig, DistillTrainer
 from hf_distill.cli import main
 from hf_distill.pipeline import build_trainer
 from hf_distill.recipe import parse_recipe
@@ -48,7 +56,7 @@ def test_config_refuses_what_it_cannot_compute(tmp_path, fields, message):
         )
 
 
-def test_another_tokenizer_without_the_option_is_one_line_naming_both_sizes(workspace, capsys):
+def test_another_tokenizer_without_the_option_is_one_line_naming_both_sizes(workspace, capsys, no_weights):
     tmp_path, recipe = workspace
     cross = cross_tokenizer_recipe(tmp_path, recipe)
     line = error_line(capsys, ["train", cross, "--cross_tokenizer", "off"])
@@ -56,11 +64,14 @@ def test_another_tokenizer_without_the_option_is_one_line_naming_both_sizes(work
     assert "cross_tokenizer: uld or aligned" in line
 
 
-def test_teacher_tokenizer_that_does_not_load_or_is_slow(workspace, capsys):
+def test_teacher_tokenizer_that_does_not_load_or_is_slow(workspace, capsys, no_weights):
     tmp_path, recipe = workspace
     cross = cross_tokenizer_recipe(tmp_path, recipe)
     line = error_line(capsys, ["train", cross, "--teacher_tokenizer_name_or_path", str(tmp_path / "data")])
     assert line.startswith(f"hf-distill: error: teacher_tokenizer_name_or_path='{tmp_path / 'data'}': cannot load")
+    tiny_llama(seed=0, vocab=10).config.save_pretrained(tmp_path / "teacher_b")  # fewer logits than its 17 tokens
+    line = error_line(capsys, ["train", cross])
+    assert "the teacher's tokenizer has 17 tokens but the teacher has 10 logits" in line
     from transformers import PreTrainedTokenizer
 
     class Slow(PreTrainedTokenizer):
@@ -163,3 +174,27 @@ def test_same_tokenizer_with_aligned_warns_and_trains(workspace, caplog):
     assert word_tokenizer().get_vocab()  # the workspace teacher has the student's tokenizer
     main(["train", str(path), "--max_steps", "1"])
     assert "teacher and student share one tokenizer" in caplog.text
+
+
+def test_python_api_needs_teacher_tokens_and_the_teachers_tokenizer(tmp_path):
+    digit_tokenizer().save_pretrained(tmp_path / "teacher_tokenizer")
+    teacher = tiny_llama(seed=4, vocab=len(DIGIT_WORDS))
+
+    def trainer(**fields):
+        args = DistillConfig(
+            output_dir=str(tmp_path / "out"), use_cpu=True, max_steps=1, report_to=[], cross_tokenizer="uld", **fields
+        )
+        return DistillTrainer(
+            model=tiny_llama(seed=1),
+            teacher_model=teacher,
+            args=args,
+            train_dataset=variable_length_dataset(),
+            data_collator=pad_collator,
+            processing_class=word_tokenizer(),
+        )
+
+    with pytest.raises(ValueError, match="set teacher_tokenizer_name_or_path .the teacher was given as a model"):
+        trainer()
+    # Batches from a collator that knows no teacher tokens: refused at the first step.
+    with pytest.raises(ValueError, match="the batch carries no teacher tokens"):
+        trainer(teacher_tokenizer_name_or_path=str(tmp_path / "teacher_tokenizer")).train()
