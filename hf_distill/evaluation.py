@@ -222,6 +222,13 @@ def run_evaluation(
         raise ValueError("the recipe has no teacher_model_name_or_path (alpha=1.0?): pass --teacher DIR_OR_ID")
     if isinstance(teacher, list):
         raise ValueError(f"teacher_model_name_or_path={teacher}: an ensemble; pass one member with --teacher")
+    if config.cross_tokenizer != "off":
+        # Both models would be fed the student tokenizer's prompts.
+        raise ValueError(
+            f"evaluate runs student and teacher on one tokenizer's prompts, but the recipe's teacher has its own "
+            f"(cross_tokenizer={config.cross_tokenizer!r}); pass --cross_tokenizer off and a --teacher of the "
+            "student's tokenizer"
+        )
     split = split or data_args.dataset_eval_split
     if split is None:
         raise ValueError("the recipe has no dataset_eval_split: pass --split NAME")

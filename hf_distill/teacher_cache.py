@@ -133,6 +133,12 @@ def build_teacher_cache(
             f"cache-teacher needs a teacher: alpha={config.alpha}, "
             f"teacher_model_name_or_path={config.teacher_model_name_or_path!r}"
         )
+    if config.cross_tokenizer != "off":
+        raise ValueError(
+            "cache-teacher cannot cache a teacher with its own tokenizer "
+            f"(cross_tokenizer={config.cross_tokenizer!r}): the cache holds top-k ids of the student's vocabulary; "
+            "train with the live teacher"
+        )
     tokenizer = load_tokenizer(model_args, config)
     check_models_fit(model_args, config, tokenizer)
     with config.main_process_first(desc="tokenizing the dataset"):

@@ -198,3 +198,13 @@ def test_python_api_needs_teacher_tokens_and_the_teachers_tokenizer(tmp_path):
     # Batches from a collator that knows no teacher tokens: refused at the first step.
     with pytest.raises(ValueError, match="the batch carries no teacher tokens"):
         trainer(teacher_tokenizer_name_or_path=str(tmp_path / "teacher_tokenizer")).train()
+
+
+def test_cache_teacher_and_evaluate_refuse_a_teacher_of_another_tokenizer(workspace, capsys, no_weights):
+    tmp_path, recipe = workspace
+    cross = cross_tokenizer_recipe(tmp_path, recipe)
+    line = error_line(capsys, ["cache-teacher", cross, "--output_dir", str(tmp_path / "cache"), "--top_k", "4"])
+    assert "cache-teacher cannot cache a teacher with its own tokenizer (cross_tokenizer='uld')" in line
+    assert not (tmp_path / "cache").exists()
+    line = error_line(capsys, ["evaluate", cross])
+    assert "but the recipe's teacher has its own (cross_tokenizer='uld'); pass --cross_tokenizer off" in line
