@@ -102,6 +102,9 @@ def test_cli_trains_with_a_teacher_of_another_tokenizer(workspace, mode, caplog)
     assert kd and all(value > 0 for value in kd)
     eval_results = json.loads((out / "eval_results.json").read_text())
     assert eval_results["eval_kd_loss"] > 0
+    card = (out / "README.md").read_text()
+    assert f"| Cross-tokenizer | {mode}: the teacher has its own tokenizer" in card
+    assert ("* ULD |" if mode == "uld" else "* (jsd on shared tokens + ULD) |") in card
     assert "target tokens lie in no span aligned" in caplog.text
     assert "dense path" in caplog.text  # the chunked loss falls back, with one logged reason
 
