@@ -71,16 +71,16 @@ class DistillConfig(TrainingArguments):
             align the tokens into spans (the shortest runs of student and teacher tokens covering the same
             characters), and the divergence is computed once per span, between both models' next-token
             distributions at the span's first token (both then read the same text; later tokens of a span are split
-            differently on the two sides): `uld` the Universal Logit Distillation loss (Boizard et al. 2024:
-            the L1 distance between both distributions' probabilities sorted in decreasing order, the shorter padded
-            with zeros), `aligned` the `loss_type` divergence between both distributions restricted to the tokens
-            the vocabularies share (same text decoded by each tokenizer alone; renormalised there) plus
-            `cross_tokenizer_uld_weight` times the ULD of the probabilities of all other tokens. Both are softened by
-            `temperature` and times `temperature**2`, summed over spans and divided by the step's student target
-            tokens, like the same-vocabulary divergence; target tokens in no aligned span (the training log counts
-            them) get the CE only. With one tokenizer on both sides, `aligned` is the same-vocabulary divergence.
-            Needs one live teacher (no ensemble, no `teacher_cache_dir`) and no generation (`lmbda: 0`, no
-            `seq_kd`); the loss is dense (`loss_chunk_size` does not apply).
+            differently on the two sides): `uld` the Universal Logit Distillation loss (Boizard et al. 2024: the L1
+            distance between both distributions' probabilities sorted in decreasing order, the shorter padded with
+            zeros; `loss_type` is not read), `aligned` the `loss_type` divergence between both distributions
+            restricted to the tokens the vocabularies share (same text decoded by each tokenizer alone; renormalised
+            there) plus `cross_tokenizer_uld_weight` times the ULD of the probabilities of all other tokens. Both are
+            softened by `temperature` and times `temperature**2`, summed over spans and divided by the step's
+            student target tokens, like the same-vocabulary divergence; target tokens in no aligned span (the
+            training log counts them) get the CE only. With one tokenizer on both sides, `aligned` is the
+            same-vocabulary divergence. Needs one live teacher (no ensemble, no `teacher_cache_dir`) and no
+            generation (`lmbda: 0`, no `seq_kd`); the loss is dense (`loss_chunk_size` does not apply).
         cross_tokenizer_uld_weight (`float`, *optional*, defaults to `1.0`):
             Weight, >= 0, of the ULD of the tokens the vocabularies do not share in `cross_tokenizer: aligned`; `0`
             compares the shared tokens only. Read by `aligned` only.
@@ -348,6 +348,11 @@ class DistillConfig(TrainingArguments):
                     "cross_tokenizer 'uld' or 'aligned' only, and cross_tokenizer='off' would ignore it"
                 )
             return
+        if mode == "uld" and self.loss_type != "forward_kl":
+            raise ValueError(
+                f"loss_type={self.loss_type!r} is not read by cross_tokenizer 'uld' (ULD is its own distance); use "
+                "cross_tokenizer: aligned, which compares the shared tokens with loss_type, or leave loss_type unset"
+            )
         if self.alpha == 1.0:
             raise ValueError(f"cross_tokenizer={mode!r} needs a teacher, but alpha=1.0 loads none; set alpha < 1")
         if self.teacher_cache_dir is not None:

@@ -35,6 +35,7 @@ def error_line(capsys, argv):
     [
         (dict(cross_tokenizer="bpe"), "cross_tokenizer='bpe' is not supported; choose one of off, uld, aligned"),
         (dict(cross_tokenizer="uld", cross_tokenizer_uld_weight=0.5), "read by cross_tokenizer 'aligned' only"),
+        (dict(cross_tokenizer="uld", loss_type="jsd"), "loss_type='jsd' is not read by cross_tokenizer 'uld'"),
         (dict(cross_tokenizer="aligned", cross_tokenizer_uld_weight=-1.0), "cross_tokenizer_uld_weight must be >= 0"),
         (dict(teacher_tokenizer_name_or_path="tok"), "cross_tokenizer='off' would ignore it"),
         (dict(cross_tokenizer="uld", alpha=1.0), "needs a teacher, but alpha=1.0 loads none"),
@@ -169,14 +170,22 @@ def test_resume_equals_an_uninterrupted_run(workspace):
     torch.testing.assert_close(torch.tensor(logged(resumed)), torch.tensor(logged(full)), rtol=1e-5, atol=1e-6)
 
 
-def test_same_tokenizer_with_aligned_warns_and_trains(workspace, caplog):
+def test_aligned_with_the_students_own_tokenizer_trains_like_the_direct_path(workspace, caplog):
+    """One tokenizer on both sides: every target is a span of one token, and `aligned` reaches the weights and
+    losses of `cross_tokenizer: off` on the dense path, with a warning that says so."""
     tmp_path, recipe = workspace
-    text = open(recipe).read() + "cross_tokenizer: aligned\n"
-    path = tmp_path / "same.yaml"
-    path.write_text(text)
-    assert word_tokenizer().get_vocab()  # the workspace teacher has the student's tokenizer
-    main(["train", str(path), "--max_steps", "1"])
+    common = dict(max_steps=2, loss_chunk_size=0, adam_epsilon=1e-6, per_device_train_batch_size=8)
+    direct = _trainer(tmp_path, recipe, output_dir=tmp_path / "direct", **common)
+    aligned = _trainer(tmp_path, recipe, output_dir=tmp_path / "aligned", cross_tokenizer="aligned", **common)
     assert "teacher and student share one tokenizer" in caplog.text
+    direct.train()
+    aligned.train()
+    _assert_same(_weights(direct), _weights(aligned), atol=1e-6)
+
+    def logged(trainer):
+        return [(h["loss"], h["kd_loss"]) for h in trainer.state.log_history if "loss" in h]
+
+    torch.testing.assert_close(torch.tensor(logged(aligned)), torch.tensor(logged(direct)), rtol=1e-6, atol=1e-7)
 
 
 def test_python_api_needs_teacher_tokens_and_the_teachers_tokenizer(tmp_path):
