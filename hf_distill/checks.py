@@ -85,6 +85,9 @@ def check_recipe(
         if config.teacher_tokenizer_name_or_path is not None:
             name = config.teacher_tokenizer_name_or_path
             _check_local(name, "teacher_tokenizer_name_or_path", tokenizer, produced_paths)
+        elif config.uses_cross_tokenizer:
+            # The teacher's own tokenizer is read from its folder.
+            _check_local(config.teacher_paths[0], "teacher_model_name_or_path", tokenizer, produced_paths)
     _check_dataset(data_args)
     if config.early_stop_patience is not None and data_args.dataset_eval_split is None:
         raise ValueError(f"early_stop_patience={config.early_stop_patience} needs dataset_eval_split")

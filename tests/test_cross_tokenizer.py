@@ -90,6 +90,10 @@ def test_check_reads_the_teacher_tokenizer(workspace, capsys):
     main(["check", cross])
     line = error_line(capsys, ["check", cross, "--teacher_tokenizer_name_or_path", str(tmp_path / "nothing")])
     assert "teacher_tokenizer_name_or_path" in line and "no such folder" in line
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "teacher_b" / name).unlink()
+    line = error_line(capsys, ["check", cross])
+    assert f"teacher_model_name_or_path='{tmp_path / 'teacher_b'}': cannot be read" in line
 
 
 @pytest.mark.parametrize("mode", ["uld", "aligned"])
