@@ -151,3 +151,19 @@ def test_layout_pads_spans_and_moves_student_positions_under_left_padding():
     features[0]["input_ids"] = [5, 6]
     left = layout_cross_tokenized(features, 3, "left", pad_token_id=9)
     assert torch.equal(left["span_student_positions"], torch.tensor([[2], [-1]]))
+
+
+def test_a_reply_the_teachers_template_rewrites_is_skipped_and_counted():
+    """A chat template that changes the reply's text (here: upper-cased) leaves no shared text to align: every
+    target is counted as unaligned, none is paired."""
+    from testing_utils import DIGIT_CHAT_TEMPLATE, digit_tokenizer, word_tokenizer
+
+    student, teacher = word_tokenizer(), digit_tokenizer()
+    example = {"messages": [{"role": "user", "content": "w1 w2"}, {"role": "assistant", "content": "w13 w4"}]}
+    ids, labels = _TOKENIZERS["messages"](example, student)
+    aligned = cross_tokenize(example, "messages", student, teacher, ids, labels, max_length=64)
+    assert aligned["span_student_positions"] and aligned["unaligned_targets"] == 0
+    teacher.chat_template = DIGIT_CHAT_TEMPLATE.replace("[A] {{ m['content'] }}", "[A] {{ m['content'] | upper }}")
+    rewritten = cross_tokenize(example, "messages", student, teacher, ids, labels, max_length=64)
+    assert rewritten["span_student_positions"] == [] and rewritten["span_teacher_positions"] == []
+    assert rewritten["unaligned_targets"] == sum(label != -100 for label in labels[1:]) == 3
