@@ -172,8 +172,8 @@ class DistillTrainer(Trainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        # Our collator carries example ids through to the per-example statistics, and a cached teacher to the loss;
-        # other collators never see them.
+        # Our collator carries example ids through to the per-example statistics, and a cached teacher (or the tokens
+        # and spans of a teacher with its own tokenizer) to the loss; other collators never see them.
         if isinstance(self.data_collator, DistillDataCollator) and "id" not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, "id", *CACHE_COLUMNS, *CROSS_COLUMNS]
 

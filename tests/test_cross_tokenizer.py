@@ -224,3 +224,16 @@ def test_cache_teacher_and_evaluate_refuse_a_teacher_of_another_tokenizer(worksp
     assert not (tmp_path / "cache").exists()
     line = error_line(capsys, ["evaluate", cross])
     assert "but the recipe's teacher has its own (cross_tokenizer='uld'); pass --cross_tokenizer off" in line
+
+
+def test_a_teacher_with_nonfinite_outputs_stops_the_run(workspace):
+    from hf_distill.teacher_numerics import NonFiniteTeacherError
+
+    tmp_path, recipe = workspace
+    trainer = _trainer(tmp_path, cross_tokenizer_recipe(tmp_path, recipe, "aligned"), output_dir=tmp_path / "out")
+    with torch.no_grad():
+        trainer.teacher.members[0].model.norm.weight[3] = float("nan")
+    before = _weights(trainer)
+    with pytest.raises(NonFiniteTeacherError, match=r"step 1: the teacher \(.*teacher_b'\) produced NaN or inf"):
+        trainer.train()
+    _assert_same(_weights(trainer), before, atol=0)
