@@ -134,3 +134,11 @@ def test_gpu_benchmark_models_are_the_published_sizes():
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(Qwen2Config(**config))
         assert round(sum(p.numel() for p in model.parameters()) / 1e9, 3) == billions
+
+
+def test_cross_tokenizer_tiny():
+    out = run("cross_tokenizer.py", "--max_steps", "3")
+    assert re.search(r"^\| fine-tuned \(no teacher\) \| [\d.]+ \| - \| - \|", out, re.M)
+    for mode in ("uld", "aligned"):
+        assert re.search(rf"^\| teacher_b, cross_tokenizer: {mode} \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", out, re.M)
+        assert re.search(rf"^teacher_b, cross_tokenizer: {mode} / fine-tuned eval CE: [\d.]+$", out, re.M)
