@@ -3,7 +3,7 @@ init, data, steps and seed: plain fine-tuning (`alpha=1.0`), distilled from reci
 recipes/demo/tokenizer_b) with `cross_tokenizer: uld` and with `cross_tokenizer: aligned`, and, for reference,
 distilled from the same-tokenizer demo teacher (recipes/demo/distill.yaml).
 
-    python benchmarks/cross_tokenizer.py [--max_steps N]
+    python benchmarks/cross_tokenizer.py [--max_steps N] [--alpha A]
 
 Prints the held-out cross-entropy of each student on its own tokens (eval_ce_loss: the four students share one
 tokenizer, so the values compare), and wall-clock time.
@@ -26,6 +26,7 @@ SAME = "recipes/demo/distill.yaml"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max_steps", type=int, default=None, help="override the recipes' max_steps")
+    parser.add_argument("--alpha", type=float, default=None, help="override the distilled runs' alpha (CE weight)")
     opts = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.set_verbosity_error()
@@ -33,11 +34,12 @@ def main() -> None:
     common = ["--disable_tqdm", "true", "--save_strategy", "no", "--eval_strategy", "no"]
     if opts.max_steps is not None:
         common += ["--max_steps", str(opts.max_steps)]
+    alpha = [] if opts.alpha is None else ["--alpha", str(opts.alpha)]
     runs = [
         ("fine-tuned (no teacher)", CROSS, ["--alpha", "1.0", "--cross_tokenizer", "off"]),
-        ("teacher_b, cross_tokenizer: uld", CROSS, ["--cross_tokenizer", "uld"]),
-        ("teacher_b, cross_tokenizer: aligned", CROSS, ["--cross_tokenizer", "aligned"]),
-        ("same-tokenizer teacher (distill.yaml)", SAME, []),
+        ("teacher_b, cross_tokenizer: uld", CROSS, ["--cross_tokenizer", "uld", *alpha]),
+        ("teacher_b, cross_tokenizer: aligned", CROSS, ["--cross_tokenizer", "aligned", *alpha]),
+        ("same-tokenizer teacher (distill.yaml)", SAME, alpha),
     ]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -47,7 +49,7 @@ def main() -> None:
             metrics = run_training(*parse_recipe(recipe, argv))
             rows.append((name, recipe, metrics, time.perf_counter() - start))
 
-    _, _, config = parse_recipe(CROSS, common)
+    _, _, config = parse_recipe(CROSS, common + alpha)
     print(f"\nstudent: recipes/demo/student_config, max_steps: {config.max_steps}, alpha: {config.alpha}")
     print("| run | eval_ce_loss | eval_kd_loss | eval_teacher_agreement | wall time (s) |")
     print("|---|---|---|---|---|")
