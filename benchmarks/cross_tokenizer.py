@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 
-from transformers.utils import logging
+from distill_vs_finetune import quiet_run_overrides
 
 from hf_distill.pipeline import run_training
 from hf_distill.recipe import parse_recipe
@@ -28,12 +28,7 @@ def main() -> None:
     parser.add_argument("--max_steps", type=int, default=None, help="override the recipes' max_steps")
     parser.add_argument("--alpha", type=float, default=None, help="override the distilled runs' alpha (CE weight)")
     opts = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.set_verbosity_error()
-
-    common = ["--disable_tqdm", "true", "--save_strategy", "no", "--eval_strategy", "no"]
-    if opts.max_steps is not None:
-        common += ["--max_steps", str(opts.max_steps)]
+    common = quiet_run_overrides(opts.max_steps)
     alpha = [] if opts.alpha is None else ["--alpha", str(opts.alpha)]
     runs = [
         ("fine-tuned (no teacher)", CROSS, ["--alpha", "1.0", "--cross_tokenizer", "off"]),

@@ -10,9 +10,7 @@ frequent merges are broken by token id), so two runs write identical files.
 
 import os
 
-from make_tokenizer import texts
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from make_tokenizer import train_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT_DIR = os.path.join(HERE, "tokenizer_b")
@@ -40,26 +38,16 @@ CHAT_TEMPLATE = (
 
 
 def main():
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=[BOS, EOS, PAD, *ROLE_TOKENS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+    tokenizer = train_tokenizer(
+        VOCAB_SIZE,
+        [BOS, EOS, PAD, *ROLE_TOKENS],
+        bos=BOS,
+        eos=EOS,
+        pad=PAD,
+        max_length=MAX_LENGTH,
+        chat_template=CHAT_TEMPLATE,
+        bos_on_text=False,
     )
-    backend.train_from_iterator(texts(), trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        additional_special_tokens=ROLE_TOKENS,
-        model_max_length=MAX_LENGTH,
-        clean_up_tokenization_spaces=False,
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(OUT_DIR)
     print(f"{OUT_DIR}: {len(tokenizer)} tokens")
 
