@@ -23,17 +23,21 @@ def run(recipe: str, overrides: list[str]) -> tuple[dict, float]:
     return metrics, time.perf_counter() - start
 
 
+def quiet_run_overrides(max_steps: int | None) -> list[str]:
+    """Offline, quiet runs that save no checkpoint and evaluate once at the end: the recipe overrides (and
+    `max_steps` when given) every comparison run shares."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.set_verbosity_error()
+    common = ["--disable_tqdm", "true", "--save_strategy", "no", "--eval_strategy", "no"]
+    return common if max_steps is None else [*common, "--max_steps", str(max_steps)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="recipes/demo/distill.yaml")
     parser.add_argument("--max_steps", type=int, default=None, help="override the recipe's max_steps")
     opts = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.set_verbosity_error()
-
-    common = ["--disable_tqdm", "true", "--save_strategy", "no", "--eval_strategy", "no"]
-    if opts.max_steps is not None:
-        common += ["--max_steps", str(opts.max_steps)]
+    common = quiet_run_overrides(opts.max_steps)
     with tempfile.TemporaryDirectory() as tmp:
         distilled, t_distill = run(opts.recipe, [*common, "--output_dir", os.path.join(tmp, "distill")])
         finetuned, t_finetune = run(

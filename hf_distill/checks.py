@@ -124,6 +124,14 @@ def check_recipe(
             )
         for teacher in config.teacher_paths:
             checked.append(_check_local(teacher, "teacher_model_name_or_path", model_with_weights, produced_paths))
+        if config.teacher_tokenizer_name_or_path is not None:
+            name = config.teacher_tokenizer_name_or_path
+            checked.append(_check_local(name, "teacher_tokenizer_name_or_path", tokenizer, produced_paths))
+        elif config.uses_cross_tokenizer:
+            # The teacher's own tokenizer is read from its folder.
+            checked.append(
+                _check_local(config.teacher_paths[0], "teacher_model_name_or_path", tokenizer, produced_paths)
+            )
     if all(checked):
         check_models_fit(model_args, config, load_tokenizer(model_args, config))
     if _looks_local(data_args.dataset_name):

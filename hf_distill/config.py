@@ -8,7 +8,15 @@ from transformers import GenerationConfig, TrainingArguments
 
 from .argument_checks import check_step_intervals, check_training_arguments
 from .field_docs import document_fields
-from .losses import ENSEMBLE_MODES, LOSS_CHUNK_SIZE, LOSS_TYPES, SPARSE_MODES, DivergenceSpec, check_ensemble_mode
+from .losses import (
+    CROSS_TOKENIZER_MODES,
+    ENSEMBLE_MODES,
+    LOSS_CHUNK_SIZE,
+    LOSS_TYPES,
+    SPARSE_MODES,
+    DivergenceSpec,
+    check_ensemble_mode,
+)
 from .losses.divergences import BETA_LOSS_TYPES, DEFAULT_BETA
 from .losses.sparse import check_sparse_mode
 from .modeling import parse_init_kwargs
@@ -59,6 +67,29 @@ class DistillConfig(TrainingArguments):
         teacher_model_init_kwargs (`dict` or `str`, *optional*, defaults to `None`):
             Keyword arguments for loading the teacher, e.g. `{"dtype": "bfloat16"}`, or the same as a JSON string (on
             the command line). `None` passes none.
+        teacher_tokenizer_name_or_path (`str`, *optional*, defaults to `None`):
+            Hub id or local folder of the teacher's own tokenizer, read with `cross_tokenizer` only. `None` takes the
+            tokenizer in the teacher's folder.
+        cross_tokenizer (`str`, *optional*, defaults to `"off"`):
+            Distillation from a teacher with another tokenizer. `off`: teacher and student must share one vocabulary
+            (a mismatch is an error before any weight loads). Otherwise every example is also rendered and tokenized
+            for the teacher (its own chat template for `messages` data), both fast tokenizers' character offsets
+            align the tokens into spans (the shortest runs of student and teacher tokens covering the same
+            characters), and the divergence is computed once per span, between both models' next-token
+            distributions at the span's first token (both then read the same text; later tokens of a span are split
+            differently on the two sides): `uld` the Universal Logit Distillation loss (Boizard et al. 2024: the L1
+            distance between both distributions' probabilities sorted in decreasing order, the shorter padded with
+            zeros; `loss_type` is not read), `aligned` the `loss_type` divergence between both distributions
+            restricted to the tokens the vocabularies share (same text decoded by each tokenizer alone; renormalised
+            there) plus `cross_tokenizer_uld_weight` times the ULD of the probabilities of all other tokens. Both are
+            softened by `temperature` and times `temperature**2`, summed over spans and divided by the step's
+            student target tokens, like the same-vocabulary divergence; target tokens in no aligned span (the
+            training log counts them) get the CE only. With one tokenizer on both sides, `aligned` is the
+            same-vocabulary divergence. Needs one live teacher (no ensemble, no `teacher_cache_dir`) and no
+            generation (`lmbda: 0`, no `seq_kd`); the loss is dense (`loss_chunk_size` does not apply).
+        cross_tokenizer_uld_weight (`float`, *optional*, defaults to `1.0`):
+            Weight, >= 0, of the ULD of the tokens the vocabularies do not share in `cross_tokenizer: aligned`; `0`
+            compares the shared tokens only. Read by `aligned` only.
         alpha (`float`, *optional*, defaults to `0.5`):
             Weight of the cross-entropy term, in [0, 1]. `1.0` is plain fine-tuning: no teacher is loaded or run.
             `0.0` trains on the divergence alone.
@@ -169,6 +200,9 @@ class DistillConfig(TrainingArguments):
     teacher_ensemble: str = field(default="mean_probs", metadata={"choices": list(ENSEMBLE_MODES)})
     teacher_weights: list[float] | None = None
     teacher_model_init_kwargs: dict[str, Any] | str | None = None
+    teacher_tokenizer_name_or_path: str | None = None
+    cross_tokenizer: str = field(default="off", metadata={"choices": list(CROSS_TOKENIZER_MODES)})
+    cross_tokenizer_uld_weight: float = 1.0
     alpha: float = 0.5
     temperature: float = 1.0
     loss_type: str = field(default="forward_kl", metadata={"choices": list(LOSS_TYPES)})
@@ -224,6 +258,11 @@ class DistillConfig(TrainingArguments):
         """Target tokens per chunk of the fused loss: `loss_chunk_size`, or `LOSS_CHUNK_SIZE` when it is None (auto);
         0 is the dense path."""
         return LOSS_CHUNK_SIZE if self.loss_chunk_size is None else self.loss_chunk_size
+
+    @property
+    def uses_cross_tokenizer(self) -> bool:
+        """Whether a live teacher with its own tokenizer is compared span by span (`cross_tokenizer` not `off`)."""
+        return self.cross_tokenizer != "off" and self.teacher_source == "model"
 
     @property
     def divergence_spec(self) -> DivergenceSpec:
@@ -316,12 +355,77 @@ class DistillConfig(TrainingArguments):
                 "track_samples", self.track_samples, "may only hold 'eval' and 'train'", "keep some of 'eval', 'train'"
             )
         self._validate_generation_fields()
+        self._validate_cross_tokenizer_fields()
         if self.early_stop_patience is not None and str(self.eval_strategy) in ("no", "IntervalStrategy.NO"):
             raise UserInputError(
                 "early stopping without evaluation",
                 f"early_stop_patience={self.early_stop_patience}",
                 "it stops on the eval loss, and eval_strategy is 'no'",
                 "set eval_strategy to 'steps' or 'epoch'",
+            )
+
+    def _validate_cross_tokenizer_fields(self) -> None:
+        mode = self.cross_tokenizer
+        if mode not in CROSS_TOKENIZER_MODES:
+            raise bad_value(
+                "cross_tokenizer", mode, "not one of its choices", f"use one of {', '.join(CROSS_TOKENIZER_MODES)}"
+            )
+        if not self.cross_tokenizer_uld_weight >= 0:
+            raise bad_value(
+                "cross_tokenizer_uld_weight", self.cross_tokenizer_uld_weight, "must be >= 0", "set it to 0 or more"
+            )
+        if mode != "aligned" and self.cross_tokenizer_uld_weight != 1.0:
+            raise UserInputError(
+                "setting that would be ignored",
+                f"cross_tokenizer_uld_weight={self.cross_tokenizer_uld_weight}",
+                f"it is read by cross_tokenizer 'aligned' only, and cross_tokenizer is {mode!r}",
+                "set cross_tokenizer: aligned, or remove it",
+            )
+        if mode == "off":
+            if self.teacher_tokenizer_name_or_path is not None:
+                raise UserInputError(
+                    "setting that would be ignored",
+                    f"teacher_tokenizer_name_or_path={self.teacher_tokenizer_name_or_path!r}",
+                    "it is read with cross_tokenizer 'uld' or 'aligned' only, and cross_tokenizer is 'off'",
+                    "set cross_tokenizer: uld or aligned, or remove it",
+                )
+            return
+        if mode == "uld" and self.loss_type != "forward_kl":
+            raise UserInputError(
+                "setting that would be ignored",
+                f"loss_type={self.loss_type!r}, cross_tokenizer='uld'",
+                "ULD is its own distance and reads no loss_type",
+                "use cross_tokenizer: aligned, which compares the shared tokens with loss_type, or leave loss_type "
+                "unset",
+            )
+        if self.alpha == 1.0:
+            raise UserInputError(
+                "cross-tokenizer distillation without a teacher",
+                f"cross_tokenizer={mode!r}, alpha=1.0",
+                "alpha=1.0 loads no teacher",
+                "set alpha < 1, or cross_tokenizer: off",
+            )
+        if self.teacher_cache_dir is not None:
+            raise UserInputError(
+                "cross-tokenizer distillation from a teacher cache",
+                f"cross_tokenizer={mode!r}, teacher_cache_dir={self.teacher_cache_dir!r}",
+                "the cache holds top-k ids in the teacher's vocabulary, not aligned spans",
+                "unset one of them",
+            )
+        if self.generates:
+            setting = f"lmbda={self.lmbda}" if self.lmbda > 0 else "seq_kd=True"
+            raise UserInputError(
+                "cross-tokenizer distillation with generation",
+                f"cross_tokenizer={mode!r}, {setting}",
+                "generated text is not re-tokenized for the teacher",
+                "use off-policy distillation (lmbda: 0, seq_kd: false)",
+            )
+        if len(self.teacher_paths) > 1:
+            raise UserInputError(
+                "cross-tokenizer distillation from an ensemble",
+                f"cross_tokenizer={mode!r}, teacher_model_name_or_path",
+                f"it takes one teacher, got an ensemble of {len(self.teacher_paths)}",
+                "name one teacher",
             )
 
     def _validate_generation_fields(self) -> None:

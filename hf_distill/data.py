@@ -10,6 +10,7 @@ from datasets import Dataset, DatasetDict
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 from .arguments import DataArguments
+from .cross_tokenization import CROSS_COLUMNS, cross_tokenize, layout_cross_tokenized
 from .data_files import load_raw_dataset
 from .losses import IGNORE_INDEX
 from .user_errors import UserInputError
@@ -138,10 +139,13 @@ def tokenize_dataset(
     args: DataArguments,
     split: str,
     keep_prompts: bool = False,
+    teacher_tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> Dataset:
     """`input_ids` and `labels` (-100 where the format puts no loss), truncated to `max_length`. Examples left
     without any target token are dropped, unless `keep_prompts` (on-policy training, which only needs the prompts).
-    Both counts are reported; an empty result is an error."""
+    Both counts are reported; an empty result is an error. With a `teacher_tokenizer` of another vocabulary, each
+    example also gets the teacher's tokens and the aligned spans (`hf_distill.cross_tokenization.CROSS_COLUMNS`);
+    the target tokens in no aligned span are counted and reported."""
     build = _TOKENIZERS[fmt]
     max_length = args.max_length
 
@@ -158,7 +162,7 @@ def tokenize_dataset(
                 f"it cannot be read as {fmt!r}: {err}",
                 "fix the example, or set dataset_format to the format of the data",
             ) from None
-        return {
+        out = {
             "id": str(example["id"]) if has_ids else str(index),
             "input_ids": ids[:max_length],
             "labels": labels[:max_length],
@@ -166,6 +170,18 @@ def tokenize_dataset(
             # The first label is never predicted (causal shift): a target needs a valid label after position 0.
             "has_target": any(label != IGNORE_INDEX for label in labels[1:max_length]),
         }
+        if teacher_tokenizer is not None:
+            try:
+                out.update(cross_tokenize(example, fmt, tokenizer, teacher_tokenizer, ids, labels, max_length))
+            except (TypeError, ValueError, KeyError, AttributeError) as err:
+                name = f"example {index}" + (f", id {example['id']!r}" if has_ids else "")
+                raise UserInputError(
+                    "example cannot be tokenized for the teacher",
+                    f"split {split!r}, {name}",
+                    str(err),
+                    "fix the example, or check teacher_tokenizer_name_or_path",
+                ) from None
+        return out
 
     tokenized = dataset.map(
         tokenize,
@@ -191,6 +207,14 @@ def tokenize_dataset(
             f"every label of its {len(tokenized)} examples is masked for dataset_format={fmt!r}",
             "check the data's format and roles (prompt-only data trains with lmbda=1.0 only)",
         )
+    if teacher_tokenizer is not None:
+        unaligned = sum(kept["unaligned_targets"])
+        targets = sum(sum(label != IGNORE_INDEX for label in labels[1:]) for labels in kept["labels"])
+        logger.warning(
+            f"split {split!r}: {unaligned} of {targets} target tokens lie in no span aligned with the teacher's "
+            "tokens; they get the CE only"
+        )
+        kept = kept.remove_columns(["unaligned_targets"])
     return kept.remove_columns(["truncated", "has_target"])
 
 
@@ -236,11 +260,15 @@ def select_splits(
 
 
 def prepare_datasets(
-    args: DataArguments, tokenizer: PreTrainedTokenizerBase, prompts_only: bool = False
+    args: DataArguments,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts_only: bool = False,
+    teacher_tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> tuple[Dataset, Dataset | None]:
-    """Tokenized train and (optional) eval datasets (`select_splits`)."""
+    """Tokenized train and (optional) eval datasets (`select_splits`). A `teacher_tokenizer` (cross-tokenizer
+    distillation) tokenizes every example for the teacher too."""
     prepared = [
-        tokenize_dataset(dataset, tokenizer, fmt, args, split, keep_prompts)
+        tokenize_dataset(dataset, tokenizer, fmt, args, split, keep_prompts, teacher_tokenizer)
         for dataset, split, fmt, keep_prompts in select_splits(load_raw_dataset(args), args, prompts_only)
     ]
     return prepared[0], prepared[1] if len(prepared) > 1 else None
@@ -292,10 +320,13 @@ def layout_cached_teacher(labels: torch.Tensor, features: list[dict[str, Any]], 
 @dataclass
 class DistillDataCollator:
     """Pads `input_ids`, `attention_mask` and `labels` (with -100) and passes the examples' `id`s through as a list,
-    so per-example statistics can name them. A cached teacher's columns (`CACHE_COLUMNS`) become padded tensors."""
+    so per-example statistics can name them. A cached teacher's columns (`CACHE_COLUMNS`) become padded tensors, and
+    so do a cross-tokenizer teacher's tokens and spans (`CROSS_COLUMNS`, the teacher's tokens padded with
+    `teacher_pad_token_id`)."""
 
     tokenizer: PreTrainedTokenizerBase
     pad_to_multiple_of: int | None = None
+    teacher_pad_token_id: int = 0
 
     def __post_init__(self):
         self._pad = DataCollatorForSeq2Seq(self.tokenizer, padding=True, pad_to_multiple_of=self.pad_to_multiple_of)
@@ -303,9 +334,14 @@ class DistillDataCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         ids = [f["id"] for f in features] if features and "id" in features[0] else None
         cached = bool(features) and CACHE_COLUMNS[0] in features[0]
-        batch = self._pad([{k: v for k, v in f.items() if k != "id" and k not in CACHE_COLUMNS} for f in features])
+        cross = bool(features) and CROSS_COLUMNS[0] in features[0]
+        own = ("id", *CACHE_COLUMNS, *CROSS_COLUMNS)
+        batch = self._pad([{k: v for k, v in f.items() if k not in own} for f in features])
         if cached:
             batch.update(layout_cached_teacher(batch["labels"], features, ids))
+        if cross:
+            length, side = batch["input_ids"].shape[1], self.tokenizer.padding_side
+            batch.update(layout_cross_tokenized(features, length, side, self.teacher_pad_token_id))
         if ids is not None:
             batch["id"] = ids
         return batch

@@ -236,6 +236,14 @@ def run_evaluation(
             "evaluate compares the student with one teacher",
             "pass one member with --teacher",
         )
+    if config.cross_tokenizer != "off":
+        # Both models would be fed the student tokenizer's prompts.
+        raise UserInputError(
+            "evaluate with a teacher of another tokenizer",
+            f"cross_tokenizer={config.cross_tokenizer!r}",
+            "evaluate runs student and teacher on one tokenizer's prompts, and the recipe's teacher has its own",
+            "pass --cross_tokenizer off and a --teacher of the student's tokenizer",
+        )
     split = split or data_args.dataset_eval_split
     if split is None:
         raise UserInputError(

@@ -4,6 +4,8 @@ The pipeline (`build_trainer`), the cache builder (`hf-distill cache-teacher`) a
 by path) all load through here, so a teacher is loaded with the same arguments whoever loads it.
 """
 
+import logging
+
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
@@ -20,6 +22,8 @@ from .modeling import (
 )
 from .teacher_cache_files import read_manifest
 from .user_errors import UserInputError
+
+logger = logging.getLogger(__name__)
 
 
 def load_tokenizer(model_args: ModelArguments, config: DistillConfig):
@@ -45,8 +49,46 @@ def load_tokenizer(model_args: ModelArguments, config: DistillConfig):
             f"{setting} generates completions, which stop at the eos_token this tokenizer has none of",
             "use a tokenizer with an end-of-sequence token",
         )
+    if config.uses_cross_tokenizer:
+        check_offsets(tokenizer, f"tokenizer_name_or_path={name!r}", config.cross_tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def check_offsets(tokenizer, role: str, mode: str) -> None:
+    """Cross-tokenizer alignment reads character offsets, which only fast tokenizers give."""
+    if not tokenizer.is_fast:
+        raise UserInputError(
+            "slow tokenizer",
+            role,
+            f"a {type(tokenizer).__name__} gives no character offsets, which cross_tokenizer={mode!r} aligns tokens "
+            "by",
+            "use a fast tokenizer (a tokenizer.json)",
+        )
+
+
+def load_teacher_tokenizer(config: DistillConfig, trust_remote_code: bool = False):
+    """The teacher's own tokenizer, for `cross_tokenizer`: `teacher_tokenizer_name_or_path`, else the teacher's
+    folder; it must be fast (character offsets)."""
+    name, field_name = config.teacher_tokenizer_name_or_path, "teacher_tokenizer_name_or_path"
+    if name is None:
+        if not config.teacher_paths:
+            raise UserInputError(
+                "no teacher tokenizer",
+                f"cross_tokenizer={config.cross_tokenizer!r}",
+                "the teacher was given as a model, not a path, so its tokenizer is unknown",
+                "set teacher_tokenizer_name_or_path",
+            )
+        name, field_name = config.teacher_paths[0], "teacher_model_name_or_path"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        hint = " (or set teacher_tokenizer_name_or_path)" if field_name == "teacher_model_name_or_path" else ""
+        raise UserInputError(
+            "teacher tokenizer cannot be read", f"{field_name}={name!r}", str(err), f"fix the path{hint}"
+        ) from None
+    check_offsets(tokenizer, f"{field_name}={name!r}", config.cross_tokenizer)
     return tokenizer
 
 
@@ -161,6 +203,9 @@ def check_models_fit(model_args: ModelArguments, config: DistillConfig, tokenize
     for teacher_path in config.teacher_paths if config.teacher_source != "none" else []:
         teacher = load_causal_lm_config(teacher_path, "teacher_model_name_or_path", trust)
         models.append((teacher_path, "teacher_model_name_or_path", teacher))
+        if config.uses_cross_tokenizer:
+            check_cross_tokenizer_fit(config, tokenizer, load_teacher_tokenizer(config, trust), teacher)
+            continue
         try:
             teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_path, trust_remote_code=trust)
         except (OSError, ValueError):
@@ -171,3 +216,22 @@ def check_models_fit(model_args: ModelArguments, config: DistillConfig, tokenize
     # Weight files last: a model that cannot fit at all is told so first.
     for path, role, model_config in models:
         check_weight_files(path, role, model_config)
+
+
+def check_cross_tokenizer_fit(config: DistillConfig, tokenizer, teacher_tokenizer, teacher_config) -> None:
+    """The teacher has a logit for each token of its tokenizer; a teacher tokenizer identical to the student's is
+    told (the direct, same-vocabulary path is `cross_tokenizer: off`)."""
+    width = teacher_config.get_text_config().vocab_size
+    if width < len(teacher_tokenizer):
+        raise UserInputError(
+            "vocabulary mismatch",
+            "teacher_tokenizer_name_or_path",
+            f"the teacher's tokenizer has {len(teacher_tokenizer)} tokens but the teacher has {width} logits",
+            "use the teacher's own tokenizer",
+        )
+    if teacher_tokenizer.get_vocab() == tokenizer.get_vocab():
+        logger.warning(
+            f"cross_tokenizer={config.cross_tokenizer!r}, but teacher and student share one tokenizer: 'aligned' then "
+            "computes the same-vocabulary divergence, span by span and without the chunked loss; cross_tokenizer: off "
+            "is the direct path"
+        )

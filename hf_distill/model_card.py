@@ -38,8 +38,12 @@ def render_model_card(
     pipeline_tag: str = "text-generation",
     library_name: str = "transformers",
     evaluation: dict | None = None,
+    cross_tokenizer: str = "off",
 ) -> str:
     """Markdown with YAML metadata the hub understands (base model, datasets, tags, language, license).
+
+    `cross_tokenizer` (`uld` or `aligned`, a teacher with its own tokenizer) names the divergence computed per
+    aligned span instead of `loss_type` alone.
 
     The arguments from `tags` to `library_name` are those of `Trainer.create_model_card`: `tags` are added to
     hf_distill's, `dataset_tags` (else `dataset`) are the metadata's `datasets`, `dataset_args` are shown beside the
@@ -63,16 +67,19 @@ def render_model_card(
     shown_dataset = ", ".join(f"`{d}`" for d in datasets) or "not recorded"
     if dataset_args:
         shown_dataset += f" ({', '.join(_as_list(dataset_args))})"
+    divergence = {"uld": "ULD", "aligned": f"({loss_type} on shared tokens + ULD)"}.get(cross_tokenizer, loss_type)
     rows = [
         ("Student base", f"`{student_base}`" if student_base else "trained from scratch"),
         ("Teacher", f"`{teacher}`" if teacher else "none"),
         ("Dataset", shown_dataset),
-        ("Loss", f"{alpha} * CE + {1 - alpha:g} * T^2 * {loss_type}"),
+        ("Loss", f"{alpha} * CE + {1 - alpha:g} * T^2 * {divergence}"),
         ("Loss type", loss_type),
         ("Temperature", f"{temperature:g}"),
         ("Alpha (CE weight)", f"{alpha:g}"),
         ("Optimizer steps", str(steps)),
     ]
+    if teacher is not None and cross_tokenizer != "off":
+        rows.insert(2, ("Cross-tokenizer", f"{cross_tokenizer}: the teacher has its own tokenizer, compared per span"))
     rows += [(name, f"{eval_metrics[name]:.4f}") for name in EVAL_METRICS if name in eval_metrics]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     if evaluation is not None:
@@ -249,6 +256,7 @@ def write_model_card(
         dataset_tags=dataset_tags,
         dataset_args=dataset_args,
         pipeline_tag=tasks[0] if tasks else "text-generation",
+        cross_tokenizer=args.cross_tokenizer,
     )
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "README.md"), "w") as f:

@@ -241,7 +241,8 @@ def check_vocab_sizes(width_s: int, width_t: int, tokenizer_size: int | None) ->
             "vocabulary mismatch",
             "model_name_or_path, teacher_model_name_or_path",
             f"student vocab size {width_s} and teacher vocab size {width_t} differ by more than embedding padding",
-            "distil between models that share a tokenizer",
+            "distil between models that share a tokenizer, or set cross_tokenizer: uld or aligned for a teacher "
+            "with its own",
         )
     common = min(width_s, width_t)
     if tokenizer_size is not None and common < tokenizer_size:
@@ -264,6 +265,8 @@ def check_same_tokenizer(student_tokenizer, teacher_tokenizer) -> None:
     raise UserInputError(
         "teacher and student tokenizers differ",
         "tokenizer_name_or_path, teacher_model_name_or_path",
-        f"{len(differing)} tokens map to different ids (student vs teacher: {examples})",
-        "distil between models that share one vocabulary",
+        f"{len(differing)} tokens map to different ids (student vs teacher: {examples}; {len(vocab_s)} vs "
+        f"{len(vocab_t)} tokens)",
+        "distil between models that share one vocabulary, or set cross_tokenizer: uld or aligned for a teacher "
+        "with its own",
     )

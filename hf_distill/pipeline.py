@@ -12,7 +12,7 @@ from .checks import check_output_dir, check_run
 from .config import DistillConfig
 from .data import DistillDataCollator, prepare_datasets
 from .final_model import save_final_model
-from .loading import check_models_fit, load_student, load_teachers, load_tokenizer
+from .loading import check_models_fit, load_student, load_teacher_tokenizer, load_teachers, load_tokenizer
 from .run_lock import check_free, run_lock
 from .teacher_cache import attach_teacher_cache
 from .trainer import DistillTrainer
@@ -33,8 +33,13 @@ def build_trainer(
     set_seed(config.seed)
     tokenizer = load_tokenizer(model_args, config)
     check_models_fit(model_args, config, tokenizer)
+    teacher_tokenizer = None
+    if config.uses_cross_tokenizer:
+        teacher_tokenizer = load_teacher_tokenizer(config, model_args.trust_remote_code)
     with config.main_process_first(desc="tokenizing the dataset"):
-        train_dataset, eval_dataset = prepare_datasets(data_args, tokenizer, prompts_only=config.lmbda == 1.0)
+        train_dataset, eval_dataset = prepare_datasets(
+            data_args, tokenizer, prompts_only=config.lmbda == 1.0, teacher_tokenizer=teacher_tokenizer
+        )
     if config.uses_teacher_cache:
         train_dataset = attach_teacher_cache(data_args, config, tokenizer, train_dataset)
 
@@ -50,7 +55,7 @@ def build_trainer(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        data_collator=DistillDataCollator(tokenizer),
+        data_collator=DistillDataCollator(tokenizer, teacher_pad_token_id=_pad_id(teacher_tokenizer)),
         callbacks=callbacks,
     )
 
@@ -106,6 +111,13 @@ def _train_evaluate_save(model_args: ModelArguments, data_args: DataArguments, c
     if config.push_to_hub:
         trainer.push_to_hub(dataset_name=data_args.dataset_name, student_base=_student_base(model_args))
     return metrics
+
+
+def _pad_id(tokenizer) -> int:
+    """The id a teacher tokenizer's sequences are padded with (masked out of attention: any id would do)."""
+    if tokenizer is None:
+        return 0
+    return next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
 
 
 def _student_base(model_args: ModelArguments) -> str | None:

@@ -135,6 +135,13 @@ def build_teacher_cache(
             "the recipe loads no teacher to cache",
             "set teacher_model_name_or_path and alpha < 1",
         )
+    if config.cross_tokenizer != "off":
+        raise UserInputError(
+            "cache-teacher with a teacher of another tokenizer",
+            f"cross_tokenizer={config.cross_tokenizer!r}",
+            "the cache holds top-k ids of the student's vocabulary",
+            "train with the live teacher",
+        )
     tokenizer = load_tokenizer(model_args, config)
     if top_k > len(tokenizer):
         raise bad_value(

@@ -4,7 +4,7 @@ where it happens: its divergence would otherwise be garbage, skipped step after 
 import torch
 from accelerate.utils import gather_object
 
-from .losses import IGNORE_INDEX, TeacherHeads, TeacherLogits
+from .losses import IGNORE_INDEX, CrossVocabTeacher, TeacherHeads, TeacherLogits
 from .user_errors import UserInputError
 
 
@@ -32,6 +32,13 @@ def check_teacher_finite(trainer, teacher, targets: torch.Tensor, ids: list | No
     """
     if isinstance(teacher, TeacherLogits):
         rows = [_bad_rows(logits, targets, allow_minus_inf=True) for logits in teacher.logits]
+    elif isinstance(teacher, CrossVocabTeacher):
+        # The teacher's own positions that the loss reads: those predicting each span's first token.
+        read = torch.full(teacher.logits.shape[:-1], IGNORE_INDEX, device=teacher.logits.device)
+        spans = teacher.teacher_positions
+        valid = spans >= 0
+        read[torch.arange(len(spans), device=spans.device)[:, None].expand_as(spans)[valid], spans[valid]] = 0
+        rows = [_bad_rows(teacher.logits, read, allow_minus_inf=True)]
     elif isinstance(teacher, TeacherHeads):
         # The heads are not read here: a frozen teacher's head does not change, and one holding NaN or inf makes its
         # logits on the trainer's probe not finite, which sends it to the dense path (`fused_heads_reproduce_logits`).

@@ -16,6 +16,7 @@ from .atomic_write import remove_path
 from .checkpoints import mark_complete, resume_advice, resume_point, rotate_checkpoints
 from .config import DistillConfig
 from .context_length import check_batch_length, teacher_contexts
+from .cross_tokenization import CROSS_BATCH_KEYS, CROSS_COLUMNS
 from .data import CACHE_COLUMNS, DistillDataCollator
 from .disk_space import raise_if_save_failed, tensor_bytes
 from .eval_generation import generation_metrics
@@ -24,6 +25,7 @@ from .hidden_states import final_hidden_states, fused_heads_reproduce_logits, lm
 from .loading import load_teachers
 from .losses import (
     IGNORE_INDEX,
+    CrossVocabTeacher,
     TeacherHeads,
     TeacherLogits,
     TopKTeacher,
@@ -40,7 +42,7 @@ from .run_lock import run_lock
 from .stop_signals import StopOnSignal
 from .teacher_numerics import check_teacher_finite
 from .teacher_placement import is_deepspeed_zero3
-from .teachers import CachedTeacher, LiveTeacher, build_teacher
+from .teachers import CachedTeacher, CrossTokenizerTeacher, LiveTeacher, build_teacher
 from .trainer_arguments import checked_trainer_kwargs
 from .user_errors import UserInputError
 
@@ -112,6 +114,7 @@ class DistillTrainer(Trainer):
         live = self.teacher.members if isinstance(self.teacher, LiveTeacher) else []
         self._fused_loss_ok = (
             args.effective_loss_chunk_size > 0
+            and getattr(self.teacher, "fused", True)
             and not is_deepspeed_zero3(self.accelerator)
             and fused_heads_reproduce_logits([self.model, *live], self.accelerator.unwrap_model, args.loss_chunk_size)
         )
@@ -199,10 +202,10 @@ class DistillTrainer(Trainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        # Our collator carries example ids through to the per-example statistics, and a cached teacher to the loss;
-        # other collators never see them.
+        # Our collator carries example ids through to the per-example statistics, and a cached teacher (or the tokens
+        # and spans of a teacher with its own tokenizer) to the loss; other collators never see them.
         if isinstance(self.data_collator, DistillDataCollator) and "id" not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, "id", *CACHE_COLUMNS]
+            self._signature_columns = [*self._signature_columns, "id", *CACHE_COLUMNS, *CROSS_COLUMNS]
 
     # ---- loss ----
 
@@ -237,8 +240,10 @@ class DistillTrainer(Trainer):
         if "input_ids" in inputs and self._teacher_contexts:
             positions = inputs.get("position_ids")
             # A padding-free row (TRL's packing) holds several sequences whose positions restart at 0: the teacher
-            # reads positions up to the longest of them, not the row's length.
-            length = int(positions.max()) + 1 if positions is not None else inputs["input_ids"].shape[-1]
+            # reads positions up to the longest of them, not the row's length. A teacher with its own tokenizer
+            # reads its own tokens.
+            teacher_ids = inputs.get("teacher_input_ids", inputs["input_ids"])
+            length = int(positions.max()) + 1 if positions is not None else teacher_ids.shape[-1]
             check_batch_length(length, self._teacher_contexts)
         return inputs
 
@@ -257,7 +262,8 @@ class DistillTrainer(Trainer):
 
         During evaluation (or whenever `num_items_in_batch` is None) the divisor is this micro-batch's own count.
         """
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "id", GENERATED_BY, *CACHE_COLUMNS)}
+        own = ("labels", "id", GENERATED_BY, *CACHE_COLUMNS, *CROSS_BATCH_KEYS)
+        model_inputs = {k: v for k, v in inputs.items() if k not in own}
         # No forward here needs a KV cache, and a model building one (a teacher whose config says use_cache, as most
         # hub models do) takes the batch for a generation step: transformers then does not split a padding-free
         # packed row (TRL's packing) into its sequences, and they attend to each other.
@@ -323,13 +329,15 @@ class DistillTrainer(Trainer):
 
     def _teacher_source(
         self, model_inputs: dict[str, Any], batch: dict[str, Any], mode: str, fused: bool
-    ) -> TeacherHeads | TeacherLogits | TopKTeacher | None:
+    ) -> TeacherHeads | TeacherLogits | TopKTeacher | CrossVocabTeacher | None:
         """The teacher of this batch, as the fused (`fused`) or the dense loss takes it."""
         if isinstance(self.teacher, CachedTeacher):
             return self.teacher.top_k(batch, training=mode == "train")
         if self.teacher is None:
             return None
         with self.accelerator.autocast():
+            if isinstance(self.teacher, CrossTokenizerTeacher):
+                return self.teacher.aligned_logits(batch)
             if fused:
                 return self.teacher.heads(model_inputs, self._unwrap)
             return self.teacher.logits(model_inputs)

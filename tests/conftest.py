@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from testing_utils import tiny_llama, variable_length_dataset, word_tokenizer
+from testing_utils import refuse_weights, tiny_llama, variable_length_dataset, word_tokenizer
 
 
 @pytest.fixture
@@ -65,3 +65,9 @@ def make_workspace(tmp_path):
         "use_cpu: true\nreport_to: []\nsave_strategy: 'no'\ndisable_tqdm: true\n"
     )
     return tmp_path, str(recipe)
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """`refuse_weights` for the whole test."""
+    refuse_weights(monkeypatch)

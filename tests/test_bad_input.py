@@ -5,25 +5,9 @@ import json
 
 import pytest
 from testing_utils import WORDS, tiny_llama, word_tokenizer
-from transformers import AutoModelForCausalLM, T5Config
+from transformers import T5Config
 
 from hf_distill.cli import main
-
-
-def refuse_weights(monkeypatch):
-    """Fail the test if any model weights are loaded from now on: these errors must come first."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("model weights were loaded before the error was raised")
-
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
-    monkeypatch.setattr(AutoModelForCausalLM, "from_config", refuse)
-
-
-@pytest.fixture
-def no_weights(monkeypatch):
-    """`refuse_weights` for the whole test."""
-    refuse_weights(monkeypatch)
 
 
 def error_line(capsys, argv):

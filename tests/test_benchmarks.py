@@ -191,3 +191,11 @@ def test_gpu_benchmark_skips_a_case_that_would_end_past_the_budget():
     assert budget.skip_reason("step:bare loop", 1, first_guess=5.0) is None  # another kind: its own guess
     budget.deadline = 0.0
     assert budget.skip_reason("step:bare loop", 1, first_guess=0.0).startswith("skipped: time budget")
+
+
+def test_cross_tokenizer_tiny():
+    out = run("cross_tokenizer.py", "--max_steps", "3")
+    assert re.search(r"^\| fine-tuned \(no teacher\) \| [\d.]+ \| - \| - \|", out, re.M)
+    for mode in ("uld", "aligned"):
+        assert re.search(rf"^\| teacher_b, cross_tokenizer: {mode} \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", out, re.M)
+        assert re.search(rf"^teacher_b, cross_tokenizer: {mode} / fine-tuned eval CE: [\d.]+$", out, re.M)

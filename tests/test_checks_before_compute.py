@@ -10,9 +10,9 @@ import shutil
 
 import pytest
 from datasets import load_from_disk
-from test_bad_input import error_line, no_weights, refuse_weights  # noqa: F401 (a fixture)
+from test_bad_input import error_line
 from test_teacher_cache import build
-from testing_utils import tiny_llama
+from testing_utils import refuse_weights, tiny_llama
 
 import hf_distill.checks
 import hf_distill.data_files

@@ -1,6 +1,7 @@
 """The shipped offline demo, end to end with a few steps: train, reload the student, generate."""
 
 import importlib.util
+import json
 import os
 
 from huggingface_hub import ModelCard
@@ -60,3 +61,30 @@ def test_demo_data_regenerates_byte_for_byte(tmp_path, monkeypatch):
     for name in ("train.jsonl", "eval.jsonl"):
         with open(os.path.join(DEMO, "data", name), "rb") as shipped:
             assert (tmp_path / name).read_bytes() == shipped.read(), name
+
+
+def test_cross_tokenizer_demo_assets_and_recipe(tmp_path, monkeypatch):
+    """recipes/demo/tokenizer_b is what make_tokenizer_b.py writes, teacher_b has one logit per token of it, and
+    recipes/demo/cross_tokenizer.yaml distils it into the demo student (a few steps)."""
+    monkeypatch.syspath_prepend(DEMO)
+    spec = importlib.util.spec_from_file_location("make_tokenizer_b", os.path.join(DEMO, "make_tokenizer_b.py"))
+    make_tokenizer_b = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_tokenizer_b)
+    monkeypatch.setattr(make_tokenizer_b, "OUT_DIR", str(tmp_path / "tokenizer_b"))
+    make_tokenizer_b.main()
+    for name in os.listdir(os.path.join(DEMO, "tokenizer_b")):
+        with open(os.path.join(DEMO, "tokenizer_b", name), "rb") as shipped:
+            assert (tmp_path / "tokenizer_b" / name).read_bytes() == shipped.read(), name
+    teacher = AutoModelForCausalLM.from_pretrained(os.path.join(DEMO, "teacher_b"))
+    assert teacher.config.vocab_size == len(AutoTokenizer.from_pretrained(os.path.join(DEMO, "tokenizer_b")))
+
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "student"
+    main(
+        ["train", "recipes/demo/cross_tokenizer.yaml", "--output_dir", str(out), "--max_steps", "3",
+         "--max_train_samples", "96", "--max_eval_samples", "32", "--eval_strategy", "no", "--save_strategy", "no",
+         "--disable_tqdm", "true", "--logging_steps", "1"]
+    )  # fmt: skip
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert [h["kd_loss"] > 0 for h in state["log_history"] if "kd_loss" in h] == [True] * 3
+    assert "recipes/demo/teacher_b" in (out / "README.md").read_text()

@@ -8,8 +8,7 @@ import os
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from testing_utils import ensemble_recipe, tiny_llama, variable_length_dataset, word_tokenizer
-from transformers import AutoModelForCausalLM
+from testing_utils import ensemble_recipe, refuse_weights, tiny_llama, variable_length_dataset, word_tokenizer
 
 from hf_distill.cli import main
 from hf_distill.data import split_prompt
@@ -188,7 +187,7 @@ def test_evaluate_command_writes_results_and_the_model_card(workspace, capsys):
 def test_evaluate_bad_input_is_one_line(workspace, capsys, monkeypatch, flags, message):
     _, recipe = workspace
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    _refuse_weights(monkeypatch)
+    refuse_weights(monkeypatch)
     with pytest.raises(SystemExit) as exit_code:
         main(["evaluate", recipe, *flags])
     assert exit_code.value.code == 2
@@ -197,18 +196,9 @@ def test_evaluate_bad_input_is_one_line(workspace, capsys, monkeypatch, flags, m
     assert last.startswith("hf-distill: error: ") and message in last, last
 
 
-def _refuse_weights(monkeypatch):
-    """Bad input must be refused before any model weights load (docs/errors.md)."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("model weights were loaded before the error was raised")
-
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
-
-
 def test_evaluate_needs_one_teacher(workspace, capsys, monkeypatch):
     tmp_path, recipe = workspace
-    _refuse_weights(monkeypatch)
+    refuse_weights(monkeypatch)
     text = open(recipe).read()
     no_teacher = tmp_path / "no_teacher.yaml"
     no_teacher.write_text(
@@ -252,7 +242,7 @@ def test_a_card_rendered_with_an_evaluation_holds_its_table_and_model_index():
 
 def test_evaluate_refuses_data_without_prompts(workspace, capsys, monkeypatch):
     tmp_path, recipe = workspace
-    _refuse_weights(monkeypatch)
+    refuse_weights(monkeypatch)
     text_data = tmp_path / "text_data"
     text_data.mkdir()
     (text_data / "eval.jsonl").write_text('{"text": "w1 w2 w3"}\n')

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 from safetensors import safe_open
-from test_bad_input import error_line, no_weights, write_split  # noqa: F401 (no_weights is a fixture)
+from test_bad_input import error_line, write_split
 from test_trainer import assert_same_weights, make_args
 from testing_utils import pad_collator, tiny_llama, variable_length_dataset, word_tokenizer
 from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM, TrainerCallback

@@ -7,7 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 from datasets import Dataset
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 VOCAB = 64
 
@@ -85,20 +85,116 @@ def word_tokenizer(chat_template: str | None = CHAT_TEMPLATE):
     return tokenizer
 
 
+def replace_teacher(tmp_path, recipe, lines: str, name: str) -> str:
+    """The `workspace` recipe with its teacher line replaced by `lines`, written to `tmp_path / name`."""
+    text = open(recipe).read().replace(f"teacher_model_name_or_path: {tmp_path / 'teacher'}\n", lines)
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
 def ensemble_recipe(tmp_path, recipe, mode="mean_probs"):
     """The `workspace` recipe with a second, different teacher (saved to `tmp_path / "teacher2"`), weighted 3 : 1."""
     second = tmp_path / "teacher2"
     tiny_llama(seed=3, hidden=32, layers=1).save_pretrained(second)
     word_tokenizer().save_pretrained(second)
-    text = (
-        open(recipe)
-        .read()
-        .replace(
-            f"teacher_model_name_or_path: {tmp_path / 'teacher'}\n",
-            f"teacher_model_name_or_path: [{tmp_path / 'teacher'}, {second}]\nteacher_weights: [3, 1]\n"
-            f"teacher_ensemble: {mode}\n",
-        )
+    lines = (
+        f"teacher_model_name_or_path: [{tmp_path / 'teacher'}, {second}]\nteacher_weights: [3, 1]\n"
+        f"teacher_ensemble: {mode}\n"
     )
-    path = tmp_path / f"ensemble_{mode}.yaml"
-    path.write_text(text)
-    return str(path), second
+    return replace_teacher(tmp_path, recipe, lines, f"ensemble_{mode}.yaml"), second
+
+
+OTHER_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'assistant' %}"
+    " [ANSWER] {{ m['content'] }}{{ eos_token }}{% else %}[ASK] {{ m['content'] }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %} [ANSWER] {% endif %}"
+)
+
+
+def other_demo_tokenizer(vocab_size: int = 400):
+    """A second byte-level BPE tokenizer of the demo data (recipes/demo/data), smaller than the demo's, with other
+    special tokens and another chat template: a teacher tokenizer for cross-tokenizer tests, built in memory."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    root = os.path.join(os.path.dirname(__file__), "..", "recipes", "demo", "data", "train.jsonl")
+    with open(root, encoding="utf-8") as f:
+        texts = [m["content"] for line in list(f)[:1000] for m in json.loads(line)["messages"]]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    specials = ["</s>", "<s>", "[ASK]", "[ANSWER]"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="</s>",
+        additional_special_tokens=specials[2:],
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = OTHER_CHAT_TEMPLATE
+    return tokenizer
+
+
+DIGIT_WORDS = ["<pad>", "<s>", "</s>", "<unk>", "[Q]", "[A]", "w"] + [str(d) for d in range(10)]
+DIGIT_CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}[A] {{ m['content'] }} </s> "
+    "{% else %}[Q] {{ m['content'] }} {% endif %}{% endfor %}{% if add_generation_prompt %}[A] {% endif %}"
+)
+
+
+def digit_tokenizer():
+    """A word-level tokenizer that splits `w12` into `w`, `1`, `2`, with other special tokens and another chat
+    template than `word_tokenizer`: a teacher tokenizer of 17 tokens for cross-tokenizer tests."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(WordLevel({w: i for i, w in enumerate(DIGIT_WORDS)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    tokenizer.chat_template = DIGIT_CHAT_TEMPLATE
+    return tokenizer
+
+
+def cross_tokenizer_recipe(tmp_path, recipe, mode="uld", extra=""):
+    """The `workspace` recipe with a teacher of `digit_tokenizer`'s vocabulary (saved to `tmp_path / "teacher_b"`
+    with its tokenizer) and `cross_tokenizer: mode`."""
+    teacher = tmp_path / "teacher_b"
+    tiny_llama(seed=4, hidden=48, layers=1, vocab=len(DIGIT_WORDS)).save_pretrained(teacher)
+    digit_tokenizer().save_pretrained(teacher)
+    lines = (
+        f"teacher_model_name_or_path: {teacher}\ntokenizer_name_or_path: {tmp_path / 'teacher'}\n"
+        f"cross_tokenizer: {mode}\n{extra}"
+    )
+    path = replace_teacher(tmp_path, recipe, lines, f"cross_{mode}.yaml")
+    if mode == "uld":  # ULD is its own distance: the workspace's loss_type would be refused
+        with open(path) as f:
+            text = f.read().replace("loss_type: jsd\n", "")
+        with open(path, "w") as f:
+            f.write(text)
+    return path
+
+
+def refuse_weights(monkeypatch) -> None:
+    """Fail the test if any model weights are loaded from now on: bad input must be refused first (docs/errors.md)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("model weights were loaded before the error was raised")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_config", refuse)

@@ -10,9 +10,11 @@ Conventions shared by every function here:
 
 Modules: `divergences` (dense divergences, CE, `DivergenceSpec`), `sparse` (top-k teachers), `ensemble` (combining
 teacher distributions), `sources` (LM heads and live teachers), `terms` (per-position terms, the dense entry point),
-`fused` (the chunked entry point), `linear` (the fused loss for one teacher given as tensors).
+`fused` (the chunked entry point), `linear` (the fused loss for one teacher given as tensors), `cross_vocab`
+(teachers with another tokenizer, compared span by span).
 """
 
+from .cross_vocab import CROSS_TOKENIZER_MODES, CrossVocabTeacher, VocabularyMap, span_divergence, uld_distance
 from .divergences import (
     IGNORE_INDEX,
     LOSS_TYPES,
@@ -30,6 +32,11 @@ from .sparse import SPARSE_MODES, TopKTeacher, sparse_distillation_loss
 from .terms import DistillationTerms, dense_distillation_terms
 
 __all__ = [
+    "CROSS_TOKENIZER_MODES",
+    "CrossVocabTeacher",
+    "VocabularyMap",
+    "span_divergence",
+    "uld_distance",
     "ENSEMBLE_MODES",
     "IGNORE_INDEX",
     "LOSS_CHUNK_SIZE",

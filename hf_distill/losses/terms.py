@@ -6,6 +6,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .cross_vocab import CrossVocabTeacher, span_divergence
 from .divergences import IGNORE_INDEX, DivergenceSpec, check_labels, mix, reduce, soften, tempered_divergence
 from .ensemble import softened_teacher
 from .sources import TeacherLogits
@@ -81,16 +82,17 @@ def position_terms(
 
 def dense_distillation_terms(
     student_logits: torch.Tensor,
-    teacher: TeacherLogits | TopKTeacher | None,
+    teacher: TeacherLogits | TopKTeacher | CrossVocabTeacher | None,
     labels: torch.Tensor,
     spec: DivergenceSpec,
     reduction: str = "sum",
     score_targets: bool = False,
 ) -> DistillationTerms:
     """`alpha * CE + (1 - alpha) * T**2 * D` of full student logits `(B, L, V)` against a live teacher's logits
-    (one model or an ensemble), a cached top-k, or no teacher (CE only), at the positions whose label is not
-    `IGNORE_INDEX`; with the autograd of the logits, in float32. `score_targets` also returns the teacher's
-    log-probability of each target (`position_terms`)."""
+    (one model or an ensemble), a cached top-k, a teacher with another tokenizer (`CrossVocabTeacher`: D per
+    aligned span, `span_divergence`), or no teacher (CE only), at the positions whose label is not `IGNORE_INDEX`;
+    with the autograd of the logits, in float32. `score_targets` also returns the teacher's log-probability of each
+    target (`position_terms`; 0 with a teacher of another vocabulary)."""
     check_labels(labels, student_logits)
     if teacher is not None:
         teacher.check(labels, student_logits.shape[-1])
@@ -98,6 +100,11 @@ def dense_distillation_terms(
     logits = student_logits[mask].float()
     kd_vocab = logits.shape[-1]
     rows = None
+    if isinstance(teacher, CrossVocabTeacher):
+        ce, _, _, _ = position_terms(logits, labels[mask], None, spec, kd_vocab)
+        kd, agree = span_divergence(student_logits, labels, teacher, spec)
+        loss = reduce(mix(ce, kd, spec.alpha), mask, reduction)
+        return DistillationTerms(loss, ce.detach(), kd.detach(), agree, mask, torch.zeros_like(agree))
     if isinstance(teacher, TopKTeacher):
         rows = teacher.rows(mask)
     elif teacher is not None:

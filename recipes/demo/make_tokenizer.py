@@ -47,32 +47,59 @@ def texts():
                 yield message["content"]
 
 
-def main():
+def train_tokenizer(
+    vocab_size: int,
+    specials: list[str],
+    *,
+    bos: str,
+    eos: str,
+    pad: str,
+    max_length: int,
+    chat_template: str,
+    bos_on_text: bool,
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE of the demo's training texts. `specials` take the first ids, in their order: `bos`, `eos`,
+    `pad` and the others (role markers, additional special tokens)."""
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=[PAD, BOS, EOS, *ROLE_TOKENS],
+        vocab_size=vocab_size,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     backend.train_from_iterator(texts(), trainer=trainer)
-    # Plain `tokenizer(text)` starts with <|bos|> like a rendered chat; the chat template adds its own, and
-    # apply_chat_template tokenizes without special tokens, so a conversation gets exactly one.
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B:1", special_tokens=[(BOS, backend.token_to_id(BOS))]
-    )
+    if bos_on_text:
+        # Plain `tokenizer(text)` starts with BOS like a rendered chat; the chat template adds its own, and
+        # apply_chat_template tokenizes without special tokens, so a conversation gets exactly one.
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B:1", special_tokens=[(bos, backend.token_to_id(bos))]
+        )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        additional_special_tokens=ROLE_TOKENS,
-        model_max_length=MAX_LENGTH,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        additional_special_tokens=[t for t in specials if t not in (bos, eos, pad)],
+        model_max_length=max_length,
         clean_up_tokenization_spaces=False,
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def main():
+    tokenizer = train_tokenizer(
+        VOCAB_SIZE,
+        [PAD, BOS, EOS, *ROLE_TOKENS],
+        bos=BOS,
+        eos=EOS,
+        pad=PAD,
+        max_length=MAX_LENGTH,
+        chat_template=CHAT_TEMPLATE,
+        bos_on_text=True,
+    )
     tokenizer.save_pretrained(OUT_DIR)
     print(f"{OUT_DIR}: {len(tokenizer)} tokens")
 
