@@ -7,7 +7,6 @@ import pickle
 import re
 
 import pytest
-from test_bad_input import no_weights  # noqa: F401 (a fixture)
 
 import hf_distill.pipeline
 from hf_distill import cli
