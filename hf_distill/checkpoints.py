@@ -114,8 +114,10 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
         damaged.append(f"{os.path.basename(path)}: {problem}")
     if damaged:
         raise UserInputError(
-            f"output_dir={output_dir!r}: every complete checkpoint is damaged ({'; '.join(damaged)}); restore the "
-            "files, or delete the checkpoints to train from the start"
+            "every checkpoint is damaged",
+            f"output_dir={output_dir!r}",
+            "; ".join(damaged),
+            "restore the files, or delete the checkpoints to train from the start",
         )
     return None
 
@@ -181,8 +183,10 @@ def check_same_architecture(checkpoint_dir: str, model_config) -> None:
     ]
     if differing:
         raise UserInputError(
-            f"resume_from_checkpoint={checkpoint_dir!r} holds another architecture than the student (checkpoint vs "
-            f"student: {', '.join(differing)}); resume with the student it was trained from, or set another output_dir"
+            "checkpoint of another architecture",
+            f"resume_from_checkpoint={checkpoint_dir!r}",
+            f"it holds another architecture than the student (checkpoint vs student: {', '.join(differing)})",
+            "resume with the student it was trained from, or set another output_dir",
         )
 
 
@@ -193,7 +197,10 @@ def resume_point(output_dir: str, resume_from_checkpoint: str | bool | None, mod
         resume_from_checkpoint = last_complete_checkpoint(output_dir)
         if resume_from_checkpoint is None:
             raise UserInputError(
-                f"resume_from_checkpoint=True but output_dir={output_dir!r} holds no complete checkpoint"
+                "no checkpoint to resume from",
+                f"resume_from_checkpoint=True, output_dir={output_dir!r}",
+                "the folder holds no complete checkpoint",
+                "unset resume_from_checkpoint to train from the start",
             )
     if resume_from_checkpoint:
         check_same_architecture(resume_from_checkpoint, model_config)

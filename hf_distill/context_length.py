@@ -33,6 +33,8 @@ def check_batch_length(length: int, contexts: list[tuple[str, int]]) -> None:
     for name, limit in contexts:
         if length > limit:
             raise UserInputError(
-                f"teacher {name} reads at most max_position_embeddings={limit} positions, but a batch has {length}; "
-                f"set max_length <= {limit} (or truncate the data)"
+                "batch longer than the teacher's context",
+                f"teacher {name}, max_position_embeddings={limit}",
+                f"the teacher reads at most {limit} positions, but a batch has {length}",
+                f"set max_length <= {limit} (or truncate the data)",
             )

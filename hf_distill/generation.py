@@ -49,8 +49,11 @@ def prompts(batch: dict) -> list[list[int]]:
         prompt, _ = split_prompt(ids[:length].tolist(), labels[:length].tolist())
         if not prompt:
             raise UserInputError(
-                "a training example has no prompt (its first token is already a target, as in dataset_format "
-                "'text'): on-policy and seq_kd steps need prompt_completion, messages or prompt data"
+                "training example without a prompt",
+                "dataset_format",
+                "its first token is already a target (as in dataset_format 'text'), and on-policy and seq_kd steps "
+                "generate from a prompt",
+                "use prompt_completion, messages or prompt data",
             )
         rows.append(prompt)
     return rows
@@ -137,8 +140,10 @@ class StepGenerator:
         if eos is None:
             setting = f"lmbda={config.lmbda}" if config.lmbda > 0 else "seq_kd=True"
             raise UserInputError(
-                f"{setting} generates completions, which stop at the end-of-sequence token, but the tokenizer has no "
-                "eos_token: set one on the tokenizer (tokenizer_name_or_path)"
+                "tokenizer without an eos_token",
+                f"{setting}, tokenizer_name_or_path",
+                "generated completions stop at the end-of-sequence token",
+                "set an eos_token on the tokenizer",
             )
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
         self.config, self.accelerator, self.student, self.teacher = config, accelerator, student, teacher

@@ -31,8 +31,11 @@ def _full(tensor: torch.Tensor | None) -> torch.Tensor | None:
     full_shape = getattr(tensor, "ds_shape", None)
     if full_shape is not None and tensor.shape != full_shape:
         raise UserInputError(
+            "partitioned LM head",
+            "loss_chunk_size",
             f"the LM head holds a DeepSpeed ZeRO-3 partition of shape {tuple(tensor.shape)} (full shape "
-            f"{tuple(full_shape)}), which the chunked loss cannot read; set loss_chunk_size=0 under ZeRO-3"
+            f"{tuple(full_shape)}), which the chunked loss cannot read",
+            "set loss_chunk_size=0 under ZeRO-3",
         )
     return tensor
 

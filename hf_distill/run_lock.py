@@ -76,14 +76,17 @@ def _refuse_if_held(output_dir: str, path: str, holder: dict) -> None:
         return  # unreadable: taken over
     if host == socket.gethostname() and (pid == os.getpid() or _alive(pid)):
         raise OutputDirInUseError(
-            f"output_dir={output_dir!r} is in use by another run (pid {pid} on this host, since "
-            f"{holder.get('since')}); wait for it to end, or set another output_dir"
+            "output_dir in use",
+            f"output_dir={output_dir!r}",
+            f"another run holds it (pid {pid} on this host, since {holder.get('since')})",
+            "wait for it to end, or set another output_dir",
         )
     if host != socket.gethostname():
         raise OutputDirInUseError(
-            f"output_dir={output_dir!r} is in use by another run (pid {pid} on host {host!r}, since "
-            f"{holder.get('since')}); wait for it to end, or set another output_dir (if that run is dead, delete "
-            f"{path})"
+            "output_dir in use",
+            f"output_dir={output_dir!r}",
+            f"another run holds it (pid {pid} on host {host!r}, since {holder.get('since')})",
+            f"wait for it to end, or set another output_dir (if that run is dead, delete {path})",
         )
 
 

@@ -486,11 +486,14 @@ def test_teacher_context_shorter_than_the_batch_is_one_line_before_compute(tmp_p
         data_collator=pad_collator,
     )
     name = "1 (org/short-teacher)" if ensemble else "org/short-teacher"
-    message = "^" + re.escape(f"teacher {name} reads at most max_position_embeddings=8 positions, but a batch has ")
+    message = "^" + re.escape(
+        f"batch longer than the teacher's context (teacher {name}, max_position_embeddings=8): the teacher reads at "
+        "most 8 positions, but a batch has "
+    )
     forwards.clear()  # the build-time probe of the heads
     with pytest.raises(ValueError, match=message + r"\d+; set max_length <= 8 \(or truncate the data\)$"):
         trainer.train()
-    with pytest.raises(ValueError, match="reads at most max_position_embeddings=8"):
+    with pytest.raises(ValueError, match="max_position_embeddings=8\\): the teacher reads at most 8"):
         trainer.evaluate()
     assert forwards == []
 

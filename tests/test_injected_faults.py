@@ -277,7 +277,9 @@ def test_a_second_run_during_the_first_runs_final_save_is_refused(uninterrupted,
         line = error_line(capsys, train_argv(recipe, out))
     finally:
         open(f"{log}.resume", "w").close()
-    assert line.startswith(f"hf-distill: error: output_dir={str(out)!r} is in use by another run (pid ")
+    assert line.startswith(
+        f"hf-distill: error: output_dir in use (output_dir={str(out)!r}): another run holds it (pid "
+    )
     code, log = runner.finish()
     assert code == 0, log[-3000:]
     assert_same_weights(load_file(out / "model.safetensors"), uninterrupted["weights"], atol=1e-6)
@@ -372,9 +374,9 @@ def test_no_undamaged_checkpoint_left_is_one_line(uninterrupted):
     code, log = uninterrupted["runner"].run(train_argv(uninterrupted["recipe"], out))
     assert code == 2, log[-3000:]
     assert last_error_line(log) == (
-        f"hf-distill: error: output_dir={str(out)!r}: every complete checkpoint is damaged (checkpoint-6: "
-        "optimizer.pt is missing; checkpoint-4: optimizer.pt is missing; checkpoint-2: optimizer.pt is missing); "
-        "restore the files, or delete the checkpoints to train from the start"
+        f"hf-distill: error: every checkpoint is damaged (output_dir={str(out)!r}): checkpoint-6: optimizer.pt is "
+        "missing; checkpoint-4: optimizer.pt is missing; checkpoint-2: optimizer.pt is missing; restore the files, "
+        "or delete the checkpoints to train from the start"
     )
 
 

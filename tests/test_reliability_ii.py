@@ -396,7 +396,7 @@ def test_no_undamaged_checkpoint_left_is_an_error_and_old_markers_are_trusted(tm
     with pytest.raises(ValueError) as info:
         last_complete_checkpoint(str(tmp_path))
     assert str(info.value) == (
-        f"output_dir={str(tmp_path)!r}: every complete checkpoint is damaged (checkpoint-1: optimizer.pt is missing); "
+        f"every checkpoint is damaged (output_dir={str(tmp_path)!r}): checkpoint-1: optimizer.pt is missing; "
         "restore the files, or delete the checkpoints to train from the start"
     )
     # A marker of an earlier version lists no files: the checkpoint is taken as it is.
@@ -440,8 +440,9 @@ def test_a_second_run_on_the_same_output_dir_refuses_and_a_dead_runs_lock_is_tak
         other = run_script_code(f"from hf_distill.run_lock import acquire; acquire({str(out)!r})")
         assert other.returncode == 1
         assert other.stderr.strip().splitlines()[-1] == (
-            f"hf_distill.run_lock.OutputDirInUseError: output_dir={str(out)!r} is in use by another run (pid "
-            f"{os.getpid()} on this host, since {holder['since']}); wait for it to end, or set another output_dir"
+            f"hf_distill.run_lock.OutputDirInUseError: output_dir in use (output_dir={str(out)!r}): another run holds "
+            f"it (pid {os.getpid()} on this host, since {holder['since']}); wait for it to end, or set another "
+            "output_dir"
         )
     assert not lock.exists()  # released
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": (pid := dead_pid()), "since": "then"}))
@@ -454,8 +455,8 @@ def test_a_second_run_on_the_same_output_dir_refuses_and_a_dead_runs_lock_is_tak
     with pytest.raises(OutputDirInUseError) as info, run_lock(str(out)):
         pass
     assert str(info.value) == (
-        f"output_dir={str(out)!r} is in use by another run (pid 7 on host 'elsewhere', since then); wait for it to "
-        f"end, or set another output_dir (if that run is dead, delete {lock})"
+        f"output_dir in use (output_dir={str(out)!r}): another run holds it (pid 7 on host 'elsewhere', since then); "
+        f"wait for it to end, or set another output_dir (if that run is dead, delete {lock})"
     )
 
 
@@ -483,8 +484,8 @@ def test_training_holds_the_lock_and_the_cli_refuses_a_second_run(workspace, cap
     (tmp_path / "out" / LOCK_NAME).write_text(json.dumps(holder))
     line = error_line(capsys, ["train", recipe, "--max_steps", "1"])
     assert line == (
-        f"hf-distill: error: output_dir='{tmp_path / 'out'}' is in use by another run (pid {os.getppid()} on this "
-        "host, since then); wait for it to end, or set another output_dir"
+        f"hf-distill: error: output_dir in use (output_dir='{tmp_path / 'out'}'): another run holds it (pid "
+        f"{os.getppid()} on this host, since then); wait for it to end, or set another output_dir"
     )
 
 
@@ -559,9 +560,9 @@ def test_resuming_with_another_student_architecture_names_both(tmp_path):
     with pytest.raises(ValueError) as info:
         other.train(resume_from_checkpoint=True)
     assert str(info.value) == (
-        f"resume_from_checkpoint={str(tmp_path / 'checkpoint-1')!r} holds another architecture than the student "
-        "(checkpoint vs student: hidden_size 32 vs 48, num_hidden_layers 1 vs 2, intermediate_size 64 vs 96); resume "
-        "with the student it was trained from, or set another output_dir"
+        f"checkpoint of another architecture (resume_from_checkpoint={str(tmp_path / 'checkpoint-1')!r}): it holds "
+        "another architecture than the student (checkpoint vs student: hidden_size 32 vs 48, num_hidden_layers 1 vs "
+        "2, intermediate_size 64 vs 96); resume with the student it was trained from, or set another output_dir"
     )
     trainer(tiny_llama(seed=1, hidden=32, layers=1)).train(resume_from_checkpoint=True)  # the same one resumes
 
