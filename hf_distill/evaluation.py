@@ -28,6 +28,7 @@ from .data_files import load_raw_dataset
 from .greedy_decoding import greedy_generate
 from .loading import load_student, load_teachers, load_tokenizer
 from .losses import DivergenceSpec, TeacherLogits, dense_distillation_terms
+from .main_process_first import main_process_first
 from .model_card import format_number, generation_metrics, update_model_card
 from .modeling import load_causal_lm_config
 from .recipe import parse_recipe
@@ -252,8 +253,8 @@ def run_evaluation(
     # Under a launch, the device is where Accelerate's state (the process group) is set up from the recipe's use_cpu.
     device = config.device
     state = PartialState()
-    # The main process fills the datasets and metrics caches before the others read them.
-    with state.main_process_first():
+
+    def prepare():
         raw = load_raw_dataset(data_args)
         if split not in raw:
             raise UserInputError(
@@ -270,7 +271,10 @@ def run_evaluation(
         split_args = dataclasses.replace(
             data_args, dataset_train_split=split, dataset_eval_split=None, max_train_samples=data_args.max_eval_samples
         )
-        dataset, _ = prepare_datasets(split_args, tokenizer)
+        return raw, metrics, tokenizer, prepare_datasets(split_args, tokenizer)[0]
+
+    # The main process fills the datasets and metrics caches before the others read them.
+    raw, metrics, tokenizer, dataset = main_process_first(prepare)
     unprompted = sum(not split_prompt(e["input_ids"], e["labels"])[0] for e in dataset)
     if unprompted:
         raise UserInputError(

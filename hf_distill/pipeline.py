@@ -13,6 +13,7 @@ from .config import DistillConfig
 from .data import DistillDataCollator, prepare_datasets
 from .final_model import save_final_model
 from .loading import check_models_fit, load_student, load_teacher_tokenizer, load_teachers, load_tokenizer
+from .main_process_first import main_process_first
 from .run_lock import check_free, run_lock
 from .teacher_cache import attach_teacher_cache
 from .trainer import DistillTrainer
@@ -36,10 +37,11 @@ def build_trainer(
     teacher_tokenizer = None
     if config.uses_cross_tokenizer:
         teacher_tokenizer = load_teacher_tokenizer(config, model_args.trust_remote_code)
-    with config.main_process_first(desc="tokenizing the dataset"):
-        train_dataset, eval_dataset = prepare_datasets(
+    train_dataset, eval_dataset = main_process_first(
+        lambda: prepare_datasets(
             data_args, tokenizer, prompts_only=config.lmbda == 1.0, teacher_tokenizer=teacher_tokenizer
         )
+    )
     if config.uses_teacher_cache:
         train_dataset = attach_teacher_cache(data_args, config, tokenizer, train_dataset)
 

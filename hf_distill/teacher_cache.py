@@ -32,6 +32,7 @@ from .config import DistillConfig
 from .data import CACHE_COLUMNS, prepare_datasets
 from .loading import check_models_fit, load_teachers, load_tokenizer
 from .losses import IGNORE_INDEX
+from .main_process_first import main_process_first
 from .teacher_cache_files import MANIFEST, read_manifest, read_shards, shard_path
 from .teachers import LiveTeacher, check_member_vocabularies
 from .user_errors import UserInputError, bad_value
@@ -151,8 +152,7 @@ def build_teacher_cache(
             f"pass --top_k {len(tokenizer)} or less",
         )
     check_models_fit(model_args, config, tokenizer)
-    with config.main_process_first(desc="tokenizing the dataset"):
-        train_dataset, _ = prepare_datasets(data_args, tokenizer)
+    train_dataset, _ = main_process_first(lambda: prepare_datasets(data_args, tokenizer))
     manifest = {**_expected_manifest(data_args, config, tokenizer, train_dataset), "top_k": top_k}
     manifest.update(num_examples=len(train_dataset), shard_size=shard_size)
     manifest_path = os.path.join(cache_dir, MANIFEST)

@@ -506,11 +506,11 @@ def test_teacher_context_of_a_packed_row_is_its_longest_sequence(tmp_path):
     trainer = DistillTrainer(model=tiny_llama(seed=1), teacher_model=short, args=make_args(tmp_path))
     ids = torch.arange(3, 15)[None]
     trainer._prepare_inputs({"input_ids": ids, "position_ids": torch.tensor([[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5]])})
-    with pytest.raises(ValueError, match=r"max_position_embeddings=8 positions, but a batch has 9;"):
+    with pytest.raises(ValueError, match=r"the teacher reads at most 8 positions, but a batch has 9;"):
         trainer._prepare_inputs(
             {"input_ids": ids, "position_ids": torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4, 5, 6, 7, 8]])}
         )
-    with pytest.raises(ValueError, match=r"max_position_embeddings=8 positions, but a batch has 12;"):
+    with pytest.raises(ValueError, match=r"the teacher reads at most 8 positions, but a batch has 12;"):
         trainer._prepare_inputs({"input_ids": ids})
 
 

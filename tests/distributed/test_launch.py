@@ -91,27 +91,45 @@ def test_cache_teacher_with_two_processes_equals_one(workspace):
             assert two == load_from_disk(str(tmp_path / "one" / name)).to_dict(), name
 
 
-def test_a_user_error_is_printed_once_and_every_rank_exits_2(workspace):
-    """Both ranks hit the bad `output_dir` once their process group exists; the main one prints the line, the other
-    exits with the same code without a word. The launcher then reports the failed ranks with its own traceback."""
+@pytest.mark.parametrize("fault", ["output_dir", "data", "evaluate split"])
+def test_a_user_error_is_printed_once_and_every_rank_exits_2(workspace, fault):
+    """Both ranks hit the bad `output_dir` once their process group exists; a broken data line or a missing split is
+    found by the main process alone, while it reads the data first and the other waits (`hf_distill.
+    main_process_first`; Accelerate's own would leave the other waiting until the launcher kills it). Either way the
+    main process prints the line, the other exits with the same code without a word. The launcher then reports the
+    failed ranks with its own traceback."""
     tmp_path, recipe = workspace
-    (tmp_path / "a_file").write_text("x")
+    command = "evaluate" if fault == "evaluate split" else "train"
+    if fault == "evaluate split":
+        overrides = ["--split", "nope"]
+        expected = "hf-distill: error: no such split (--split='nope'): "
+    elif fault == "output_dir":
+        (tmp_path / "a_file").write_text("x")
+        overrides = ["--output_dir", str(tmp_path / "a_file")]
+        expected = (
+            f"hf-distill: error: output_dir is a file (output_dir='{tmp_path / 'a_file'}'): the run writes a folder "
+            "there; set another output_dir"
+        )
+    else:
+        train = tmp_path / "data" / "train.jsonl"
+        train.write_text(train.read_text() + "{not json\n")
+        overrides = []
+        expected = f"hf-distill: error: broken JSON line ({train}:33)"
     config = os.path.join(ROOT, "accelerate_configs", "cpu_2proc.yaml")
     script = os.path.join(ROOT, "tests", "scripts", "launch_error.py")
     # The launcher stops the other ranks once it sees one fail: it looks every 5 s here, time for rank 1 to exit.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--monitor_interval", "5"]
     result = subprocess.run(
-        [*cmd, script, recipe, "--output_dir", str(tmp_path / "a_file")],
+        [*cmd, script, command, recipe, *overrides],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode != 0
     for rank in (0, 1):
         assert f"rank {rank}: exit 2 in a process group of 2" in result.stdout, result.stdout + result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("hf-distill")]
-    assert lines == [
-        f"hf-distill: error: output_dir is a file (output_dir='{tmp_path / 'a_file'}'): the run writes a folder "
-        "there; set another output_dir"
-    ], result.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr[-3000:]
+    if fault == "output_dir":
+        assert lines == [expected]
     # The one traceback is the launcher's (torch elastic's ChildFailedError), not a rank's.
     assert result.stderr.count("Traceback (most recent call last)") == 1, result.stderr[-3000:]
     assert "ChildFailedError" in result.stderr and "hf_distill" not in result.stderr.split("Traceback")[1]
