@@ -207,7 +207,8 @@ def run_bare(opts, models, dataset, tokenizer, output_dir) -> tuple[list[float],
     times, cpu_times, losses = [], [], []
     last, last_cpu = time.perf_counter(), time.process_time()
     for batch in batches:
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        # No KV cache, as DistillTrainer's forwards: training reads none, and building one costs time.
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
         targets = batch["labels"][:, 1:]
         hidden = student.model(**inputs).last_hidden_state[:, :-1]
         with torch.no_grad():
