@@ -114,7 +114,12 @@ def parse_rounds(path: str, overrides: list[str] | None = None) -> list[Round]:
         rounds.append(Round(number, *_parse(values, overrides + chained, where)))
         if rounds[-1].model_args.use_peft and len(stages) > 1:
             # A LoRA round saves an adapter, which is no full model for the next round (or teacher) to load.
-            raise RecipeError(f"use_peft: true in {where}: a multi-round recipe chains full models, not adapters")
+            raise RecipeError(
+                "LoRA in a multi-round recipe",
+                f"use_peft: true in {where}",
+                "a multi-round recipe chains full models, not adapters",
+                "train the rounds without use_peft",
+            )
     return rounds
 
 

@@ -83,7 +83,7 @@ def test_parse_chains_the_rounds(workspace):
         ("rounds:\n  - {}\n  - {alpha: 3}\n", "round 2 of .*: alpha must be in"),
         (
             "rounds:\n  - {}\n  - {use_peft: true}\n",
-            "use_peft: true in round 2 of .*: a multi-round recipe chains full",
+            r"^LoRA in a multi-round recipe \(use_peft: true in round 2 of .*\): a multi-round recipe chains full",
         ),
         ("rounds: []\n", r"^invalid 'rounds' \(.*\): it must be a non-empty list of mappings"),
         ("rounds:\n  - 3\n", r"^invalid 'rounds' \(.*\): it must be a non-empty list of mappings; write one"),
