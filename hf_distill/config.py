@@ -279,6 +279,11 @@ class DistillConfig(TrainingArguments):
         return self.lmbda > 0 or self.seq_kd
 
     @property
+    def generation_setting(self) -> str:
+        """The field that makes the run generate, as error messages name it: `lmbda=...`, else `seq_kd=True`."""
+        return f"lmbda={self.lmbda}" if self.lmbda > 0 else "seq_kd=True"
+
+    @property
     def generation_config(self) -> GenerationConfig:
         """The sampling settings as a `transformers.GenerationConfig` (token ids are the tokenizer's, added later)."""
         sampling = {"do_sample": False}
@@ -413,10 +418,9 @@ class DistillConfig(TrainingArguments):
                 "unset one of them",
             )
         if self.generates:
-            setting = f"lmbda={self.lmbda}" if self.lmbda > 0 else "seq_kd=True"
             raise UserInputError(
                 "cross-tokenizer distillation with generation",
-                f"cross_tokenizer={mode!r}, {setting}",
+                f"cross_tokenizer={mode!r}, {self.generation_setting}",
                 "generated text is not re-tokenized for the teacher",
                 "use off-policy distillation (lmbda: 0, seq_kd: false)",
             )
@@ -446,7 +450,7 @@ class DistillConfig(TrainingArguments):
             raise bad_value("eval_max_new_tokens", self.eval_max_new_tokens, "must be >= 1", "set it to 1 or more")
         if not self.generates:
             return
-        setting = f"lmbda={self.lmbda}" if self.lmbda > 0 else "seq_kd=True"
+        setting = self.generation_setting
         if self.teacher_cache_dir is not None:
             raise UserInputError(
                 "generated text with a teacher cache",

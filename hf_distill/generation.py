@@ -138,10 +138,9 @@ class StepGenerator:
     def __init__(self, config, accelerator, tokenizer, student: Callable[[], nn.Module], teacher: nn.Module | None):
         eos = getattr(tokenizer, "eos_token_id", None)
         if eos is None:
-            setting = f"lmbda={config.lmbda}" if config.lmbda > 0 else "seq_kd=True"
             raise UserInputError(
                 "tokenizer without an eos_token",
-                f"{setting}, tokenizer_name_or_path",
+                f"{config.generation_setting}, tokenizer_name_or_path",
                 "generated completions stop at the end-of-sequence token",
                 "set an eos_token on the tokenizer",
             )
@@ -167,9 +166,10 @@ class StepGenerator:
         """The generator of a `DistillTrainer`: its tokenizer (`processing_class`, or its `tokenizer`) is required,
         and `seq_kd` needs exactly one live teacher (`teachers`) to write the completions."""
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
-        setting = f"lmbda={config.lmbda}" if config.lmbda > 0 else "seq_kd=True"
         if tokenizer is None:
-            raise UserInputError(f"{setting} generates completions: pass the tokenizer as processing_class")
+            raise UserInputError(
+                f"{config.generation_setting} generates completions: pass the tokenizer as processing_class"
+            )
         if config.seq_kd and len(teachers) != 1:
             raise UserInputError(f"seq_kd=True needs one teacher model to generate, got {len(teachers)}")
         return cls(config, accelerator, tokenizer, student, teachers[0] if teachers else None)

@@ -42,7 +42,7 @@ def load_tokenizer(model_args: ModelArguments, config: DistillConfig):
             "cannot load a tokenizer", f"tokenizer_name_or_path={name!r}", str(err), "fix the path or hub id"
         ) from None
     if config.generates and tokenizer.eos_token is None:
-        setting = f"lmbda={config.lmbda}" if config.lmbda > 0 else "seq_kd=True"
+        setting = config.generation_setting
         raise UserInputError(
             "tokenizer without an end-of-sequence token",
             f"tokenizer_name_or_path={name!r}, {setting}",
