@@ -39,8 +39,9 @@ import tempfile  # noqa: E402
 
 import datasets  # noqa: E402
 import torch  # noqa: E402
+from side_by_side import equal_training_args, llama  # noqa: E402
 from step_timer import StepTimer  # noqa: E402
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PrinterCallback  # noqa: E402
+from transformers import AutoTokenizer, PrinterCallback  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
 from hf_distill import DistillConfig, DistillTrainer  # noqa: E402
@@ -50,24 +51,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER = os.path.join(ROOT, "recipes", "demo", "tokenizer")
 TRAIN_DATA = os.path.join(ROOT, "recipes", "demo", "data", "train.jsonl")
 HF_DISTILL, TRL = "hf_distill DistillTrainer", "TRL DistillationTrainer"
-
-
-def llama(hidden: int, layers: int, vocab: int, seed: int) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=hidden * 8 // 3,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(config)
 
 
 def prompt_messages(count: int) -> list[list[dict]]:
@@ -81,28 +64,6 @@ def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
 
 
-def common_args(opts, output_dir: str) -> dict:
-    return dict(
-        output_dir=output_dir,
-        use_cpu=True,
-        per_device_train_batch_size=opts.batch_size,
-        gradient_accumulation_steps=1,
-        max_steps=opts.max_steps,
-        learning_rate=1e-4,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        gradient_checkpointing=False,
-        bf16=False,
-        temperature=1.0,
-        logging_steps=opts.max_steps,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        seed=0,
-        data_seed=0,
-    )
-
-
 def hf_distill_trainer(opts, models, tokenizer, messages, output_dir, callbacks):
     student, teacher = models()
     ids = [prompt_ids(tokenizer, m) for m in messages]
@@ -111,7 +72,7 @@ def hf_distill_trainer(opts, models, tokenizer, messages, output_dir, callbacks)
         {"input_ids": ids, "labels": [[-100] * len(row) for row in ids], "id": [str(i) for i in range(len(ids))]}
     )
     config = DistillConfig(
-        **common_args(opts, output_dir),
+        **equal_training_args(opts, output_dir),
         lmbda=1.0,
         max_new_tokens=opts.max_new_tokens,
         generation_temperature=0.0,
@@ -136,7 +97,7 @@ def trl_trainer(opts, models, tokenizer, messages, output_dir, callbacks):
 
     student, teacher = models()
     config = DistillationConfig(
-        **common_args(opts, output_dir),
+        **equal_training_args(opts, output_dir),
         max_completion_length=opts.max_new_tokens,
         generation_kwargs={"do_sample": False},
         beta=1.0,
@@ -197,7 +158,9 @@ def main() -> None:
     vocab = len(tokenizer)
 
     def models():
-        return llama(opts.student_hidden, 4, vocab, seed=1), llama(opts.teacher_hidden, 6, vocab, seed=2)
+        student = llama(opts.student_hidden, 4, vocab, 1, heads=4, max_positions=256)
+        teacher = llama(opts.teacher_hidden, 6, vocab, 2, heads=4, max_positions=256)
+        return student, teacher
 
     student, teacher = models()
     sizes = [sum(p.numel() for p in m.parameters()) / 1e6 for m in (student, teacher)]

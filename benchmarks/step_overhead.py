@@ -60,11 +60,11 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import datasets  # noqa: E402
+import side_by_side  # noqa: E402
 import torch  # noqa: E402
 from step_timer import StepTimer  # noqa: E402
 from transformers import (  # noqa: E402
     AutoTokenizer,
-    LlamaConfig,
     LlamaForCausalLM,
     PrinterCallback,
     Trainer,
@@ -85,21 +85,7 @@ MAX_GRAD_NORM = 1.0
 
 
 def llama(hidden: int, layers: int, vocab: int, seed: int) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=hidden * 8 // 3,
-        num_hidden_layers=layers,
-        num_attention_heads=max(hidden // 64, 1),
-        num_key_value_heads=max(hidden // 64, 1),
-        max_position_embeddings=4096,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(config)
+    return side_by_side.llama(hidden, layers, vocab, seed, heads=max(hidden // 64, 1), max_positions=4096)
 
 
 def make_dataset(opts) -> datasets.Dataset:
@@ -113,25 +99,9 @@ def make_dataset(opts) -> datasets.Dataset:
 
 def common_args(opts, output_dir: str) -> dict:
     return dict(
-        output_dir=output_dir,
-        use_cpu=True,
-        per_device_train_batch_size=opts.batch_size,
-        gradient_accumulation_steps=1,
-        max_steps=opts.max_steps,
-        learning_rate=1e-4,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
+        side_by_side.equal_training_args(opts, output_dir),
         max_grad_norm=MAX_GRAD_NORM,
-        gradient_checkpointing=False,
-        bf16=False,
-        temperature=1.0,
-        logging_steps=opts.max_steps,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
         train_sampling_strategy="sequential",
-        seed=0,
-        data_seed=0,
     )
 
 
