@@ -16,8 +16,8 @@ import time
 
 from distill_vs_finetune import quiet_run_overrides
 
-from hf_distill.pipeline import run_training
-from hf_distill.recipe import parse_recipe
+from hf_distill.commands.recipe import parse_recipe
+from hf_distill.commands.train import run_training
 
 CROSS = "recipes/demo/cross_tokenizer.yaml"
 SAME = "recipes/demo/distill.yaml"

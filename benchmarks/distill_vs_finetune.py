@@ -13,8 +13,8 @@ import time
 
 from transformers.utils import logging
 
-from hf_distill.pipeline import run_training
-from hf_distill.recipe import parse_recipe
+from hf_distill.commands.recipe import parse_recipe
+from hf_distill.commands.train import run_training
 
 
 def run(recipe: str, overrides: list[str]) -> tuple[dict, float]:

@@ -18,10 +18,10 @@ import time
 
 from transformers.utils import logging
 
-from hf_distill.evaluation import run_evaluation
-from hf_distill.model_card import format_number
-from hf_distill.pipeline import run_training
-from hf_distill.recipe import parse_recipe
+from hf_distill.commands.evaluate import run_evaluation
+from hf_distill.commands.recipe import parse_recipe
+from hf_distill.commands.train import run_training
+from hf_distill.run.model_card import format_number
 
 RECIPE = "recipes/demo/distill.yaml"
 STUDENTS = ("distilled", "fine-tuned")

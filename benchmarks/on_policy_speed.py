@@ -45,7 +45,7 @@ from transformers import AutoTokenizer, PrinterCallback  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
 from hf_distill import DistillConfig, DistillTrainer  # noqa: E402
-from hf_distill.data import DistillDataCollator  # noqa: E402
+from hf_distill.data.datasets import DistillDataCollator  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER = os.path.join(ROOT, "recipes", "demo", "tokenizer")

@@ -18,9 +18,9 @@ import time
 
 from transformers.utils import logging
 
-from hf_distill.evaluation import run_evaluation
-from hf_distill.pipeline import run_training
-from hf_distill.recipe import parse_recipe
+from hf_distill.commands.evaluate import run_evaluation
+from hf_distill.commands.recipe import parse_recipe
+from hf_distill.commands.train import run_training
 
 VERIFIABLE = ("towns", "jobs", "sums", "counts", "reversals")
 ON_POLICY = "recipes/demo/on_policy.yaml"

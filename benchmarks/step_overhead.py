@@ -73,7 +73,7 @@ from transformers import (  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
 from hf_distill import DistillConfig, DistillTrainer  # noqa: E402
-from hf_distill.data import DistillDataCollator  # noqa: E402
+from hf_distill.data.datasets import DistillDataCollator  # noqa: E402
 from hf_distill.losses import LOSS_CHUNK_SIZE, linear_distillation_loss  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

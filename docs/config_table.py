@@ -7,8 +7,8 @@ python docs/config_table.py --write   # rewrite it in README.md, between its two
 import os
 import sys
 
+from hf_distill.arguments.field_docs import parse_field_docs
 from hf_distill.config import DistillConfig
-from hf_distill.field_docs import parse_field_docs
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 BEGIN = "<!-- DistillConfig table: generated from the docstring by `python docs/config_table.py --write` -->\n"

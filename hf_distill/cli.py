@@ -22,15 +22,15 @@ import traceback
 
 from accelerate import PartialState
 
-from .checks import check_recipe
-from .cpu_threads import choose_torch_threads
-from .evaluation import format_results, run_evaluation
-from .pipeline import run_training
-from .process_group import leave_process_group
-from .recipe import parse_recipe
-from .report import write_report
-from .rounds import check_rounds, is_multi_round, parse_rounds, run_rounds
-from .teacher_cache import build_teacher_cache
+from .commands.check import check_recipe
+from .commands.evaluate import format_results, run_evaluation
+from .commands.recipe import parse_recipe
+from .commands.report import write_report
+from .commands.rounds import check_rounds, is_multi_round, parse_rounds, run_rounds
+from .commands.train import run_training
+from .run.cpu_threads import choose_torch_threads
+from .run.process_group import leave_process_group
+from .teachers.cache_builder import build_teacher_cache
 from .user_errors import UserError
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from transformers import GenerationConfig, TrainingArguments
 
-from .argument_checks import check_step_intervals, check_training_arguments
-from .field_docs import document_fields
+from .arguments.field_docs import document_fields
+from .arguments.training_checks import check_step_intervals, check_training_arguments
 from .losses import (
     CROSS_TOKENIZER_MODES,
     ENSEMBLE_MODES,
@@ -19,7 +19,7 @@ from .losses import (
 )
 from .losses.divergences import BETA_LOSS_TYPES, DEFAULT_BETA
 from .losses.sparse import check_sparse_mode
-from .modeling import parse_init_kwargs
+from .models.causal_lm import parse_init_kwargs
 from .user_errors import UserInputError, bad_value
 
 TEACHER_SOURCES = ("none", "model", "cache")

@@ -12,17 +12,12 @@ from accelerate.utils import gather_object
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 
-from .atomic_write import remove_path
-from .checkpoints import mark_complete, resume_advice, resume_point, rotate_checkpoints
+from .arguments.trainer_options import checked_trainer_kwargs
 from .config import DistillConfig
-from .context_length import check_batch_length, teacher_contexts
-from .cross_tokenization import CROSS_BATCH_KEYS, CROSS_COLUMNS
-from .data import CACHE_COLUMNS, DistillDataCollator
-from .disk_space import raise_if_save_failed, tensor_bytes
-from .eval_generation import generation_metrics
-from .generation import GENERATED_BY, StepGenerator
-from .hidden_states import final_hidden_states, fused_heads_reproduce_logits, lm_head
-from .loading import load_teachers
+from .data.cross_tokenization import CROSS_BATCH_KEYS, CROSS_COLUMNS
+from .data.datasets import CACHE_COLUMNS, DistillDataCollator
+from .generation.eval_answers import generation_metrics
+from .generation.step_generator import GENERATED_BY, StepGenerator
 from .losses import (
     IGNORE_INDEX,
     CrossVocabTeacher,
@@ -33,17 +28,22 @@ from .losses import (
     fused_distillation_loss,
 )
 from .losses.divergences import mix
-from .metric_names import CE_LOSS, KD_LOSS, LOSS, PERPLEXITY, TEACHER_AGREEMENT, distill_objective, prefixed
-from .metric_names import TERMS as _EVAL_SUMS
-from .model_card import write_model_card
-from .nonfinite_guard import NonFiniteGuard
-from .run_files import RunFilesCallback
-from .run_lock import run_lock
-from .stop_signals import StopOnSignal
-from .teacher_numerics import check_teacher_finite
-from .teacher_placement import is_deepspeed_zero3
-from .teachers import CachedTeacher, CrossTokenizerTeacher, LiveTeacher, build_teacher
-from .trainer_arguments import checked_trainer_kwargs
+from .metrics.names import CE_LOSS, KD_LOSS, LOSS, PERPLEXITY, TEACHER_AGREEMENT, distill_objective, prefixed
+from .metrics.names import TERMS as _EVAL_SUMS
+from .models.hidden_states import final_hidden_states, fused_heads_reproduce_logits, lm_head
+from .models.loading import load_teachers
+from .run.atomic_write import remove_path
+from .run.checkpoints import mark_complete, resume_advice, resume_point, rotate_checkpoints
+from .run.disk_space import raise_if_save_failed, tensor_bytes
+from .run.lock import run_lock
+from .run.logs import RunFilesCallback
+from .run.model_card import write_model_card
+from .run.nonfinite_guard import NonFiniteGuard
+from .run.signals import StopOnSignal
+from .teachers.build import CachedTeacher, CrossTokenizerTeacher, LiveTeacher, build_teacher
+from .teachers.context_length import check_batch_length, teacher_contexts
+from .teachers.numerics import check_teacher_finite
+from .teachers.placement import is_deepspeed_zero3
 from .user_errors import UserInputError
 
 
@@ -59,7 +59,7 @@ class DistillTrainer(Trainer):
             `args.teacher_model_name_or_path`. Ignored, and never loaded, when `args.alpha == 1.0` or when
             `args.teacher_cache_dir` is set (the batches then carry the teacher's cached top-k). A list is an
             ensemble, combined as `args.teacher_ensemble` says with `args.teacher_weights`. Built once into
-            `self.teacher` (`hf_distill.teachers`: a `LiveTeacher`, a `CachedTeacher` for a cache, or None).
+            `self.teacher` (`hf_distill.teachers.build`: a `LiveTeacher`, a `CachedTeacher` for a cache, or None).
 
     The loss of an optimizer step is `alpha * CE + (1 - alpha) * T**2 * D(teacher || student)`, each term summed over
     the valid tokens of every micro-batch and divided by the valid tokens of the whole step across processes, so the
@@ -178,8 +178,8 @@ class DistillTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """`Trainer.train`; `resume_from_checkpoint=True` takes the last *complete* checkpoint in `output_dir`.
 
-        The main process holds the lock of `output_dir` while it trains (`hf_distill.run_lock`). SIGTERM or SIGINT
-        finish the step, save a checkpoint and exit 143 or 130 (`hf_distill.stop_signals`)."""
+        The main process holds the lock of `output_dir` while it trains (`hf_distill.run.lock`). SIGTERM or SIGINT
+        finish the step, save a checkpoint and exit 143 or 130 (`hf_distill.run.signals`)."""
         student = self.accelerator.unwrap_model(self.model)
         resume_from_checkpoint = resume_point(self.args.output_dir, resume_from_checkpoint, student.config)
         stop = StopOnSignal(self)

@@ -80,7 +80,7 @@ import os, sys
 from accelerate import Accelerator, PartialState
 from transformers import TrainingArguments
 
-from hf_distill.process_group import leave_process_group
+from hf_distill.run.process_group import leave_process_group
 
 print("requested", os.environ.get("ACCELERATE_USE_FSDP"), os.environ.get("ACCELERATE_USE_DEEPSPEED"))
 if sys.argv[2] == "trainer":

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from hf_distill.atomic_write import atomic_write, temporary_path, write_json_atomically
-from hf_distill.csv_files import truncate_csv
+from hf_distill.run.atomic_write import atomic_write, temporary_path, write_json_atomically
+from hf_distill.run.csv_writer import truncate_csv
 
 
 def write_text(text):

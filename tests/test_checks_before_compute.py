@@ -14,8 +14,8 @@ from test_bad_input import error_line
 from test_teacher_cache import build
 from testing_utils import refuse_weights, tiny_llama
 
-import hf_distill.checks
-import hf_distill.data_files
+import hf_distill.commands.check
+import hf_distill.data.raw_dataset
 from hf_distill.cli import main
 
 REBUILD = "delete the folder and rebuild it with hf-distill cache-teacher"
@@ -66,7 +66,7 @@ def test_output_dir_that_is_a_file_or_not_writable(workspace, capsys, monkeypatc
         # Root writes anywhere; stand in for the user the permissions are for.
         access = os.access
         monkeypatch.setattr(
-            hf_distill.checks.os, "access", lambda path, mode: path != str(read_only) and access(path, mode)
+            hf_distill.commands.check.os, "access", lambda path, mode: path != str(read_only) and access(path, mode)
         )
     out = read_only / "out"
     for command in ("train", "check"):
@@ -120,7 +120,7 @@ def test_a_data_file_whose_link_leads_nowhere(workspace, capsys, no_weights):  #
 
 def test_a_hub_dataset_while_offline(workspace, capsys, no_weights, monkeypatch):  # noqa: F811
     _, recipe = workspace
-    monkeypatch.setattr(hf_distill.data_files.datasets_config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_distill.data.raw_dataset.datasets_config, "HF_HUB_OFFLINE", True)
     assert error_line(capsys, ["train", recipe, "--dataset_name", "some-org/some-dataset"]) == (
         "hf-distill: error: hub dataset unavailable offline (dataset_name='some-org/some-dataset'): HF_HUB_OFFLINE or "
         "HF_DATASETS_OFFLINE is set and the dataset is not in the local cache; unset them to download it once, or "

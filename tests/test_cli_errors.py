@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-import hf_distill.pipeline
+import hf_distill.commands.train
 from hf_distill import cli
 from hf_distill.cli import main
 from hf_distill.user_errors import UserInputError
@@ -156,7 +156,7 @@ def test_a_deepspeed_mismatch_found_when_training_starts_is_one_line(workspace, 
             "The easiest method is to set these DeepSpeed config values to 'auto'."
         )
 
-    monkeypatch.setattr(hf_distill.pipeline.DistillTrainer, "train", train)
+    monkeypatch.setattr(hf_distill.commands.train.DistillTrainer, "train", train)
     assert one_error_line(capsys, ["train", recipe]) == (
         "hf-distill: error: DeepSpeed config disagrees with the recipe (accelerate_configs/zero3.json): ds "
         "train_micro_batch_size_per_gpu=8 vs hf per_device_train_batch_size=4, ds scheduler.params.total_num_steps=10 "

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from hf_distill import cpu_threads
-from hf_distill.cpu_threads import oversubscription_warning, torch_threads
+from hf_distill.run import cpu_threads
+from hf_distill.run.cpu_threads import oversubscription_warning, torch_threads
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
 
@@ -66,7 +66,7 @@ def cpu_machine(monkeypatch):
 def test_unchosen_threads_are_set_to_the_free_cores_with_one_line(cpu_machine, monkeypatch, caplog):
     monkeypatch.setattr(cpu_threads.os, "getloadavg", lambda: (0.1, 0.0, 0.0))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    with caplog.at_level(logging.WARNING, logger="hf_distill.cpu_threads"):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.run.cpu_threads"):
         cpu_threads.choose_torch_threads()
     assert cpu_machine == [4]
     assert os.environ["OMP_NUM_THREADS"] == "4"  # for Accelerate's state, which would set its own
@@ -85,7 +85,7 @@ def test_under_load_one_process_takes_the_free_cores(cpu_machine, monkeypatch):
 
 def test_quiet_and_alone_nothing_changes(cpu_machine, monkeypatch, caplog):
     monkeypatch.setattr(cpu_threads.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
-    with caplog.at_level(logging.WARNING, logger="hf_distill.cpu_threads"):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.run.cpu_threads"):
         cpu_threads.choose_torch_threads()
     assert cpu_machine == [] and not caplog.text
 
@@ -93,7 +93,7 @@ def test_quiet_and_alone_nothing_changes(cpu_machine, monkeypatch, caplog):
 def test_a_chosen_thread_count_wins_and_is_warned_about_when_too_high(cpu_machine, monkeypatch, caplog):
     monkeypatch.setattr(cpu_threads.os, "getloadavg", lambda: (6.0, 2.0, 1.0))
     monkeypatch.setenv("OMP_NUM_THREADS", "8")
-    with caplog.at_level(logging.WARNING, logger="hf_distill.cpu_threads"):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.run.cpu_threads"):
         cpu_threads.choose_torch_threads()
     assert cpu_machine == [] and os.environ["OMP_NUM_THREADS"] == "8"
     assert caplog.text.strip().endswith("set OMP_NUM_THREADS=2 for this run")

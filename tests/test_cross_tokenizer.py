@@ -17,8 +17,8 @@ from testing_utils import (
 
 from hf_distill import DistillConfig, DistillTrainer
 from hf_distill.cli import main
-from hf_distill.pipeline import build_trainer
-from hf_distill.recipe import parse_recipe
+from hf_distill.commands.recipe import parse_recipe
+from hf_distill.commands.train import build_trainer
 
 
 def error_line(capsys, argv):
@@ -92,7 +92,7 @@ def test_teacher_tokenizer_that_does_not_load_or_is_slow(workspace, capsys, no_w
     class Slow(PreTrainedTokenizer):
         is_fast = False
 
-    from hf_distill.loading import check_offsets
+    from hf_distill.models.loading import check_offsets
 
     with pytest.raises(ValueError, match="^slow tokenizer .*gives no character offsets"):
         check_offsets(Slow.__new__(Slow), "teacher_tokenizer_name_or_path='x'", "uld")
@@ -241,7 +241,7 @@ def test_cache_teacher_and_evaluate_refuse_a_teacher_of_another_tokenizer(worksp
 
 
 def test_a_teacher_with_nonfinite_outputs_stops_the_run(workspace):
-    from hf_distill.teacher_numerics import NonFiniteTeacherError
+    from hf_distill.teachers.numerics import NonFiniteTeacherError
 
     tmp_path, recipe = workspace
     trainer = _trainer(tmp_path, cross_tokenizer_recipe(tmp_path, recipe, "aligned"), output_dir=tmp_path / "out")

@@ -15,7 +15,7 @@ from hf_distill.losses import (
     uld_distance,
 )
 from hf_distill.losses.cross_vocab import aligned_divergence
-from hf_distill.shared_vocabulary import shared_vocabulary
+from hf_distill.teachers.shared_vocabulary import shared_vocabulary
 
 
 def _reference_uld(p_s, p_t):

@@ -7,9 +7,9 @@ import pytest
 from datasets import Dataset
 from testing_utils import word_tokenizer
 
-from hf_distill.arguments import DataArguments
-from hf_distill.data import detect_format, load_raw_dataset, prepare_datasets, tokenize_dataset
-from hf_distill.recipe import parse_recipe
+from hf_distill.arguments.script_arguments import DataArguments
+from hf_distill.commands.recipe import parse_recipe
+from hf_distill.data.datasets import detect_format, load_raw_dataset, prepare_datasets, tokenize_dataset
 
 IDS = {f"w{i}": i + 6 for i in range(58)}
 

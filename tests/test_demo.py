@@ -8,7 +8,7 @@ from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from hf_distill.cli import main
-from hf_distill.data_files import split_files
+from hf_distill.data.raw_dataset import split_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "recipes", "demo")

@@ -13,7 +13,6 @@ from testing_utils import pad_collator, tiny_llama, tiny_sizes, variable_length_
 from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 
 from hf_distill import DistillConfig, DistillTrainer
-from hf_distill.hidden_states import final_hidden_states, fused_heads_reproduce_logits, lm_head
 from hf_distill.losses import (
     DivergenceSpec,
     TeacherHeads,
@@ -21,6 +20,7 @@ from hf_distill.losses import (
     dense_distillation_terms,
     fused_distillation_loss,
 )
+from hf_distill.models.hidden_states import final_hidden_states, fused_heads_reproduce_logits, lm_head
 
 # Architecture -> config overrides that switch on its logit post-processing, so that the probe has something to see.
 ARCHITECTURES = {
@@ -134,9 +134,9 @@ def test_architecture_matrix_fused_equals_dense(model_type, role):
 @pytest.mark.parametrize("model_type", ["granite", "falcon_h1", "hyperclovax", "cohere"])
 def test_probe_catches_a_missing_multiplier(model_type, caplog, monkeypatch):
     """Without the multiplier the probe sees the difference: it is what protects an architecture not yet known."""
-    monkeypatch.setattr("hf_distill.hidden_states.logit_multiplier", lambda model, config: 1.0)
+    monkeypatch.setattr("hf_distill.models.hidden_states.logit_multiplier", lambda model, config: 1.0)
     model = tiny(model_type, seed=1)
-    with caplog.at_level(logging.WARNING, logger="hf_distill.hidden_states"):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.models.hidden_states"):
         assert not fused_heads_reproduce_logits([model], _identity)
     assert type(model).__name__ in caplog.text and "differs from its own logits by" in caplog.text
 
@@ -190,9 +190,9 @@ def test_unknown_logit_post_processing_falls_back_to_dense(tmp_path, role, caplo
         return trained_weights(tmp_path / name, student, teacher, loss_chunk_size=chunk)
 
     dense, dense_weights = run("dense", 0)
-    with caplog.at_level(logging.WARNING, logger="hf_distill.hidden_states"):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.models.hidden_states"):
         auto, auto_weights = run("auto", None)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "hf_distill.hidden_states"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "hf_distill.models.hidden_states"]
     assert (
         len(warnings) == 1 and "ScaledLogitsLlama" in warnings[0] and "differs from its own logits by" in warnings[0]
     )
@@ -279,7 +279,7 @@ def test_peft_student_runs_the_fused_loss_to_the_dense_weights(tmp_path, case, c
         )
         return trainer
 
-    with caplog.at_level(logging.WARNING, logger="hf_distill.hidden_states"):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.models.hidden_states"):
         dense, fused = run("dense", 0), run("fused", 5)
     assert fused._fused_loss_ok, caplog.text
     a, b = trainable_weights(dense), trainable_weights(fused)
@@ -289,7 +289,7 @@ def test_peft_student_runs_the_fused_loss_to_the_dense_weights(tmp_path, case, c
 
 def test_peft_head_with_dropout_falls_back_with_one_line(tmp_path, caplog):
     student = lora_student("lora_head", lora_dropout=0.1)
-    with caplog.at_level(logging.WARNING, logger="hf_distill.hidden_states"):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.models.hidden_states"):
         trainer = DistillTrainer(
             model=student,
             teacher_model=tiny_llama(seed=2),
@@ -421,7 +421,7 @@ def test_hyperparameter_search_default_objective_is_the_eval_loss(tmp_path, monk
     KD and teacher agreement. The default is now `eval_loss` (or, with compute_metrics, the sum of its metrics)."""
     from transformers import Trainer
 
-    from hf_distill.metric_names import distill_objective
+    from hf_distill.metrics.names import distill_objective
 
     data = variable_length_dataset(n=4)
     trainer = DistillTrainer(
@@ -568,6 +568,6 @@ def test_unreadable_models_fall_back_with_one_line(caplog):
     }
     for model, reason in cases.items():
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="hf_distill.hidden_states"):
+        with caplog.at_level(logging.WARNING, logger="hf_distill.models.hidden_states"):
             assert not fused_heads_reproduce_logits([model], _identity)
         assert len(caplog.records) == 1 and reason in caplog.text and type(model).__name__ in caplog.text

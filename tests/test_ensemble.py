@@ -10,9 +10,9 @@ from testing_utils import ensemble_recipe, tiny_llama, variable_length_dataset
 
 from hf_distill import DistillTrainer
 from hf_distill.cli import main
-from hf_distill.hidden_states import PROBE_IDS
 from hf_distill.losses import ENSEMBLE_MODES
-from hf_distill.teachers import LiveTeacher
+from hf_distill.models.hidden_states import PROBE_IDS
+from hf_distill.teachers.build import LiveTeacher
 
 
 def logged(trainer, key):

@@ -9,7 +9,7 @@ from datasets import Dataset
 from testing_utils import tiny_llama, word_tokenizer
 
 from hf_distill import DistillConfig, DistillTrainer
-from hf_distill.data import DistillDataCollator
+from hf_distill.data.datasets import DistillDataCollator
 from hf_distill.metrics.answers import exact_match, token_f1
 
 

@@ -11,11 +11,11 @@ from huggingface_hub import ModelCard
 from testing_utils import ensemble_recipe, refuse_weights, tiny_llama, variable_length_dataset, word_tokenizer
 
 from hf_distill.cli import main
-from hf_distill.data import split_prompt
-from hf_distill.evaluation import load_metrics, teacher_forced_sums
-from hf_distill.greedy_decoding import greedy_completions
+from hf_distill.commands.evaluate import load_metrics, teacher_forced_sums
+from hf_distill.data.datasets import split_prompt
+from hf_distill.generation.greedy import greedy_completions
 from hf_distill.metrics.answers import exact_match, normalize_answer, token_f1
-from hf_distill.model_card import render_model_card
+from hf_distill.run.model_card import render_model_card
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

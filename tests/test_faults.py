@@ -12,7 +12,7 @@ from testing_utils import pad_collator, tiny_llama, variable_length_dataset
 from transformers import TrainerCallback
 
 from hf_distill import DistillTrainer
-from hf_distill.checkpoints import is_complete, last_complete_checkpoint, mark_complete, rotate_checkpoints
+from hf_distill.run.checkpoints import is_complete, last_complete_checkpoint, mark_complete, rotate_checkpoints
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "fault_run.py")
 

@@ -7,8 +7,8 @@ import re
 import pytest
 from transformers import HfArgumentParser
 
-from hf_distill.field_docs import FieldDoc, document_fields, parse_field_docs
-from hf_distill.recipe import ARGUMENT_CLASSES
+from hf_distill.arguments.field_docs import FieldDoc, document_fields, parse_field_docs
+from hf_distill.commands.recipe import ARGUMENT_CLASSES
 
 
 def own_fields(cls):
@@ -37,7 +37,7 @@ def test_every_field_help_is_its_docstring_text(cls):
 
 
 def test_help_shows_the_docstring_text():
-    # The parser the recipes and the command line go through (hf_distill.recipe).
+    # The parser the recipes and the command line go through (hf_distill.commands.recipe).
     # Whitespace aside: argparse wraps lines, also after hyphens.
     shown = "".join(HfArgumentParser(ARGUMENT_CLASSES).format_help().split())
     text = parse_field_docs(ARGUMENT_CLASSES[2].__doc__)["track_samples"].text

@@ -35,11 +35,11 @@ from test_dropin import lora_student, trained_weights
 from test_trainer import assert_same_weights
 from testing_utils import tiny_llama
 
-from hf_distill import disk_space, final_model
-from hf_distill.checkpoints import damage, is_complete, last_complete_checkpoint
-from hf_distill.final_model import MODEL_CARD, staging_path
-from hf_distill.run_lock import LOCK_NAME
-from hf_distill.teacher_cache import load_teacher_cache
+from hf_distill.run import disk_space, final_model
+from hf_distill.run.checkpoints import damage, is_complete, last_complete_checkpoint
+from hf_distill.run.final_model import MODEL_CARD, staging_path
+from hf_distill.run.lock import LOCK_NAME
+from hf_distill.teachers.cache_builder import load_teacher_cache
 
 RUNNER = os.path.join(os.path.dirname(__file__), "scripts", "fault_runner.py")
 SEED = 17

@@ -7,8 +7,8 @@ from safetensors.torch import load_file
 from testing_utils import tiny_llama, word_tokenizer
 from transformers import AutoModelForCausalLM
 
-import hf_distill.pipeline
-from hf_distill.arguments import ModelArguments
+import hf_distill.commands.train
+from hf_distill.arguments.script_arguments import ModelArguments
 from hf_distill.cli import main
 
 peft = pytest.importorskip("peft")
@@ -34,8 +34,10 @@ def pretrained_recipe(workspace):
 def test_lora_student_trains_only_the_adapter_and_saves_a_peft_adapter(pretrained_recipe, monkeypatch):
     tmp_path, recipe, student_dir = pretrained_recipe
     built = []
-    build = hf_distill.pipeline.build_trainer
-    monkeypatch.setattr(hf_distill.pipeline, "build_trainer", lambda *a, **k: built.append(build(*a, **k)) or built[0])
+    build = hf_distill.commands.train.build_trainer
+    monkeypatch.setattr(
+        hf_distill.commands.train, "build_trainer", lambda *a, **k: built.append(build(*a, **k)) or built[0]
+    )
     main(["train", recipe, *LORA_FLAGS, "--lora_target_modules", "q_proj", "v_proj", "--max_steps", "2"])
 
     (trainer,) = built
@@ -66,7 +68,7 @@ def test_lora_student_trains_only_the_adapter_and_saves_a_peft_adapter(pretraine
 
 
 def test_all_linear_reaches_peft_as_its_shorthand(pretrained_recipe):
-    from hf_distill.loading import with_lora
+    from hf_distill.models.loading import with_lora
 
     args = ModelArguments(model_name_or_path="unused", use_peft=True, lora_target_modules=["all-linear"])
     model = with_lora(tiny_llama(seed=1), args)

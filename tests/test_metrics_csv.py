@@ -12,8 +12,8 @@ from testing_utils import tiny_llama, variable_length_dataset, word_tokenizer
 from transformers import TrainerControl, TrainerState
 
 from hf_distill import DistillConfig, DistillTrainer, csv_files
-from hf_distill.data import DistillDataCollator
-from hf_distill.run_files import EVAL_COLUMNS, METRICS_COLUMNS, TRAIN_COLUMNS, RunFilesCallback
+from hf_distill.data.datasets import DistillDataCollator
+from hf_distill.run.logs import EVAL_COLUMNS, METRICS_COLUMNS, TRAIN_COLUMNS, RunFilesCallback
 
 N_EVAL = 6
 

@@ -12,12 +12,12 @@ import transformers.trainer
 from testing_utils import tiny_llama, variable_length_dataset, word_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-import hf_distill.loading
+import hf_distill.models.loading
 from hf_distill import DistillTrainer
 from hf_distill.cli import main
-from hf_distill.loading import teacher_init_kwargs
-from hf_distill.pipeline import build_trainer
-from hf_distill.recipe import parse_recipe
+from hf_distill.commands.recipe import parse_recipe
+from hf_distill.commands.train import build_trainer
+from hf_distill.models.loading import teacher_init_kwargs
 
 
 def test_train_writes_a_usable_student(workspace):
@@ -171,14 +171,14 @@ def test_model_card_names_the_student_base(workspace, student_init):
 def teacher_loads(monkeypatch):
     """Init arguments of every teacher loaded by path, by whichever loader."""
     calls = []
-    load = hf_distill.loading.load_causal_lm
+    load = hf_distill.models.loading.load_causal_lm
 
     def recording_load(name, field_name, **kwargs):
         if field_name == "teacher_model_name_or_path":
             calls.append(kwargs)
         return load(name, field_name, **kwargs)
 
-    monkeypatch.setattr(hf_distill.loading, "load_causal_lm", recording_load)
+    monkeypatch.setattr(hf_distill.models.loading, "load_causal_lm", recording_load)
     return calls
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from hf_distill.cli import main
-from hf_distill.recipe import RecipeError, parse_recipe
+from hf_distill.commands.recipe import RecipeError, parse_recipe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

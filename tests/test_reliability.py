@@ -11,8 +11,8 @@ from testing_utils import tiny_llama, variable_length_dataset, word_tokenizer
 from transformers import TrainerCallback, TrainerState
 
 from hf_distill import DistillTrainer
-from hf_distill.data import DistillDataCollator
-from hf_distill.nonfinite_guard import NonFiniteGuard, NonFiniteLossError, _all_finite
+from hf_distill.data.datasets import DistillDataCollator
+from hf_distill.run.nonfinite_guard import NonFiniteGuard, NonFiniteLossError, _all_finite
 
 
 class WeightRecorder(TrainerCallback):
@@ -83,7 +83,7 @@ def guard_on(distributed_type, max_steps=0):
 
 def test_guard_says_it_is_not_enforced_under_deepspeed(caplog):
     # DeepSpeed steps inside backward and keeps the gradients itself: the guard must not pretend to skip anything.
-    with caplog.at_level(logging.WARNING, logger="hf_distill.nonfinite_guard"):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.run.nonfinite_guard"):
         guard, model = guard_on(DistributedType.DEEPSPEED)
     assert "max_nonfinite_steps=0 is not enforced under DeepSpeed" in caplog.text
     guard.on_pre_optimizer_step(None, TrainerState(), None)
@@ -91,7 +91,7 @@ def test_guard_says_it_is_not_enforced_under_deepspeed(caplog):
 
 
 def test_guard_acts_without_deepspeed(caplog):
-    with caplog.at_level(logging.WARNING, logger="hf_distill.nonfinite_guard"):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.run.nonfinite_guard"):
         guard, model = guard_on(DistributedType.NO)
     assert "not enforced" not in caplog.text
     with pytest.raises(NonFiniteLossError, match=r"^NaN or inf gradients \(step 1\): .*examples of step 1: ex-0;"):

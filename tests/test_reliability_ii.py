@@ -19,12 +19,12 @@ from testing_utils import pad_collator, tiny_llama, variable_length_dataset, wor
 from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM, TrainerCallback
 
 from hf_distill import DistillConfig, DistillTrainer
-from hf_distill.checkpoints import CHECKPOINT_MARKER, damage, is_complete, last_complete_checkpoint, mark_complete
-from hf_distill.data import DistillDataCollator
-from hf_distill.modeling import check_weight_files, load_causal_lm
-from hf_distill.recipe import RecipeError, load_yaml
-from hf_distill.run_lock import LOCK_NAME, OutputDirInUseError, acquire, check_free, run_lock
-from hf_distill.teacher_numerics import NonFiniteTeacherError, _bad_rows
+from hf_distill.commands.recipe import RecipeError, load_yaml
+from hf_distill.data.datasets import DistillDataCollator
+from hf_distill.models.causal_lm import check_weight_files, load_causal_lm
+from hf_distill.run.checkpoints import CHECKPOINT_MARKER, damage, is_complete, last_complete_checkpoint, mark_complete
+from hf_distill.run.lock import LOCK_NAME, OutputDirInUseError, acquire, check_free, run_lock
+from hf_distill.teachers.numerics import NonFiniteTeacherError, _bad_rows
 
 STEPS_FIX = "(or a fraction in (0, 1) of the run's steps)"
 
@@ -88,9 +88,9 @@ def test_check_validates_an_fp16_recipe_as_if_on_the_cpu(workspace, capsys):
 
 @pytest.mark.parametrize(("temperature", "warned"), [(1e6, "uniform"), (0.01, "one-hot"), (2.0, None)])
 def test_temperature_outside_the_sane_range_is_warned_about(tmp_path, caplog, temperature, warned):
-    with caplog.at_level(logging.WARNING, logger="hf_distill.argument_checks"):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.arguments.training_checks"):
         DistillConfig(output_dir=str(tmp_path), temperature=temperature, report_to="none")
-    lines = [r.getMessage() for r in caplog.records if r.name == "hf_distill.argument_checks"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "hf_distill.arguments.training_checks"]
     if warned is None:
         assert lines == []
     else:
@@ -248,7 +248,7 @@ def test_load_refuses_a_mismatch_the_header_check_cannot_see(tmp_path, monkeypat
     """The load itself refuses missing tensors too (models whose checkpoints transformers converts on load)."""
     tiny_llama(seed=2, hidden=48, layers=2).save_pretrained(tmp_path / "teacher")
     deepen_config(tmp_path / "teacher", 3)
-    monkeypatch.setattr("hf_distill.modeling.check_weight_files", lambda *args: None)
+    monkeypatch.setattr("hf_distill.models.causal_lm.check_weight_files", lambda *args: None)
     with pytest.raises(ValueError) as info:
         load_causal_lm(str(tmp_path / "teacher"), "teacher_model_name_or_path")
     assert str(info.value) == (
@@ -289,7 +289,7 @@ def test_a_teacher_with_nonfinite_outputs_stops_the_run_at_that_step(tmp_path, l
     elif poison == "head":
         with torch.no_grad():
             teacher.lm_head.weight[5, 0] = float("inf")
-    with caplog.at_level(logging.WARNING, logger="hf_distill.hidden_states"):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.models.hidden_states"):
         trainer = teacher_trainer(tmp_path, teacher, loss_chunk_size)
     if poison == "one example at step 2":
 
@@ -383,9 +383,9 @@ def test_a_damaged_checkpoint_is_skipped_for_the_previous_complete_one(tmp_path,
     (tmp_path / "checkpoint-2").mkdir()  # partial: never marked
     fake_checkpoint(tmp_path, 3, files)
     harm(tmp_path / "checkpoint-3")
-    with caplog.at_level(logging.WARNING, logger="hf_distill.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.run.checkpoints"):
         assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-1")
-    [warning] = [r.getMessage() for r in caplog.records if r.name == "hf_distill.checkpoints"]
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "hf_distill.run.checkpoints"]
     assert warning.startswith(f"skipping damaged checkpoint {tmp_path / 'checkpoint-3'}: {problem}")
     assert warning.endswith("; resuming from an earlier one")
 
@@ -437,18 +437,18 @@ def test_a_second_run_on_the_same_output_dir_refuses_and_a_dead_runs_lock_is_tak
     with run_lock(str(out)):
         holder = json.loads(lock.read_text())
         assert (holder["host"], holder["pid"]) == (socket.gethostname(), os.getpid())
-        other = run_script_code(f"from hf_distill.run_lock import acquire; acquire({str(out)!r})")
+        other = run_script_code(f"from hf_distill.run.lock import acquire; acquire({str(out)!r})")
         assert other.returncode == 1
         assert other.stderr.strip().splitlines()[-1] == (
-            f"hf_distill.run_lock.OutputDirInUseError: output_dir in use (output_dir={str(out)!r}): another run holds "
+            f"hf_distill.run.lock.OutputDirInUseError: output_dir in use (output_dir={str(out)!r}): another run holds "
             f"it (pid {os.getpid()} on this host, since {holder['since']}); wait for it to end, or set another "
             "output_dir"
         )
     assert not lock.exists()  # released
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": (pid := dead_pid()), "since": "then"}))
-    with caplog.at_level(logging.WARNING, logger="hf_distill.run_lock"), run_lock(str(out)):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.run.lock"), run_lock(str(out)):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
-    assert [r.getMessage() for r in caplog.records if r.name == "hf_distill.run_lock"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "hf_distill.run.lock"] == [
         f"taking over the lock of output_dir={str(out)!r} from a dead run (pid {pid} on this host, no longer running)"
     ]
     lock.write_text(json.dumps({"host": "elsewhere", "pid": 7, "since": "then"}))

@@ -105,9 +105,9 @@ def test_report_skips_unreadable_rows_with_a_warning_naming_their_lines(tmp_path
     write_metrics(tmp_path, [{**row, "step": s, "loss": 1 / s} for s in (1, 2, 3)])
     with open(tmp_path / "metrics.csv", "a") as f:
         f.write("4,train,not-a-number,2,1,0.1,\n5,tra\n")
-    with caplog.at_level(logging.WARNING, logger="hf_distill.csv_files"):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.run.csv_writer"):
         main(["report", str(tmp_path)])
-    assert [r.getMessage() for r in caplog.records if r.name == "hf_distill.csv_files"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "hf_distill.run.csv_writer"] == [
         f"{tmp_path / 'metrics.csv'}: skipping 2 rows that cannot be read (lines 5, 6)"
     ]
     report = (tmp_path / "report" / "report.md").read_text()

@@ -10,12 +10,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-import hf_distill.loading
-import hf_distill.pipeline
-import hf_distill.rounds
+import hf_distill.commands.rounds
+import hf_distill.commands.train
+import hf_distill.models.loading
 from hf_distill.cli import main
-from hf_distill.recipe import RecipeError, parse_recipe
-from hf_distill.rounds import ROUND_MARKER, parse_rounds, run_rounds
+from hf_distill.commands.recipe import RecipeError, parse_recipe
+from hf_distill.commands.rounds import ROUND_MARKER, parse_rounds, run_rounds
 
 BORN_AGAIN = """
 rounds:
@@ -39,14 +39,14 @@ def rounds_recipe(workspace, text=BORN_AGAIN):
 def loads(monkeypatch):
     """(field, path, model) of every model the pipeline loads from a folder."""
     calls = []
-    load = hf_distill.loading.load_causal_lm
+    load = hf_distill.models.loading.load_causal_lm
 
     def recording_load(name, field_name, **kwargs):
         model = load(name, field_name, **kwargs)
         calls.append((field_name, name, {k: v.clone() for k, v in model.state_dict().items()}))
         return model
 
-    monkeypatch.setattr(hf_distill.loading, "load_causal_lm", recording_load)
+    monkeypatch.setattr(hf_distill.models.loading, "load_causal_lm", recording_load)
     return calls
 
 
@@ -152,7 +152,7 @@ def test_round_marker_is_written_whole_or_not_at_all(workspace, monkeypatch):
         # json.dump streams: written in place, the keys before the value it cannot encode would reach the marker.
         return {"eval_loss": 1.0, "unencodable": object()}
 
-    monkeypatch.setattr(hf_distill.rounds, "run_training", run_training)
+    monkeypatch.setattr(hf_distill.commands.rounds, "run_training", run_training)
     with pytest.raises(TypeError):
         run_rounds(rounds)
     assert os.listdir(out / "round-1") == []
@@ -170,7 +170,7 @@ class CrashAt(TrainerCallback):
 
 def test_crashed_round_resumes_where_it_stopped(workspace, loads, monkeypatch, caplog, capsys):
     recipe, out = rounds_recipe(workspace)
-    real_trainer = hf_distill.pipeline.DistillTrainer
+    real_trainer = hf_distill.commands.train.DistillTrainer
 
     class CrashingInRound2(real_trainer):
         def __init__(self, *args, **kwargs):
@@ -178,7 +178,7 @@ def test_crashed_round_resumes_where_it_stopped(workspace, loads, monkeypatch, c
             if self.args.output_dir.endswith("round-2"):
                 self.add_callback(CrashAt(3))  # after checkpoint-2 was saved
 
-    monkeypatch.setattr(hf_distill.pipeline, "DistillTrainer", CrashingInRound2)
+    monkeypatch.setattr(hf_distill.commands.train, "DistillTrainer", CrashingInRound2)
     with pytest.raises(SystemExit) as info:
         main(["train", recipe])
     assert info.value.code == 1  # a crash that is no user error: an internal error, with its traceback
@@ -192,7 +192,7 @@ def test_crashed_round_resumes_where_it_stopped(workspace, loads, monkeypatch, c
         for name in names
     }
 
-    monkeypatch.setattr(hf_distill.pipeline, "DistillTrainer", real_trainer)
+    monkeypatch.setattr(hf_distill.commands.train, "DistillTrainer", real_trainer)
     loads.clear()
     with caplog.at_level(logging.WARNING):
         main(["train", recipe])

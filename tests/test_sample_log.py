@@ -7,7 +7,7 @@ from test_trainer import make_args
 from testing_utils import pad_collator, tiny_llama, variable_length_dataset, word_tokenizer
 
 from hf_distill import DistillTrainer
-from hf_distill.data import DistillDataCollator
+from hf_distill.data.datasets import DistillDataCollator
 
 
 def samples(path):

@@ -18,12 +18,12 @@ from test_trainer import make_args
 from testing_utils import ensemble_recipe, pad_collator, tiny_llama, variable_length_dataset, word_tokenizer
 from transformers import AutoModelForCausalLM
 
-import hf_distill.loading
+import hf_distill.models.loading
 from hf_distill import DistillTrainer
-from hf_distill.arguments import DataArguments
+from hf_distill.arguments.script_arguments import DataArguments
 from hf_distill.cli import main
-from hf_distill.data import layout_cached_teacher, prepare_datasets
-from hf_distill.teacher_cache import MANIFEST, load_teacher_cache
+from hf_distill.data.datasets import layout_cached_teacher, prepare_datasets
+from hf_distill.teachers.cache_builder import MANIFEST, load_teacher_cache
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -71,7 +71,7 @@ def test_full_vocabulary_cache_trains_like_the_online_teacher(workspace, monkeyp
     def refuse(*args, **kwargs):
         raise AssertionError("a teacher was loaded")
 
-    monkeypatch.setattr(hf_distill.loading, "load_causal_lm", refuse)
+    monkeypatch.setattr(hf_distill.models.loading, "load_causal_lm", refuse)
     cached = ["--output_dir", str(tmp_path / "cached"), "--teacher_cache_dir", str(tmp_path / "cache")]
     main(["train", recipe, *cached, "--max_steps", "3", "--logging_steps", "1"])
     online, offline = train_logs(tmp_path / "online"), train_logs(tmp_path / "cached")
@@ -239,7 +239,7 @@ def test_cache_teacher_bad_arguments(workspace, capsys, monkeypatch, flags, mess
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(hf_distill.loading, "load_causal_lm", refuse)
+    monkeypatch.setattr(hf_distill.models.loading, "load_causal_lm", refuse)
     line = error_line(capsys, ["cache-teacher", recipe, "--output_dir", str(tmp_path / "cache"), *flags])
     assert line.startswith(f"hf-distill: error: {message}")
     assert not (tmp_path / "cache").exists()

@@ -8,9 +8,9 @@ import torch
 from accelerate.utils import DistributedType
 from testing_utils import VOCAB, tiny_llama
 
-from hf_distill.hidden_states import lm_head
-from hf_distill.modeling import check_vocabularies, output_width
-from hf_distill.teacher_placement import deepspeed_inference_config, is_deepspeed_zero3, place_teacher
+from hf_distill.models.causal_lm import check_vocabularies, output_width
+from hf_distill.models.hidden_states import lm_head
+from hf_distill.teachers.placement import deepspeed_inference_config, is_deepspeed_zero3, place_teacher
 
 ZERO3 = {
     "train_micro_batch_size_per_gpu": 4,

@@ -1,4 +1,4 @@
-"""Span alignment of two tokenizations (hf_distill.token_alignment, hf_distill.cross_tokenization), on hand-made
+"""Span alignment of two tokenizations (hf_distill.data: token_alignment, cross_tokenization), on hand-made
 token ends and on two real, different tokenizers of the demo data."""
 
 import json
@@ -9,9 +9,9 @@ import torch
 from testing_utils import other_demo_tokenizer
 from transformers import AutoTokenizer
 
-from hf_distill.cross_tokenization import cross_tokenize, layout_cross_tokenized, render, side_tokens
-from hf_distill.data import _TOKENIZERS
-from hf_distill.token_alignment import SideTokens, Span, align_spans
+from hf_distill.data.cross_tokenization import cross_tokenize, layout_cross_tokenized, render, side_tokens
+from hf_distill.data.datasets import _TOKENIZERS
+from hf_distill.data.token_alignment import SideTokens, Span, align_spans
 
 DEMO = os.path.join(os.path.dirname(__file__), "..", "recipes", "demo")
 

@@ -312,7 +312,7 @@ def build(config: dict, device, dtype, seed: int = 0):
 
 def step_dataset(opts, vocab: int, batch_size: int, cached: bool):
     """Random token rows, the first eighth of each a prompt; with `cached`, random top-k teacher columns in the cache's
-    layout (`hf_distill.teacher_cache`: per target token, K ids, K log-probabilities and the tail's)."""
+    layout (`hf_distill.teachers.cache_builder`: per target token, K ids, K log-probabilities and the tail's)."""
     import datasets
     import numpy as np
 
@@ -348,7 +348,7 @@ def bare_loop(opts, device, dtype, clock, student_config, teacher, batch_size, o
     """The necessary work of an online distillation step, without a trainer: per-step seconds, and the mean loss."""
     from transformers import Trainer, TrainingArguments
 
-    from hf_distill.data import DistillDataCollator
+    from hf_distill.data.datasets import DistillDataCollator
     from hf_distill.losses import linear_distillation_loss
 
     student = build(student_config, device, torch.float32, seed=1).train()
@@ -396,7 +396,7 @@ def trainer_run(
     from transformers import PrinterCallback, TrainerCallback
 
     from hf_distill import DistillConfig, DistillTrainer
-    from hf_distill.data import DistillDataCollator
+    from hf_distill.data.datasets import DistillDataCollator
 
     class Timer(TrainerCallback):
         def __init__(self):

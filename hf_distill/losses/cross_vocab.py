@@ -1,5 +1,5 @@
 """Divergences between a student and a teacher with different vocabularies, compared span by span
-(`hf_distill.token_alignment`): the sorted-probability L1 of ULD (Boizard et al. 2024) and the aligned divergence on
+(`data.token_alignment`): the sorted-probability L1 of ULD (Boizard et al. 2024) and the aligned divergence on
 the tokens both vocabularies share.
 
 Each aligned span is compared once, at its first token on each side: both models then predict the next token from

@@ -11,7 +11,7 @@ import torch
 from ddp_train import EVAL_EXAMPLES, build_trainer, parse_args
 from test_trainer import assert_same_weights, train, weights
 
-from hf_distill.checkpoints import is_complete
+from hf_distill.run.checkpoints import is_complete
 
 pytestmark = pytest.mark.distributed
 

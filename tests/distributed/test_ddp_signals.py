@@ -10,8 +10,8 @@ import pytest
 import torch
 from test_trainer import assert_same_weights
 
-from hf_distill.checkpoints import damage, is_complete
-from hf_distill.run_lock import LOCK_NAME
+from hf_distill.run.checkpoints import damage, is_complete
+from hf_distill.run.lock import LOCK_NAME
 
 pytestmark = pytest.mark.distributed
 

@@ -7,8 +7,8 @@ import os
 import signal
 import sys
 
-from hf_distill import teacher_cache
 from hf_distill.cli import main
+from hf_distill.teachers import cache_builder as teacher_cache
 
 save_shard = teacher_cache.save_shard
 saved = []

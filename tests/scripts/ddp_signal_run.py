@@ -18,8 +18,8 @@ import torch.distributed as dist
 from ddp_train import build_trainer, parse_args
 from transformers import TrainerCallback
 
-from hf_distill.checkpoints import last_complete_checkpoint
-from hf_distill.process_group import leave_process_group
+from hf_distill.run.checkpoints import last_complete_checkpoint
+from hf_distill.run.process_group import leave_process_group
 
 
 class SendSignal(TrainerCallback):

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from testing_utils import pad_collator, tiny_llama, variable_length_dataset, word_tokenizer  # noqa: E402
 
 from hf_distill import DistillConfig, DistillTrainer  # noqa: E402
-from hf_distill.process_group import leave_process_group  # noqa: E402
+from hf_distill.run.process_group import leave_process_group  # noqa: E402
 
 
 def half_masked_dataset() -> Dataset:

@@ -32,7 +32,7 @@ from testing_utils import pad_collator, tiny_llama, variable_length_dataset, wor
 
 import hf_distill.trainer  # noqa: E402
 from hf_distill import DistillConfig, DistillTrainer  # noqa: E402
-from hf_distill.process_group import leave_process_group  # noqa: E402
+from hf_distill.run.process_group import leave_process_group  # noqa: E402
 
 GLOBAL_BATCH = 8
 NAN_STEP = 2
@@ -254,7 +254,7 @@ def run_case(out_dir: str, engine: str, case: str) -> dict[str, Any]:
             trainer.train(resume_from_checkpoint=os.path.join(run_dir, f"checkpoint-{RESUME_STEP}"))
             check_optimizer(trainer)
             if trainer.is_fsdp_enabled:
-                # As hf_distill.pipeline.run_training does: sharded checkpoints, one full final save.
+                # As hf_distill.commands.train.run_training does: sharded checkpoints, one full final save.
                 trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
             trainer.save_model(os.path.join(run_dir, "final"))
     finally:

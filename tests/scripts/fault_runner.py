@@ -39,7 +39,7 @@ import torch
 import transformers.modeling_utils
 from safetensors import SafetensorError
 
-import hf_distill.pipeline
+import hf_distill.commands.train
 from hf_distill import DistillTrainer, teacher_cache
 from hf_distill.cli import main
 
@@ -127,7 +127,9 @@ class Injector:
         DistillTrainer.training_step, DistillTrainer.prediction_step = step, predict
         DistillTrainer._save_checkpoint = self.in_phase("checkpoint", DistillTrainer._save_checkpoint)
         DistillTrainer.evaluate = self.in_phase("evaluate", DistillTrainer.evaluate)
-        hf_distill.pipeline.save_final_model = self.in_phase("final save", hf_distill.pipeline.save_final_model)
+        hf_distill.commands.train.save_final_model = self.in_phase(
+            "final save", hf_distill.commands.train.save_final_model
+        )
         topk = teacher_cache.teacher_topk
 
         def teacher(*args, **kwargs):

@@ -23,7 +23,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from testing_utils import pad_collator, tiny_llama, variable_length_dataset  # noqa: E402
 
 from hf_distill import DistillConfig, DistillTrainer  # noqa: E402
-from hf_distill.hidden_states import final_hidden_states, lm_head  # noqa: E402
 from hf_distill.losses import (  # noqa: E402
     DivergenceSpec,
     TeacherHeads,
@@ -31,8 +30,9 @@ from hf_distill.losses import (  # noqa: E402
     distillation_loss,
     fused_distillation_loss,
 )
-from hf_distill.process_group import leave_process_group  # noqa: E402
-from hf_distill.teacher_placement import place_teacher  # noqa: E402
+from hf_distill.models.hidden_states import final_hidden_states, lm_head  # noqa: E402
+from hf_distill.run.process_group import leave_process_group  # noqa: E402
+from hf_distill.teachers.placement import place_teacher  # noqa: E402
 
 
 def fsdp2_accelerator() -> types.SimpleNamespace:

@@ -13,9 +13,9 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
-from hf_distill.pipeline import build_trainer
-from hf_distill.process_group import leave_process_group
-from hf_distill.recipe import parse_recipe
+from hf_distill.commands.recipe import parse_recipe
+from hf_distill.commands.train import build_trainer
+from hf_distill.run.process_group import leave_process_group
 
 
 class CheckTwoReplicas(TrainerCallback):

@@ -10,8 +10,8 @@ import os
 import torch
 from accelerate import PartialState
 
-from hf_distill import cpu_threads
-from hf_distill.process_group import leave_process_group
+from hf_distill.run import cpu_threads
+from hf_distill.run.process_group import leave_process_group
 
 cpu_threads.os.getloadavg = lambda: (0.0, 0.0, 0.0)
 cpu_threads.choose_torch_threads()

@@ -20,7 +20,7 @@ from testing_utils import pad_collator, tiny_llama, variable_length_dataset
 from transformers import TrainerCallback
 
 from hf_distill import DistillTrainer
-from hf_distill.stop_signals import REPEAT_SECONDS
+from hf_distill.run.signals import REPEAT_SECONDS
 
 
 class SendSignal(TrainerCallback):

@@ -1,0 +1,4 @@
+"""The arguments of a run besides `DistillConfig`'s own fields: the script's `ModelArguments` and `DataArguments`
+(`script_arguments`), the field documentation that `--help` and the docs read (`field_docs`), the checks of
+`TrainingArguments` values made when the config is built (`training_checks`), and the `Trainer` options and keyword
+arguments `DistillTrainer` refuses or adds (`trainer_options`). Nothing here loads a model or reads data."""

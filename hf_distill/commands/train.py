@@ -1,0 +1,126 @@
+"""One training run from parsed arguments: data, models, trainer, train, evaluate, save, card, push."""
+
+import logging
+import os
+
+from transformers import TrainerCallback, set_seed
+
+from ..arguments.script_arguments import DataArguments, ModelArguments
+from ..arguments.training_checks import DEEPSPEED_MISMATCH, deepspeed_mismatch_error
+from ..config import DistillConfig
+from ..data.datasets import DistillDataCollator, prepare_datasets
+from ..models.loading import check_models_fit, load_student, load_teacher_tokenizer, load_teachers, load_tokenizer
+from ..run.checkpoints import last_complete_checkpoint
+from ..run.final_model import save_final_model
+from ..run.lock import check_free, run_lock
+from ..run.main_process_first import main_process_first
+from ..teachers.cache_builder import attach_teacher_cache
+from ..trainer import DistillTrainer
+from .check import check_output_dir, check_run
+
+logger = logging.getLogger(__name__)
+
+
+def build_trainer(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    config: DistillConfig,
+    callbacks: list[TrainerCallback] | None = None,
+) -> DistillTrainer:
+    """Checks, tokenizer, data (with the teacher cache when set), teacher and student, and the trainer over them."""
+    if config.process_index == 0:
+        check_free(config.output_dir)  # another run on this output_dir: refused before anything is loaded
+    check_run(model_args, data_args, config)
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(model_args, config)
+    check_models_fit(model_args, config, tokenizer)
+    teacher_tokenizer = None
+    if config.uses_cross_tokenizer:
+        teacher_tokenizer = load_teacher_tokenizer(config, model_args.trust_remote_code)
+    train_dataset, eval_dataset = main_process_first(
+        lambda: prepare_datasets(
+            data_args, tokenizer, prompts_only=config.lmbda == 1.0, teacher_tokenizer=teacher_tokenizer
+        )
+    )
+    if config.uses_teacher_cache:
+        train_dataset = attach_teacher_cache(data_args, config, tokenizer, train_dataset)
+
+    # Loaded here rather than by the trainer, which knows no model arguments: the teacher shares the student's
+    # attention kernel and remote-code policy (`loading.teacher_init_kwargs`).
+    teachers = load_teachers(config, model_args) if config.teacher_source == "model" else None
+    student = load_student(model_args, config)
+
+    return DistillTrainer(
+        model=student,
+        teacher_model=teachers,
+        args=config,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=DistillDataCollator(tokenizer, teacher_pad_token_id=_pad_id(teacher_tokenizer)),
+        callbacks=callbacks,
+    )
+
+
+def run_training(model_args: ModelArguments, data_args: DataArguments, config: DistillConfig) -> dict:
+    """Train, evaluate and save as the HF example scripts do; returns the final metrics.
+
+    The main process holds the lock of `output_dir` from before the models load until the card is written
+    (`hf_distill.run.lock`): a second run on it is refused during the final evaluation and save too."""
+    check_output_dir(config.output_dir)  # before the lock, which is written into it
+    with run_lock(config.output_dir, enabled=config.process_index == 0):
+        return _train_evaluate_save(model_args, data_args, config)
+
+
+def _train_evaluate_save(model_args: ModelArguments, data_args: DataArguments, config: DistillConfig) -> dict:
+    trainer = build_trainer(model_args, data_args, config)
+    eval_dataset = trainer.eval_dataset
+    checkpoint = config.resume_from_checkpoint
+    if checkpoint is None and os.path.isdir(config.output_dir):
+        checkpoint = last_complete_checkpoint(config.output_dir)
+        if checkpoint is not None:
+            logger.warning(f"resuming from the last checkpoint in output_dir: {checkpoint}")
+    try:
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    except ValueError as err:
+        if not str(err).startswith(DEEPSPEED_MISMATCH):
+            raise
+        lines = [line for line in str(err).splitlines() if line.startswith("- ")]
+        raise deepspeed_mismatch_error(config, lines) from None
+    metrics = dict(train_result.metrics)
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+
+    if eval_dataset is not None:
+        last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), {})
+        if last.get("step") == trainer.state.global_step:
+            # The schedule already evaluated the final weights: a second pass would log the same step twice.
+            eval_metrics = {k: v for k, v in last.items() if k.startswith("eval_") or k == "epoch"}
+        else:
+            eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+
+    if trainer.is_fsdp_enabled:
+        # Under SHARDED_STATE_DICT (our FSDP2 configs, for fast checkpoints) save_model writes no weights at all:
+        # the published student is gathered into one full state dict.
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    save_final_model(trainer, config.output_dir)
+    if trainer.is_world_process_zero():
+        trainer.create_model_card(dataset_name=data_args.dataset_name, student_base=_student_base(model_args))
+    if config.push_to_hub:
+        trainer.push_to_hub(dataset_name=data_args.dataset_name, student_base=_student_base(model_args))
+    return metrics
+
+
+def _pad_id(tokenizer) -> int:
+    """The id a teacher tokenizer's sequences are padded with (masked out of attention: any id would do)."""
+    if tokenizer is None:
+        return 0
+    return next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+
+
+def _student_base(model_args: ModelArguments) -> str | None:
+    return model_args.model_name_or_path if model_args.student_init == "pretrained" else None

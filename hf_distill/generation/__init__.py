@@ -1,0 +1,3 @@
+"""Everything that generates text: which optimizer steps generate and the batches they train on (`step_generator`:
+on-policy `lmbda`, sequence-level `seq_kd`), greedy decoding for evaluation (`greedy`) and the answer metrics of
+`eval_generate` (`eval_answers`). A second generation engine lives here beside the `hf` one."""

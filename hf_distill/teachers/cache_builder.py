@@ -1,0 +1,251 @@
+"""Offline teachers: the teacher's top-k log-probabilities of every target token, computed once and stored on disk.
+
+`hf-distill cache-teacher RECIPE.yaml --output_dir DIR --top_k K` writes `DIR/manifest.json` and `DIR/shard-NNNNN/`
+(`datasets` datasets saved with `save_to_disk`, one row per training example, in the order of the tokenized train
+split). A row holds, for each position whose next token is a target (labels[1:] != -100), the teacher's `top_k`
+token ids (int32), their log-probabilities at temperature 1 and the log of the remaining mass (`tail_logprob`), over
+the tokenizer's `len(tokenizer)` tokens. The ids and log-probabilities of a row's n targets are stored flat, n * top_k
+values in target order: flat lists convert from Arrow to numpy in one piece, nested ones element by element, which
+cost more than a training step. An ensemble of teachers is cached as its combined distribution at
+temperature 1. Each shard is written under a temporary name and renamed when complete, so a killed build leaves only
+whole shards, and a rerun skips them. Under `accelerate launch` with N processes, process i writes shards i, i + N,
+i + 2N, ..., each with its own copy of the teacher.
+
+Training with `teacher_cache_dir: DIR` loads no teacher: `attach_teacher_cache` checks the manifest against the
+recipe and adds the cached columns to the train split, `DistillDataCollator` lays them out as `(B, L - 1, K)`
+tensors, and the trainer takes `sparse_distillation_loss`.
+"""
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+
+import pyarrow.compute as pc
+import torch
+from datasets import Dataset, Features, List, Value, concatenate_datasets
+
+from ..arguments.script_arguments import DataArguments, ModelArguments
+from ..config import DistillConfig
+from ..data.datasets import CACHE_COLUMNS, prepare_datasets
+from ..losses import IGNORE_INDEX
+from ..models.loading import check_models_fit, load_teachers, load_tokenizer
+from ..run.atomic_write import atomic_write, temporary_path, write_json_atomically
+from ..run.main_process_first import main_process_first
+from ..user_errors import UserInputError, bad_value
+from .build import LiveTeacher, check_member_vocabularies
+from .cache_store import MANIFEST, read_manifest, read_shards, shard_path
+
+# Manifest entries that must equal the recipe's for a cache to be used; top_k and num_examples describe the cache.
+_FEATURES = Features(
+    {
+        "id": Value("string"),
+        "teacher_topk_ids": List(Value("int32")),
+        "teacher_topk_logprobs": List(Value("float32")),
+        "teacher_tail_logprob": List(Value("float32")),
+    }
+)
+# max_length comes before the fingerprint: changing it changes the rows too, and the error should name the cause.
+_CHECKED = (
+    "teacher_model_name_or_path",
+    "teacher_ensemble",
+    "teacher_weights",
+    "tokenizer_vocabulary_sha256",
+    "max_length",
+    "dataset_fingerprint",
+)
+
+
+def vocabulary_hash(tokenizer) -> str:
+    return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+
+
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """A hash of the tokenized rows themselves: unlike `datasets`' own fingerprint it does not depend on how the
+    tokenizing function hashes, only on the ids and labels it produced."""
+    digest = hashlib.sha256()
+    for batch in dataset.select_columns(["id", "input_ids", "labels"]).iter(batch_size=1000):
+        digest.update(json.dumps(batch).encode())
+    return digest.hexdigest()
+
+
+def _expected_manifest(data_args: DataArguments, config: DistillConfig, tokenizer, train_dataset: Dataset) -> dict:
+    teachers = config.teacher_paths
+    ensemble = len(teachers) > 1
+    return {
+        "teacher_model_name_or_path": teachers,
+        "teacher_ensemble": config.teacher_ensemble if ensemble else None,
+        "teacher_weights": config.ensemble_weights(len(teachers)) if ensemble else None,
+        "tokenizer_vocabulary_sha256": vocabulary_hash(tokenizer),
+        "dataset_fingerprint": dataset_fingerprint(train_dataset),
+        "max_length": data_args.max_length,
+    }
+
+
+def _check_manifest(found: dict, expected: dict, cache_dir: str) -> None:
+    for key in _CHECKED:
+        if found.get(key) != expected[key]:
+            raise UserInputError(
+                "teacher cache built for another recipe",
+                f"teacher_cache_dir={cache_dir!r}",
+                f"its {key} is {found.get(key)!r}, the recipe's is {expected[key]!r}",
+                "rebuild it with hf-distill cache-teacher (into another folder, or after deleting this one)",
+            )
+
+
+@torch.no_grad()
+def teacher_topk(teacher: LiveTeacher, rows: list[dict], top_k: int, pad_id: int) -> dict[str, list]:
+    """The cached columns of `rows` (with `input_ids` and `labels`), from one teacher forward pass."""
+    width = max(len(r["input_ids"]) for r in rows)
+    input_ids = torch.tensor([r["input_ids"] + [pad_id] * (width - len(r["input_ids"])) for r in rows])
+    attention = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows])
+    device = next(teacher.members[0].parameters()).device
+    log_p = teacher.log_probs({"input_ids": input_ids.to(device), "attention_mask": attention.to(device)}).cpu()
+    columns = {name: [] for name in CACHE_COLUMNS}
+    for row, lp in zip(rows, log_p):
+        valid = torch.tensor(row["labels"][1:]) != IGNORE_INDEX
+        logprobs, ids = lp[: len(valid)][valid].topk(top_k, dim=-1)
+        # The clamp keeps rounding (top-k summing to a hair over 1) from turning the tail into NaN: log(0) = -inf.
+        tail = torch.log1p(-logprobs.exp().sum(-1).clamp(max=1.0))
+        columns["teacher_topk_ids"].append(ids.to(torch.int32).flatten().tolist())
+        columns["teacher_topk_logprobs"].append(logprobs.flatten().tolist())
+        columns["teacher_tail_logprob"].append(tail.tolist())
+    return columns
+
+
+def build_teacher_cache(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    config: DistillConfig,
+    cache_dir: str,
+    top_k: int,
+    shard_size: int = 1000,
+) -> str:
+    """Write (or finish) the cache of the recipe's train split in `cache_dir`, this process's share of its shards.
+
+    Returns a one-line report: the process's shards and, from the main process, the cache's size on disk."""
+    for flag, value in (("top_k", top_k), ("shard_size", shard_size)):
+        if value < 1:
+            raise bad_value(f"--{flag}", value, "must be >= 1", f"pass --{flag} 1 or more")
+    teachers = config.teacher_paths
+    if config.alpha == 1.0 or not teachers:
+        raise UserInputError(
+            "cache-teacher needs a teacher",
+            f"alpha={config.alpha}, teacher_model_name_or_path={config.teacher_model_name_or_path!r}",
+            "the recipe loads no teacher to cache",
+            "set teacher_model_name_or_path and alpha < 1",
+        )
+    if config.cross_tokenizer != "off":
+        raise UserInputError(
+            "cache-teacher with a teacher of another tokenizer",
+            f"cross_tokenizer={config.cross_tokenizer!r}",
+            "the cache holds top-k ids of the student's vocabulary",
+            "train with the live teacher",
+        )
+    tokenizer = load_tokenizer(model_args, config)
+    if top_k > len(tokenizer):
+        raise bad_value(
+            "--top_k",
+            top_k,
+            f"the tokenizer has {len(tokenizer)} tokens, so a token has at most {len(tokenizer)} alternatives",
+            f"pass --top_k {len(tokenizer)} or less",
+        )
+    check_models_fit(model_args, config, tokenizer)
+    train_dataset, _ = main_process_first(lambda: prepare_datasets(data_args, tokenizer))
+    manifest = {**_expected_manifest(data_args, config, tokenizer, train_dataset), "top_k": top_k}
+    manifest.update(num_examples=len(train_dataset), shard_size=shard_size)
+    manifest_path = os.path.join(cache_dir, MANIFEST)
+    # Every process checks a manifest that is already there, so a mismatch stops all of them alike.
+    if os.path.exists(manifest_path):
+        found = read_manifest(cache_dir)
+        _check_manifest(found, manifest, cache_dir)
+        for key in ("top_k", "shard_size"):
+            if found[key] != manifest[key]:
+                raise UserInputError(
+                    "cache started with other settings",
+                    f"--output_dir {cache_dir}",
+                    f"it was started with --{key} {found[key]}, not {manifest[key]}",
+                    f"rerun with --{key} {found[key]}, or build into another folder",
+                )
+    state = config.distributed_state
+    if state.is_main_process:
+        if not os.path.exists(manifest_path):
+            os.makedirs(cache_dir, exist_ok=True)
+            write_json_atomically(manifest_path, manifest)
+        # Leftovers of a killed build: never renamed, so never part of the cache.
+        for leftover in glob.glob(temporary_path(os.path.join(cache_dir, "*"))):
+            shutil.rmtree(leftover, ignore_errors=True)
+    # No process starts a shard before the leftovers are gone.
+    state.wait_for_everyone()
+
+    n_shards = -(-len(train_dataset) // shard_size)
+    mine = range(state.process_index, n_shards, state.num_processes)
+    todo = [index for index in mine if not os.path.isdir(shard_path(cache_dir, index))]
+    if todo:
+        teacher = _load_teacher(model_args, config, len(tokenizer))
+        for index in todo:
+            rows = train_dataset.select(range(index * shard_size, min((index + 1) * shard_size, len(train_dataset))))
+            _write_shard(teacher, rows, top_k, config.per_device_eval_batch_size, tokenizer, cache_dir, index)
+    report = f"process {state.process_index} of {state.num_processes}: shards {list(mine)}, {len(todo)} written"
+    state.wait_for_everyone()
+    if state.is_main_process:
+        report += f"; {cache_size_report(cache_dir)}"
+    return report
+
+
+def _load_teacher(model_args: ModelArguments, config: DistillConfig, vocab_size: int):
+    members = [member.eval().to(config.device) for member in load_teachers(config, model_args)]
+    check_member_vocabularies(members)
+    # Cached at temperature 1 (`LiveTeacher.log_probs`); training softens the cached distribution by its own T.
+    return LiveTeacher(members, config.ensemble_weights(len(members)), config.teacher_ensemble, vocab_size)
+
+
+def _write_shard(teacher, rows: Dataset, top_k: int, batch_size: int, tokenizer, cache_dir: str, index: int) -> None:
+    columns = {"id": rows["id"], **{name: [] for name in CACHE_COLUMNS}}
+    for b in range(0, len(rows), batch_size):
+        batch = rows.select(range(b, min(b + batch_size, len(rows)))).to_list()
+        for name, values in teacher_topk(teacher, batch, top_k, tokenizer.pad_token_id).items():
+            columns[name] += values
+    save_shard(Dataset.from_dict(columns, features=_FEATURES), shard_path(cache_dir, index))
+
+
+def cache_size(cache_dir: str) -> tuple[int, int]:
+    """Bytes on disk of a finished cache and the number of target tokens it holds."""
+    _, rows = load_teacher_cache(cache_dir)
+    tokens = pc.sum(pc.list_value_length(rows.data.column("teacher_tail_logprob"))).as_py() or 0
+    size = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(cache_dir) for name in names)
+    return size, tokens
+
+
+def cache_size_report(cache_dir: str) -> str:
+    manifest = read_manifest(cache_dir)
+    size, tokens = cache_size(cache_dir)
+    return (
+        f"cache {cache_dir}: {manifest['num_examples']} examples, {tokens} target tokens, top_k={manifest['top_k']}, "
+        f"{size} bytes on disk ({size / max(tokens, 1):.0f} bytes per target token)"
+    )
+
+
+def save_shard(shard: Dataset, path: str) -> None:
+    """`shard` saved to the folder `path` whole or not at all (`atomic_write`): a rerun skips only whole shards."""
+    atomic_write(path, shard.save_to_disk)
+
+
+def load_teacher_cache(cache_dir: str) -> tuple[dict, Dataset]:
+    """The manifest and the cached rows, all shards in order; errors if the build did not finish or a file is
+    damaged (`teacher_cache_files`)."""
+    manifest = read_manifest(cache_dir)
+    return manifest, concatenate_datasets(read_shards(cache_dir, manifest))
+
+
+def attach_teacher_cache(
+    data_args: DataArguments, config: DistillConfig, tokenizer, train_dataset: Dataset
+) -> Dataset:
+    """`train_dataset` plus the cached columns, after checking that the cache was built for this recipe."""
+    cache_dir = config.teacher_cache_dir
+    manifest, rows = load_teacher_cache(cache_dir)
+    _check_manifest(manifest, _expected_manifest(data_args, config, tokenizer, train_dataset), cache_dir)
+    attached = concatenate_datasets([train_dataset, rows.remove_columns("id")], axis=1)
+    # Numpy arrays straight from Arrow: building nested Python lists of every row's top-k costs more than the step.
+    return attached.with_format("numpy", columns=list(CACHE_COLUMNS), output_all_columns=True)
