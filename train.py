@@ -1,4 +1,4 @@
-"""Train with a recipe: parse, load, build the trainer, train, save (the logic lives in `hf_distill.pipeline`).
+"""Train with a recipe: parse, load, build the trainer, train, save (the logic lives in `hf_distill.commands.train`).
 
 accelerate launch --config_file accelerate_configs/multi_gpu.yaml train.py recipes/demo/distill.yaml
 python train.py recipes/demo/distill.yaml --max_steps 5
