@@ -2,7 +2,6 @@
 
 import dataclasses
 import inspect
-import os
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -14,33 +13,23 @@ from transformers import PreTrainedModel, Trainer
 
 from .arguments.trainer_options import checked_trainer_kwargs
 from .config import DistillConfig
-from .data.cross_tokenization import CROSS_BATCH_KEYS, CROSS_COLUMNS
-from .data.datasets import CACHE_COLUMNS, DistillDataCollator
+from .data.cross_tokenization import CROSS_COLUMNS
+from .data.datasets import CACHE_COLUMNS, DistillDataCollator, model_inputs
 from .generation.eval_answers import generation_metrics
-from .generation.step_generator import GENERATED_BY, StepGenerator
-from .losses import (
-    IGNORE_INDEX,
-    CrossVocabTeacher,
-    TeacherHeads,
-    TeacherLogits,
-    TopKTeacher,
-    dense_distillation_terms,
-    fused_distillation_loss,
-)
+from .generation.step_generator import GeneratedStep, StepGenerator
+from .losses import IGNORE_INDEX, dense_distillation_terms, fused_distillation_loss
 from .losses.divergences import mix
 from .metrics.names import CE_LOSS, KD_LOSS, LOSS, PERPLEXITY, TEACHER_AGREEMENT, distill_objective, prefixed
 from .metrics.names import TERMS as _EVAL_SUMS
-from .models.hidden_states import final_hidden_states, fused_heads_reproduce_logits, lm_head
-from .models.loading import load_teachers
-from .run.atomic_write import remove_path
-from .run.checkpoints import mark_complete, resume_advice, resume_point, rotate_checkpoints
-from .run.disk_space import raise_if_save_failed, tensor_bytes
+from .models.hidden_states import final_hidden_states, fused_loss_path, lm_head
+from .models.loading import load_teacher_tokenizer, load_teachers
+from .run.checkpoints import resume_point, save_complete_checkpoint
 from .run.lock import run_lock
 from .run.logs import RunFilesCallback
 from .run.model_card import write_model_card
 from .run.nonfinite_guard import NonFiniteGuard
 from .run.signals import StopOnSignal
-from .teachers.build import CachedTeacher, CrossTokenizerTeacher, LiveTeacher, build_teacher
+from .teachers.build import build_teacher
 from .teachers.context_length import check_batch_length, teacher_contexts
 from .teachers.numerics import check_teacher_finite
 from .teachers.placement import is_deepspeed_zero3
@@ -59,7 +48,11 @@ class DistillTrainer(Trainer):
             `args.teacher_model_name_or_path`. Ignored, and never loaded, when `args.alpha == 1.0` or when
             `args.teacher_cache_dir` is set (the batches then carry the teacher's cached top-k). A list is an
             ensemble, combined as `args.teacher_ensemble` says with `args.teacher_weights`. Built once into
-            `self.teacher` (`hf_distill.teachers.build`: a `LiveTeacher`, a `CachedTeacher` for a cache, or None).
+            `self.teacher`, a `hf_distill.teachers.protocol.Teacher`.
+        teacher_tokenizer (*optional*):
+            The teacher's own tokenizer, with `args.cross_tokenizer` only. Defaults to the one
+            `args.teacher_tokenizer_name_or_path` (or the teacher's folder) holds, loaded with the teacher's
+            `trust_remote_code`.
 
     The loss of an optimizer step is `alpha * CE + (1 - alpha) * T**2 * D(teacher || student)`, each term summed over
     the valid tokens of every micro-batch and divided by the valid tokens of the whole step across processes, so the
@@ -76,6 +69,7 @@ class DistillTrainer(Trainer):
         args: DistillConfig | None = None,
         *trainer_args: Any,
         teacher_model: PreTrainedModel | str | list[PreTrainedModel | str] | None = None,
+        teacher_tokenizer: Any = None,
         **trainer_kwargs: Any,
     ):
         if not isinstance(args, DistillConfig):
@@ -89,36 +83,38 @@ class DistillTrainer(Trainer):
 
         # A teacher given by path is loaded with `args.teacher_model_init_kwargs` alone: the trainer knows no student
         # model arguments (`loading.teacher_init_kwargs`).
-        teacher = load_teachers(args, teacher_model=teacher_model) if args.teacher_source == "model" else None
+        teachers = load_teachers(args, teacher_model=teacher_model) if args.teacher_source == "model" else None
+        if args.uses_cross_tokenizer and teacher_tokenizer is None:
+            teacher_tokenizer = load_teacher_tokenizer(args)
         super().__init__(model, args, **trainer_kwargs)
-        student = self.accelerator.unwrap_model(self.model)
-        self.teacher = build_teacher(args, teacher, student, self.processing_class, self.accelerator)
-        self._generator = None
-        if args.generates:
-            members = self.teacher.members if isinstance(self.teacher, LiveTeacher) else []
-            student = lambda: self._unwrap(self.model)  # noqa: E731 (the model is wrapped later)
-            self._generator = StepGenerator.build(args, self.accelerator, self.processing_class, members, student)
-        if args.eval_generate and getattr(self.processing_class, "tokenizer", self.processing_class) is None:
-            raise UserInputError("eval_generate=True generates answers: pass the tokenizer as processing_class")
-
         # Wrapper -> unwrapped model (`_unwrap`).
         self._unwrapped: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        student, tokenizer = (
+            self._unwrap(self.model),
+            getattr(self.processing_class, "tokenizer", self.processing_class),
+        )
+        # What the run is, decided once: the teacher, the loss's options, the loss path and who generates.
+        self.teacher = build_teacher(
+            args, teachers, student, tokenizer, self.accelerator, self._unwrap, teacher_tokenizer
+        )
+        self._spec = args.divergence_spec
+        # The divergence alone on the student's own samples: a CE there would reinforce its mistakes.
+        self._on_policy_spec = dataclasses.replace(self._spec, alpha=0.0)
+        zero3 = is_deepspeed_zero3(self.accelerator)
+        self.fused_loss = fused_loss_path(self.teacher, self.model, self._unwrap, args.loss_chunk_size, zero3)
+        self._generator = self._generated = None
+        if args.generates:
+            current_student = lambda: self._unwrap(self.model)  # noqa: E731 (the model is wrapped later)
+            self._generator = StepGenerator.build(
+                args, self.accelerator, self.processing_class, self.teacher, current_student
+            )
+        if args.eval_generate and tokenizer is None:
+            raise UserInputError("eval_generate=True generates answers: pass the tokenizer as processing_class")
+
+        self._teacher_contexts = teacher_contexts([self._unwrap(m) for m in self.teacher.models])
         self._train_sums = torch.zeros(2, device=self.args.device)
         self._train_window_start: int | None = None
         self._eval_sums = torch.zeros(len(_EVAL_SUMS), device=self.args.device)
-        # DeepSpeed ZeRO-3 takes the dense path: the chunked loss reads the LM head's weight outside its module's
-        # forward, where ZeRO-3 holds an empty partition, and a weight gathered there would leave the gradient the loss
-        # computes for it no partition to land in. Each model's head is probed against its own logits: where the
-        # chunked loss would compute other logits, a warning and the dense path (auto), or an error when the user set
-        # loss_chunk_size.
-        live = self.teacher.members if isinstance(self.teacher, LiveTeacher) else []
-        self._fused_loss_ok = (
-            args.effective_loss_chunk_size > 0
-            and getattr(self.teacher, "fused", True)
-            and not is_deepspeed_zero3(self.accelerator)
-            and fused_heads_reproduce_logits([self.model, *live], self.accelerator.unwrap_model, args.loss_chunk_size)
-        )
-        self._teacher_contexts = teacher_contexts([self.accelerator.unwrap_model(m) for m in live])
         self._step_ids: list = []
         self.add_callback(NonFiniteGuard(self, self.args.max_nonfinite_steps))
         self._target_tokens_seen = torch.zeros((), dtype=torch.long, device=self.args.device)
@@ -134,54 +130,22 @@ class DistillTrainer(Trainer):
     @property
     def teacher_model(self) -> nn.Module | list[nn.Module] | None:
         """The live teacher model as placed for the engine, an ensemble's members, or None (no teacher, or a cache)."""
-        if not isinstance(self.teacher, LiveTeacher):
-            return None
-        members = self.teacher.members
-        return members[0] if len(members) == 1 else members
+        models = self.teacher.models
+        return None if not models else models[0] if len(models) == 1 else models
 
     # ---- checkpoints ----
 
     def _save_checkpoint(self, model, trial):
-        # Trainer rotates at the end of its own save, before the new checkpoint is complete: a crash there could
-        # leave no complete checkpoint, and rank 0 could delete the old one while other ranks still write the new one.
-        # Rotation waits until the new checkpoint is marked complete, and counts complete checkpoints only.
-        run_dir = self._get_output_dir(trial=trial)
-        path = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
-        if self.args.should_save and os.path.lexists(path):
-            # A killed save's leftover, or a checkpoint that resume skipped as damaged: none of its files (nor its old
-            # marker) may survive among the new ones.
-            remove_path(path)
-        self.accelerator.wait_for_everyone()
-        save_total_limit, self.args.save_total_limit = self.args.save_total_limit, None
-        failure = None
-        try:
-            super()._save_checkpoint(model, trial)
-        except Exception as err:
-            failure = err
-        finally:
-            self.args.save_total_limit = save_total_limit
-        raise_if_save_failed(
-            self.accelerator,
-            failure,
-            what=f"checkpoint-{self.state.global_step}",
-            path=path,
-            needed=lambda: tensor_bytes([self._unwrap(self.model).state_dict(), self.optimizer.state_dict()]),
-            then=lambda: resume_advice(run_dir),
-            cleanup=lambda: remove_path(path),
-        )
-        # Every process has written its part (model shards, RNG state) before the checkpoint is declared complete.
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            mark_complete(path, self.state.global_step)
-            rotate_checkpoints(run_dir, save_total_limit, path, self.state.best_model_checkpoint)
+        save_complete_checkpoint(self, trial, lambda: super(DistillTrainer, self)._save_checkpoint(model, trial))
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """`Trainer.train`; `resume_from_checkpoint=True` takes the last *complete* checkpoint in `output_dir`.
 
         The main process holds the lock of `output_dir` while it trains (`hf_distill.run.lock`). SIGTERM or SIGINT
         finish the step, save a checkpoint and exit 143 or 130 (`hf_distill.run.signals`)."""
-        student = self.accelerator.unwrap_model(self.model)
-        resume_from_checkpoint = resume_point(self.args.output_dir, resume_from_checkpoint, student.config)
+        resume_from_checkpoint = resume_point(
+            self.args.output_dir, resume_from_checkpoint, self._unwrap(self.model).config
+        )
         stop = StopOnSignal(self)
         with run_lock(self.args.output_dir, enabled=self.is_world_process_zero()), stop:
             output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
@@ -212,7 +176,8 @@ class DistillTrainer(Trainer):
     def get_batch_samples(
         self, epoch_iterator: Iterator, num_batches: int, device: torch.device
     ) -> tuple[list, torch.Tensor | None]:
-        """Collect the micro-batches of one optimizer step and count their target tokens across all processes."""
+        """Collect the micro-batches of one optimizer step, generate their completions when the step generates, and
+        count their target tokens across all processes."""
         batch_samples = []
         for _ in range(num_batches):
             try:
@@ -224,7 +189,7 @@ class DistillTrainer(Trainer):
             return batch_samples, None
         if self._generator is not None:
             # Counted after generation: the divisor is the step's generated completion tokens.
-            batch_samples = self._generator(batch_samples, self.state.global_step)
+            batch_samples, self._generated = self._generator(batch_samples, self.state.global_step)
         # The logits at position i predict the token at i + 1, so position 0 of each row is never a target.
         count = sum(batch["labels"][..., 1:].ne(IGNORE_INDEX).sum() for batch in batch_samples).to(device)
         if self.accelerator.num_processes > 1:
@@ -262,56 +227,45 @@ class DistillTrainer(Trainer):
 
         During evaluation (or whenever `num_items_in_batch` is None) the divisor is this micro-batch's own count.
         """
-        own = ("labels", "id", GENERATED_BY, *CACHE_COLUMNS, *CROSS_BATCH_KEYS)
-        model_inputs = {k: v for k, v in inputs.items() if k not in own}
-        # No forward here needs a KV cache, and a model building one (a teacher whose config says use_cache, as most
-        # hub models do) takes the batch for a generation step: transformers then does not split a padding-free
-        # packed row (TRL's packing) into its sequences, and they attend to each other.
-        model_inputs["use_cache"] = False
-        # Causal LM: the logits at position i predict the token at position i + 1.
-        targets = inputs["labels"][:, 1:]
         # The wrapped module's mode: a DeepSpeed engine's own `training` stays True in evaluation.
         mode = "train" if self._unwrap(model).training else "eval"
-        spec, generated = self.args.divergence_spec, inputs.get(GENERATED_BY)
-        if generated == "student":
-            # The divergence alone on the student's own samples: a CE there would reinforce its mistakes.
-            spec = dataclasses.replace(spec, alpha=0.0)
-        outputs = None
-        if self.uses_fused_loss(mode):
+        generated: GeneratedStep | None = self._generated if mode == "train" else None
+        spec = self._on_policy_spec if generated and generated.writer == "student" else self._spec
+        forward_inputs = model_inputs(inputs)
+        # Causal LM: the logits at position i predict the token at position i + 1.
+        targets, outputs, fused = inputs["labels"][:, 1:], None, self.uses_fused_loss(mode)
+        if fused:
             student = self._unwrap(model)
-            hidden = final_hidden_states(model, student, model_inputs)[:, :-1]
-            teacher = self._teacher_source(model_inputs, inputs, mode, fused=True)
+            hidden = final_hidden_states(model, student, forward_inputs)[:, :-1]
+        else:
+            outputs = model(**forward_inputs)
+        with self.accelerator.autocast():
+            teacher = self.teacher.side(inputs, forward_inputs, fused=fused, training=mode == "train")
+        scored = generated is not None
+        if fused:
+            chunk = self.args.effective_loss_chunk_size
             terms = fused_distillation_loss(
-                hidden,
-                lm_head(student),
-                teacher,
-                targets,
-                spec,
-                self.args.effective_loss_chunk_size,
-                score_targets=generated is not None,
+                hidden, lm_head(student), teacher, targets, spec, chunk, score_targets=scored
             )
         else:
-            outputs = model(**model_inputs)
-            teacher = self._teacher_source(model_inputs, inputs, mode, fused=False)
-            terms = dense_distillation_terms(
-                outputs.logits[:, :-1], teacher, targets, spec, score_targets=generated is not None
-            )
+            terms = dense_distillation_terms(outputs.logits[:, :-1], teacher, targets, spec, score_targets=scored)
             self._record_examples(mode, inputs.get("id"), terms.per_example())
         check_teacher_finite(self, teacher, targets, inputs.get("id"), mode)
         if generated:
             logging_steps = self.state.logging_steps or self.args.logging_steps
-            self._generator.record(inputs, terms, self.state.global_step + 1, logging_steps, self._run_files)
-        loss, ce, kd, n_tokens = terms.loss, terms.ce.sum(), terms.kd.sum(), terms.mask.sum()
+            self._generator.record(inputs, generated, terms, logging_steps, self._run_files)
+        loss = self._step_share(terms, mode, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
 
+    def _step_share(self, terms, mode: str, num_items_in_batch: torch.Tensor | int | None) -> torch.Tensor:
+        """This micro-batch's summed loss as its share of the optimizer step's, logging CE and KD in training."""
         if mode == "train" and num_items_in_batch is not None:
             # Each process holds its share of the step's tokens; DDP averages gradients over processes, so
             # multiplying by their number turns that average back into the sum that the global count divides.
             scale = self.accelerator.num_processes / num_items_in_batch
-            self._record_train_metrics(ce.detach() * scale, kd.detach() * scale)
-            loss = loss * scale
-        else:
-            loss = loss / n_tokens.clamp(min=1)
-        return (loss, outputs) if return_outputs else loss
+            self._record_train_metrics(terms.ce.sum().detach() * scale, terms.kd.sum().detach() * scale)
+            return terms.loss * scale
+        return terms.loss / terms.mask.sum().clamp(min=1)
 
     def _unwrap(self, model: nn.Module) -> nn.Module:
         """`accelerator.unwrap_model(model)`, looked up once per wrapper (whose inner model never changes): Accelerate
@@ -325,22 +279,7 @@ class DistillTrainer(Trainer):
     def uses_fused_loss(self, mode: str) -> bool:
         """Whether `compute_loss` takes the fused chunked path in `mode` ("train" or "eval")."""
         # Evaluation and per-example training statistics need per-example values, which only the dense path has.
-        return mode == "train" and self._fused_loss_ok and "train" not in self.args.track_samples
-
-    def _teacher_source(
-        self, model_inputs: dict[str, Any], batch: dict[str, Any], mode: str, fused: bool
-    ) -> TeacherHeads | TeacherLogits | TopKTeacher | CrossVocabTeacher | None:
-        """The teacher of this batch, as the fused (`fused`) or the dense loss takes it."""
-        if isinstance(self.teacher, CachedTeacher):
-            return self.teacher.top_k(batch, training=mode == "train")
-        if self.teacher is None:
-            return None
-        with self.accelerator.autocast():
-            if isinstance(self.teacher, CrossTokenizerTeacher):
-                return self.teacher.aligned_logits(batch)
-            if fused:
-                return self.teacher.heads(model_inputs, self._unwrap)
-            return self.teacher.logits(model_inputs)
+        return mode == "train" and self.fused_loss and "train" not in self.args.track_samples
 
     def _record_examples(self, mode: str, ids: list | None, terms: dict[str, torch.Tensor]) -> None:
         """Per-example sums of a dense micro-batch: to samples.csv when tracked, and into the evaluation's totals."""
@@ -365,7 +304,7 @@ class DistillTrainer(Trainer):
             steps = max(self.state.global_step - self._train_window_start, 1)
             sums = self.accelerator.reduce(self._train_sums.clone(), reduction="mean") / steps
             logs[CE_LOSS] = sums[0].item()
-            if self.teacher is not None:
+            if self.teacher.distills:
                 logs[KD_LOSS] = sums[1].item()
             if self._generator is not None:
                 logs.update(self._generator.window_logs())
@@ -390,12 +329,12 @@ class DistillTrainer(Trainer):
             if self.args.label_smoothing_factor == 0:
                 # `exp(eval_loss)` (run_clm.py) mixes CE and KD; the perplexity is the CE's (a smoothed CE has none).
                 output.metrics[prefixed(PERPLEXITY, prefix)] = torch.tensor(ce, dtype=torch.float64).exp().item()
-            if isinstance(self.teacher, LiveTeacher):
+            if self.teacher.evaluates:
                 output.metrics[prefixed(KD_LOSS, prefix)] = kd
                 output.metrics[prefixed(TEACHER_AGREEMENT, prefix)] = agree
         if self.args.eval_generate:
             answers = generation_metrics(
-                self.accelerator.unwrap_model(self.model),
+                self._unwrap(self.model),
                 getattr(self.processing_class, "tokenizer", self.processing_class),
                 dataloader.dataset,
                 self.args.eval_max_new_tokens,

@@ -246,7 +246,7 @@ def test_a_teacher_with_nonfinite_outputs_stops_the_run(workspace):
     tmp_path, recipe = workspace
     trainer = _trainer(tmp_path, cross_tokenizer_recipe(tmp_path, recipe, "aligned"), output_dir=tmp_path / "out")
     with torch.no_grad():
-        trainer.teacher.members[0].model.norm.weight[3] = float("nan")
+        trainer.teacher.models[0].model.norm.weight[3] = float("nan")
     before = _weights(trainer)
     message = r"^teacher produced NaN or inf \(step 1\): the teacher \(.*teacher_b'\)"
     with pytest.raises(NonFiniteTeacherError, match=message):

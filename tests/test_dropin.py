@@ -175,7 +175,7 @@ def test_granite_trains_fused_to_the_dense_weights(tmp_path, role):
         return trained_weights(tmp_path / name, student, teacher, loss_chunk_size=chunk)
 
     (dense, dense_weights), (fused, fused_weights) = run("dense", 0), run("fused", 5)
-    assert fused._fused_loss_ok and not dense._fused_loss_ok
+    assert fused.fused_loss and not dense.fused_loss
     assert_same_weights(dense_weights, fused_weights)
 
 
@@ -196,7 +196,7 @@ def test_unknown_logit_post_processing_falls_back_to_dense(tmp_path, role, caplo
     assert (
         len(warnings) == 1 and "ScaledLogitsLlama" in warnings[0] and "differs from its own logits by" in warnings[0]
     )
-    assert not auto._fused_loss_ok
+    assert not auto.fused_loss
     assert_same_weights(dense_weights, auto_weights, atol=0)
 
 
@@ -231,7 +231,7 @@ def test_explicit_and_auto_chunk_sizes_fuse_when_the_probe_passes(tmp_path):
         trainer = DistillTrainer(
             model=tiny_llama(seed=1), teacher_model=tiny_llama(seed=2), args=make_args(tmp_path, loss_chunk_size=chunk)
         )
-        sizes[chunk] = (trainer._fused_loss_ok, trainer.args.effective_loss_chunk_size)
+        sizes[chunk] = (trainer.fused_loss, trainer.args.effective_loss_chunk_size)
     assert sizes == {None: (True, LOSS_CHUNK_SIZE), 7: (True, 7), 0: (False, 0)}
 
 
@@ -241,7 +241,7 @@ def test_probe_restores_training_mode(tmp_path):
     trainer = DistillTrainer(
         model=student, teacher_model=teacher, args=make_args(tmp_path), train_dataset=variable_length_dataset()
     )
-    assert trainer._fused_loss_ok and student.training and not teacher.training
+    assert trainer.fused_loss and student.training and not teacher.training
 
 
 # ---- PEFT students ----
@@ -281,7 +281,7 @@ def test_peft_student_runs_the_fused_loss_to_the_dense_weights(tmp_path, case, c
 
     with caplog.at_level(logging.WARNING, logger="hf_distill.models.hidden_states"):
         dense, fused = run("dense", 0), run("fused", 5)
-    assert fused._fused_loss_ok, caplog.text
+    assert fused.fused_loss, caplog.text
     a, b = trainable_weights(dense), trainable_weights(fused)
     assert any("lora_A" in k for k in a) and (case != "modules_to_save_head" or any("modules_to_save" in k for k in a))
     assert_same_weights(a, b)
@@ -296,7 +296,7 @@ def test_peft_head_with_dropout_falls_back_with_one_line(tmp_path, caplog):
             args=make_args(tmp_path),
             train_dataset=variable_length_dataset(),
         )
-    assert not trainer._fused_loss_ok
+    assert not trainer.fused_loss
     assert "LlamaForCausalLM (in a PeftModelForCausalLM)" in caplog.text and "lora_dropout=0.1" in caplog.text
 
 

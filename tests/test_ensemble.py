@@ -12,7 +12,7 @@ from hf_distill import DistillTrainer
 from hf_distill.cli import main
 from hf_distill.losses import ENSEMBLE_MODES
 from hf_distill.models.hidden_states import PROBE_IDS
-from hf_distill.teachers.build import LiveTeacher
+from hf_distill.teachers.live import LiveTeacher
 
 
 def logged(trainer, key):
@@ -47,7 +47,7 @@ def test_two_identical_teachers_equal_one(tmp_path, mode):
     single = train(tmp_path / "a")
     pair = [tiny_llama(seed=2, hidden=48, layers=2) for _ in range(2)]
     ensemble = train(tmp_path / "b", teacher=pair, teacher_ensemble=mode)
-    assert isinstance(ensemble.teacher, LiveTeacher) and len(ensemble.teacher.members) == 2
+    assert isinstance(ensemble.teacher, LiveTeacher) and len(ensemble.teacher.models) == 2
     assert_same_run(single, ensemble)
 
 

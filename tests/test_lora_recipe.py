@@ -42,7 +42,7 @@ def test_lora_student_trains_only_the_adapter_and_saves_a_peft_adapter(pretraine
 
     (trainer,) = built
     model = trainer.model
-    assert isinstance(model, peft.PeftModel) and trainer._fused_loss_ok
+    assert isinstance(model, peft.PeftModel) and trainer.fused_loss
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     assert {n.split(".")[-4] for n in trainable} == {"q_proj", "v_proj"}

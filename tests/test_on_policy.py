@@ -168,7 +168,7 @@ def test_seq_kd_targets_are_the_teachers_greedy_completions(tmp_path):
             prompt = row["input_ids"][: next(i for i, label in enumerate(row["labels"]) if label != -100)]
             expected[tuple(prompt)] = greedy(teacher, prompt, 5)
     (batch,) = seen
-    assert batch["generated_by"] == "teacher"
+    assert trainer._generated.writer == "teacher"
     for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist()):
         start = next(i for i, label in enumerate(labels) if label != -100)
         completion = [label for label in labels if label != -100]

@@ -98,7 +98,7 @@ def test_gradient_checkpointing_recomputes_the_student_and_reaches_the_same_weig
         trainer = build(tmp_path / name, model, teacher, gradient_checkpointing=checkpointing, max_steps=1)
         calls.update(student=0, teacher=0)  # the build-time probe
         trainer.train()
-        assert trainer._fused_loss_ok
+        assert trainer.fused_loss
         return calls, trainable_weights(trainer)
 
     (plain_calls, plain), (checkpointed_calls, checkpointed) = run("plain", False), run("checkpointed", True)
@@ -197,7 +197,7 @@ def test_torch_compile_trains_the_compiled_student_to_the_same_weights(tmp_path)
         return trainer, trainable_weights(trainer)
 
     (_, a), (compiled, b) = run("plain", False), run("compiled", True)
-    assert type(compiled.model_wrapped).__name__ == "OptimizedModule" and compiled._fused_loss_ok
+    assert type(compiled.model_wrapped).__name__ == "OptimizedModule" and compiled.fused_loss
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
 

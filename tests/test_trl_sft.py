@@ -228,7 +228,7 @@ def test_peft_student_from_the_scripts_model_config(tmp_path, student_dir):
     )  # fmt: skip
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    assert trainer._fused_loss_ok and trainer.state.log_history[0]["kd_loss"] > 0
+    assert trainer.fused_loss and trainer.state.log_history[0]["kd_loss"] > 0
     assert os.path.isfile(os.path.join(trainer.args.output_dir, "adapter_config.json"))
 
 

@@ -14,7 +14,7 @@ from ..data.datasets import select_splits
 from ..data.raw_dataset import load_raw_dataset
 from ..models.causal_lm import check_weight_files, load_causal_lm_config, resolve_dtype
 from ..models.loading import check_models_fit, load_tokenizer, teacher_init_kwargs
-from ..teachers.cache_store import read_manifest, read_shards
+from ..teachers.cache_store import StoredCache, open_cache
 from ..user_errors import UserInputError
 
 
@@ -42,9 +42,10 @@ def check_output_dir(path: str) -> None:
         )
 
 
-def check_run(model_args: ModelArguments, data_args: DataArguments, config: DistillConfig) -> None:
+def check_run(model_args: ModelArguments, data_args: DataArguments, config: DistillConfig) -> StoredCache | None:
     """What a run can be refused for from its arguments and files alone, before any tokenizer, data or model loads:
-    the output folder, evaluation without an eval split, the teacher's init kwargs, and a teacher cache's files."""
+    the output folder, evaluation without an eval split, the teacher's init kwargs, and a teacher cache's files.
+    Returns the teacher cache, read and checked once (None without one)."""
     check_output_dir(config.output_dir)
     check_trainer_fields(config)
     # Also what early_stop_patience needs: DistillConfig refuses it without an eval_strategy.
@@ -58,8 +59,7 @@ def check_run(model_args: ModelArguments, data_args: DataArguments, config: Dist
         )
     if config.teacher_source == "model" and config.teacher_paths:
         resolve_dtype(teacher_init_kwargs(config, model_args))
-    if config.uses_teacher_cache:
-        read_shards(config.teacher_cache_dir, read_manifest(config.teacher_cache_dir))
+    return open_cache(config.teacher_cache_dir) if config.uses_teacher_cache else None
 
 
 def _check_local(
@@ -91,7 +91,7 @@ def check_recipe(
     columns of the format). Hub ids, and `produced_paths` (model folders that an earlier round of the same recipe
     will write) are not checked.
     """
-    check_run(model_args, data_args, config)
+    cache = check_run(model_args, data_args, config)
     trust = model_args.trust_remote_code
 
     def model_config(name, field_name):
@@ -133,6 +133,7 @@ def check_recipe(
                 _check_local(config.teacher_paths[0], "teacher_model_name_or_path", tokenizer, produced_paths)
             )
     if all(checked):
-        check_models_fit(model_args, config, load_tokenizer(model_args, config))
+        top_k = cache.manifest["top_k"] if cache else None
+        check_models_fit(model_args, config, load_tokenizer(model_args, config), cache_top_k=top_k)
     if _looks_local(data_args.dataset_name):
         select_splits(load_raw_dataset(data_args), data_args, prompts_only=config.lmbda == 1.0)

@@ -34,7 +34,8 @@ from ..run.model_card import format_number, generation_metrics, update_model_car
 from ..user_errors import UserInputError, bad_value
 from .recipe import parse_recipe
 
-METRICS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metrics")
+# hf_distill/metrics/, beside this folder.
+METRICS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "metrics")
 BUILTIN_METRICS = ("exact_match", "token_f1")
 # The file `hf-distill evaluate` writes into a local student folder, beside the model card it updates.
 RESULTS_FILE = "evaluation.json"

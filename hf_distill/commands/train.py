@@ -30,20 +30,19 @@ def build_trainer(
     """Checks, tokenizer, data (with the teacher cache when set), teacher and student, and the trainer over them."""
     if config.process_index == 0:
         check_free(config.output_dir)  # another run on this output_dir: refused before anything is loaded
-    check_run(model_args, data_args, config)
+    cache = check_run(model_args, data_args, config)
     set_seed(config.seed)
     tokenizer = load_tokenizer(model_args, config)
-    check_models_fit(model_args, config, tokenizer)
-    teacher_tokenizer = None
-    if config.uses_cross_tokenizer:
-        teacher_tokenizer = load_teacher_tokenizer(config, model_args.trust_remote_code)
+    # Loaded once, for the checks, the data and the trainer.
+    teacher_tokenizer = load_teacher_tokenizer(config, model_args) if config.uses_cross_tokenizer else None
+    check_models_fit(model_args, config, tokenizer, teacher_tokenizer, cache.manifest["top_k"] if cache else None)
     train_dataset, eval_dataset = main_process_first(
         lambda: prepare_datasets(
             data_args, tokenizer, prompts_only=config.lmbda == 1.0, teacher_tokenizer=teacher_tokenizer
         )
     )
     if config.uses_teacher_cache:
-        train_dataset = attach_teacher_cache(data_args, config, tokenizer, train_dataset)
+        train_dataset = attach_teacher_cache(data_args, config, tokenizer, train_dataset, cache)
 
     # Loaded here rather than by the trainer, which knows no model arguments: the teacher shares the student's
     # attention kernel and remote-code policy (`loading.teacher_init_kwargs`).
@@ -57,6 +56,7 @@ def build_trainer(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
+        teacher_tokenizer=teacher_tokenizer,
         data_collator=DistillDataCollator(tokenizer, teacher_pad_token_id=_pad_id(teacher_tokenizer)),
         callbacks=callbacks,
     )

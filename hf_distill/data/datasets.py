@@ -12,7 +12,7 @@ from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 from ..arguments.script_arguments import DataArguments
 from ..losses import IGNORE_INDEX
 from ..user_errors import UserInputError
-from .cross_tokenization import CROSS_COLUMNS, cross_tokenize, layout_cross_tokenized
+from .cross_tokenization import CROSS_BATCH_KEYS, CROSS_COLUMNS, cross_tokenize, layout_cross_tokenized
 from .raw_dataset import load_raw_dataset
 
 logger = logging.getLogger(__name__)
@@ -27,6 +27,17 @@ FORMAT_COLUMNS = {
 # log-probabilities and n tails for its n target tokens; and the batch keys the collator lays them out under,
 # `(B, L - 1, K)` and `(B, L - 1)`, aligned with `labels[:, 1:]`.
 CACHE_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_tail_logprob")
+# Batch keys the trainer reads itself, never passed to a model's forward: targets, example ids, a cached teacher's
+# top-k and a cross-tokenizer teacher's own tokens and spans.
+TRAINER_KEYS = frozenset({"labels", "id", *CACHE_COLUMNS, *CROSS_BATCH_KEYS})
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """What a model's forward takes from `batch`: every key but `TRAINER_KEYS`, and no KV cache. No forward of the
+    loss needs one, and a model building one (a teacher whose config says use_cache, as most hub models do) takes
+    the batch for a generation step: transformers then does not split a padding-free packed row (TRL's packing)
+    into its sequences, and they attend to each other."""
+    return {**{k: v for k, v in batch.items() if k not in TRAINER_KEYS}, "use_cache": False}
 
 
 def detect_format(dataset: Dataset, declared: str, split: str) -> str:

@@ -22,8 +22,17 @@ from ..losses import IGNORE_INDEX
 from ..metrics.names import COMPLETION_LENGTH, ON_POLICY_FRACTION, TEACHER_LOGPROB, TRUNCATED_FRACTION
 from ..user_errors import UserInputError
 
-# Batch key naming who wrote a generated batch's completions: "student" or "teacher".
-GENERATED_BY = "generated_by"
+
+@dataclass(frozen=True)
+class GeneratedStep:
+    """What a generating optimizer step decided, for the loss of its micro-batches: every row of the step has a
+    generated completion, written by `writer`.
+
+    `writer`: `student` (an on-policy step: the divergence alone, a CE on its own samples would reinforce its
+    mistakes) or `teacher` (`seq_kd`: the whole loss); `step`: the optimizer step, counted from 0."""
+
+    writer: str
+    step: int
 
 
 def step_writer(config: DistillConfig, step: int) -> str | None:
@@ -132,7 +141,7 @@ class StepGenerator:
             done, as sharded parameters need every rank).
         tokenizer: gives the end-of-sequence token (required: generation stops there) and the padding token.
         student: returns the student as generation needs it (unwrapped from DDP; the same module under FSDP2).
-        teacher: the teacher model that writes `seq_kd` completions, or None.
+        teacher: the teacher model that writes `seq_kd` completions (unwrapped), or None.
     """
 
     def __init__(self, config, accelerator, tokenizer, student: Callable[[], nn.Module], teacher: nn.Module | None):
@@ -161,27 +170,29 @@ class StepGenerator:
 
     @classmethod
     def build(
-        cls, config, accelerator, processing_class, teachers: list[nn.Module], student: Callable[[], nn.Module]
+        cls, config, accelerator, processing_class, teacher, student: Callable[[], nn.Module]
     ) -> "StepGenerator":
         """The generator of a `DistillTrainer`: its tokenizer (`processing_class`, or its `tokenizer`) is required,
-        and `seq_kd` needs exactly one live teacher (`teachers`) to write the completions."""
+        and `seq_kd` needs the run's teacher (`hf_distill.teachers.protocol.Teacher`) to have a writer, one live
+        model."""
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         if tokenizer is None:
             raise UserInputError(
                 f"{config.generation_setting} generates completions: pass the tokenizer as processing_class"
             )
-        if config.seq_kd and len(teachers) != 1:
-            raise UserInputError(f"seq_kd=True needs one teacher model to generate, got {len(teachers)}")
-        return cls(config, accelerator, tokenizer, student, teachers[0] if teachers else None)
+        if config.seq_kd and teacher.writer is None:
+            raise UserInputError(f"seq_kd=True needs one teacher model to generate, got {len(teacher.models)}")
+        return cls(config, accelerator, tokenizer, student, teacher.writer)
 
-    def __call__(self, batches: list[dict], step: int) -> list[dict]:
-        """The micro-batches of optimizer step `step`, with generated completions when the step generates."""
+    def __call__(self, batches: list[dict], step: int) -> tuple[list[dict], GeneratedStep | None]:
+        """The micro-batches of optimizer step `step`, with generated completions when the step generates, and what
+        the step decided (None: the dataset's completions)."""
         self._steps += 1
         writer = step_writer(self.config, step)
         if writer is None:
-            return batches
+            return batches, None
         self._on_policy_steps += writer == "student"
-        model = self.student() if writer == "student" else getattr(self.teacher, "module", self.teacher)
+        model = self.student() if writer == "student" else self.teacher
         generated = []
         for index, batch in enumerate(batches):
             prompt_ids = prompts(batch)
@@ -189,16 +200,18 @@ class StepGenerator:
             completions = generate(model, prompt_ids, self.generation_config, seed, self.synced)
             counts = [len(prompt_ids), sum(map(len, completions.tokens)), sum(completions.truncated)]
             self._sums[:3] += torch.tensor(counts, dtype=self._sums.dtype, device=self._sums.device)
-            generated.append({**completion_batch(batch, prompt_ids, completions, self.pad_id), GENERATED_BY: writer})
-        return generated
+            generated.append(completion_batch(batch, prompt_ids, completions, self.pad_id))
+        return generated, GeneratedStep(writer, step)
 
-    def record(self, batch: dict, terms, step: int, logging_steps: int, run_files) -> None:
-        """One generated micro-batch's loss terms (`DistillationTerms`) at optimizer step `step`: the teacher's
-        log-probabilities of its tokens, and with `log_completions` on a logged step its rows of `completions.csv`,
-        gathered from every process (a collective: call on all) and written by `run_files` on the main process."""
+    def record(self, batch: dict, generated: GeneratedStep, terms, logging_steps: int, run_files) -> None:
+        """One generated micro-batch's loss terms (`DistillationTerms`): the teacher's log-probabilities of its
+        tokens, and with `log_completions` on a logged step its rows of `completions.csv`, gathered from every process
+        (a collective: call on all) and written by `run_files` on the main process."""
         self._sums[3] += terms.teacher_logprob.sum().to(self._sums.device)
+        step = generated.step + 1  # as the logs count steps
         if self.config.log_completions and step % logging_steps == 0:
-            rows = gather_object(completion_rows(batch, terms.per_example()["kd"], self.tokenizer, step))
+            kd = terms.per_example()["kd"]
+            rows = gather_object(completion_rows(batch, generated.writer, kd, self.tokenizer, step))
             if self.accelerator.is_main_process:
                 run_files.add_completions(rows)
 
@@ -219,7 +232,7 @@ class StepGenerator:
         return logs
 
 
-def completion_rows(batch: dict, kd: torch.Tensor, tokenizer, step: int) -> list[dict]:
+def completion_rows(batch: dict, writer: str, kd: torch.Tensor, tokenizer, step: int) -> list[dict]:
     """`completions.csv` rows of a generated micro-batch: prompt and completion text, per-token KD (`kd`: the
     per-example sums), and whether the completion was cut."""
     rows = []
@@ -230,7 +243,7 @@ def completion_rows(batch: dict, kd: torch.Tensor, tokenizer, step: int) -> list
             {
                 "step": step,
                 "id": ids[row],
-                "writer": batch[GENERATED_BY],
+                "writer": writer,
                 "prompt": tokenizer.decode(prompt),
                 "completion": tokenizer.decode(completion),
                 "tokens": len(completion),

@@ -12,7 +12,7 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
-from ..losses import LMHead
+from ..losses import LOSS_CHUNK_SIZE, LMHead
 from ..user_errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -216,3 +216,28 @@ def fused_heads_reproduce_logits(models: list[nn.Module], unwrap, loss_chunk_siz
         logger.warning(f"loss_chunk_size: {name} takes the dense loss (full logits), because {problem}")
         return False
     return True
+
+
+def fused_loss_path(teacher, student: nn.Module, unwrap, loss_chunk_size: int | None, zero3: bool) -> bool:
+    """Whether this run trains with the fused chunked loss; decided once, when the trainer is built, and logged.
+
+    `teacher` is the run's `hf_distill.teachers.protocol.Teacher`, `loss_chunk_size` the config's (None: auto),
+    `zero3` whether DeepSpeed ZeRO-3 partitions the weights: the chunked loss reads the LM head's weight outside its
+    module's forward, where ZeRO-3 holds an empty partition, and a weight gathered there would leave the gradient
+    the loss computes for it no partition to land in. Each model's head is then probed against its own logits
+    (`fused_heads_reproduce_logits`)."""
+    chunk = LOSS_CHUNK_SIZE if loss_chunk_size is None else loss_chunk_size
+    if chunk == 0:
+        reason = "loss_chunk_size is 0"
+    elif not teacher.fused:
+        reason = f"the {teacher.kind} teacher gives full logits only"
+        logger.warning(f"loss_chunk_size={chunk} does not apply: {reason}, so the loss takes them (dense path)")
+    elif zero3:
+        reason = "DeepSpeed ZeRO-3 partitions the LM heads"
+    elif not fused_heads_reproduce_logits([student, *teacher.models], unwrap, loss_chunk_size):
+        reason = "a model's LM head does not reproduce its logits"
+    else:
+        logger.info(f"loss: fused, {chunk} target tokens per chunk")
+        return True
+    logger.info(f"loss: dense (full logits), because {reason}")
+    return False

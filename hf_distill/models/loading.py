@@ -12,7 +12,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
 from ..arguments.script_arguments import ModelArguments
 from ..config import DistillConfig
-from ..teachers.cache_store import read_manifest
 from ..user_errors import UserInputError
 from .causal_lm import (
     check_same_tokenizer,
@@ -68,9 +67,11 @@ def check_offsets(tokenizer, role: str, mode: str) -> None:
         )
 
 
-def load_teacher_tokenizer(config: DistillConfig, trust_remote_code: bool = False):
+def load_teacher_tokenizer(config: DistillConfig, model_args: ModelArguments | None = None):
     """The teacher's own tokenizer, for `cross_tokenizer`: `teacher_tokenizer_name_or_path`, else the teacher's
-    folder; it must be fast (character offsets)."""
+    folder; it must be fast (character offsets). Loaded with the teacher model's `trust_remote_code`
+    (`teacher_init_kwargs`), once per run: the trainer and the data take this one."""
+    trust_remote_code = teacher_init_kwargs(config, model_args).get("trust_remote_code", False)
     name, field_name = config.teacher_tokenizer_name_or_path, "teacher_tokenizer_name_or_path"
     if name is None:
         if not config.teacher_paths:
@@ -181,17 +182,24 @@ def load_teachers(
     return [load_causal_lm(m, "teacher_model_name_or_path", **kwargs) if isinstance(m, str) else m for m in members]
 
 
-def check_models_fit(model_args: ModelArguments, config: DistillConfig, tokenizer) -> None:
+def check_models_fit(
+    model_args: ModelArguments,
+    config: DistillConfig,
+    tokenizer,
+    teacher_tokenizer=None,
+    cache_top_k: int | None = None,
+) -> None:
     """Model, tokenizer and vocabulary checks from config and tokenizer files, then the weight files' headers (no
-    tensor is read), before any weight is loaded."""
+    tensor is read), before any weight is loaded. `teacher_tokenizer` is the run's (`cross_tokenizer`; loaded here
+    when not given), `cache_top_k` the top-k of its teacher cache's manifest."""
     trust = model_args.trust_remote_code
     student = load_causal_lm_config(model_args.model_name_or_path, "model_name_or_path", trust)
     models = [(model_args.model_name_or_path, "model_name_or_path", student)]
     if model_args.student_init != "pretrained":
         models = []  # fresh weights: the folder holds a config only
     # Before the vocabulary checks, whose message would not name the cache.
-    if config.uses_teacher_cache:
-        top_k, vocab = read_manifest(config.teacher_cache_dir)["top_k"], student.get_text_config().vocab_size
+    if cache_top_k is not None:
+        top_k, vocab = cache_top_k, student.get_text_config().vocab_size
         if top_k > vocab:
             raise UserInputError(
                 "teacher cache wider than the student's vocabulary",
@@ -204,7 +212,8 @@ def check_models_fit(model_args: ModelArguments, config: DistillConfig, tokenize
         teacher = load_causal_lm_config(teacher_path, "teacher_model_name_or_path", trust)
         models.append((teacher_path, "teacher_model_name_or_path", teacher))
         if config.uses_cross_tokenizer:
-            check_cross_tokenizer_fit(config, tokenizer, load_teacher_tokenizer(config, trust), teacher)
+            teacher_tokenizer = teacher_tokenizer or load_teacher_tokenizer(config, model_args)
+            check_cross_tokenizer_fit(config, tokenizer, teacher_tokenizer, teacher)
             continue
         try:
             teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_path, trust_remote_code=trust)

@@ -7,9 +7,11 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 
 from ..user_errors import UserInputError
-from .atomic_write import write_json_atomically
+from .atomic_write import remove_path, write_json_atomically
+from .disk_space import raise_if_save_failed, tensor_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -205,3 +207,40 @@ def resume_point(output_dir: str, resume_from_checkpoint: str | bool | None, mod
     if resume_from_checkpoint:
         check_same_architecture(resume_from_checkpoint, model_config)
     return resume_from_checkpoint or None
+
+
+def save_complete_checkpoint(trainer, trial, save: Callable[[], None]) -> None:
+    """Trainer's checkpoint save (`save`), made whole: the folder of a killed save (or one resume skipped as damaged)
+    is removed first; a failed save (a full disk) is one line, its partial folder removed; every process has written
+    its part before the checkpoint is marked complete; and rotation, which Trainer runs at the end of its own save
+    (before the new checkpoint is complete: a crash there could leave none, and rank 0 could delete the old one
+    while other ranks still write the new one), counts complete checkpoints only, after the marker."""
+    args, accelerator, step = trainer.args, trainer.accelerator, trainer.state.global_step
+    run_dir = trainer._get_output_dir(trial=trial)
+    path = os.path.join(run_dir, f"checkpoint-{step}")
+    if args.should_save and os.path.lexists(path):
+        remove_path(path)
+    accelerator.wait_for_everyone()
+    save_total_limit, args.save_total_limit = args.save_total_limit, None
+    failure = None
+    try:
+        save()
+    except Exception as err:
+        failure = err
+    finally:
+        args.save_total_limit = save_total_limit
+    raise_if_save_failed(
+        accelerator,
+        failure,
+        what=f"checkpoint-{step}",
+        path=path,
+        needed=lambda: tensor_bytes(
+            [accelerator.unwrap_model(trainer.model).state_dict(), trainer.optimizer.state_dict()]
+        ),
+        then=lambda: resume_advice(run_dir),
+        cleanup=lambda: remove_path(path),
+    )
+    accelerator.wait_for_everyone()
+    if args.should_save:
+        mark_complete(path, step)
+        rotate_checkpoints(run_dir, save_total_limit, path, trainer.state.best_model_checkpoint)

@@ -231,14 +231,8 @@ def write_model_card(
     peft_config = getattr(student, "peft_config", None)
     if peft_config and not finetuned_from:
         finetuned_from = peft_config[student.active_adapter].base_model_name_or_path
-    teacher = None
-    if trainer.teacher is not None:
-        teacher = args.teacher_model_name_or_path
-        if teacher is None:
-            # A teacher built from a config has no name: its class says at least what it was.
-            teacher = [m.config.name_or_path or type(m).__name__ for m in trainer.teacher.members]
-        if not isinstance(teacher, str):
-            teacher = ", ".join(teacher)
+    # A teacher built from a config has no name: its class says at least what it was (`Teacher.names`).
+    teacher = ", ".join(trainer.teacher.names()) or None
     eval_metrics = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), {})
     card = render_model_card(
         model_name=model_name or args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir)),

@@ -1,5 +1,10 @@
-"""The teacher a run distils from, built once from the config into one object (`build`): live models (one, or an
-ensemble), one with its own tokenizer, or a teacher cache's top-k. Beside it, what every kind needs: placement for
-the distributed engine (`placement`), the check of its numbers (`numerics`), the vocabulary shared with a
-cross-tokenizer student (`shared_vocabulary`), context lengths (`context_length`), and the teacher cache: its builder
-(`cache_builder`) and its files, read and checked (`cache_store`)."""
+"""The teacher a run distils from. Every kind implements one protocol (`protocol.Teacher`: what it gives the loss,
+whether the fused path takes it, the models it runs, how a card names it, its side of a batch) and is built once from
+the config (`build.build_teacher`): `NoTeacher` (`no_teacher`), `LiveTeacher` (`live`: one model or an ensemble),
+`CrossTokenizerTeacher` (`cross_tokenizer`: one model with its own tokenizer) and `CachedTeacher` (`cached`: a
+teacher cache's top-k).
+
+Beside them, what the kinds need: placement for the distributed engine (`placement`), the check of a teacher's
+numbers (`numerics`), the vocabulary two tokenizers share (`shared_vocabulary`), context lengths
+(`context_length`), and the teacher cache: its builder (`cache_builder`) and its files, read and checked
+(`cache_store`)."""

@@ -34,8 +34,8 @@ from ..models.loading import check_models_fit, load_teachers, load_tokenizer
 from ..run.atomic_write import atomic_write, temporary_path, write_json_atomically
 from ..run.main_process_first import main_process_first
 from ..user_errors import UserInputError, bad_value
-from .build import LiveTeacher, check_member_vocabularies
-from .cache_store import MANIFEST, read_manifest, read_shards, shard_path
+from .cache_store import MANIFEST, StoredCache, open_cache, read_manifest, shard_path
+from .live import LiveTeacher, check_member_vocabularies
 
 # Manifest entries that must equal the recipe's for a cache to be used; top_k and num_examples describe the cache.
 _FEATURES = Features(
@@ -100,7 +100,7 @@ def teacher_topk(teacher: LiveTeacher, rows: list[dict], top_k: int, pad_id: int
     width = max(len(r["input_ids"]) for r in rows)
     input_ids = torch.tensor([r["input_ids"] + [pad_id] * (width - len(r["input_ids"])) for r in rows])
     attention = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows])
-    device = next(teacher.members[0].parameters()).device
+    device = next(teacher.models[0].parameters()).device
     log_p = teacher.log_probs({"input_ids": input_ids.to(device), "attention_mask": attention.to(device)}).cpu()
     columns = {name: [] for name in CACHE_COLUMNS}
     for row, lp in zip(rows, log_p):
@@ -235,16 +235,22 @@ def save_shard(shard: Dataset, path: str) -> None:
 def load_teacher_cache(cache_dir: str) -> tuple[dict, Dataset]:
     """The manifest and the cached rows, all shards in order; errors if the build did not finish or a file is
     damaged (`teacher_cache_files`)."""
-    manifest = read_manifest(cache_dir)
-    return manifest, concatenate_datasets(read_shards(cache_dir, manifest))
+    cache = open_cache(cache_dir)
+    return cache.manifest, concatenate_datasets(cache.shards)
 
 
 def attach_teacher_cache(
-    data_args: DataArguments, config: DistillConfig, tokenizer, train_dataset: Dataset
+    data_args: DataArguments,
+    config: DistillConfig,
+    tokenizer,
+    train_dataset: Dataset,
+    cache: StoredCache | None = None,
 ) -> Dataset:
-    """`train_dataset` plus the cached columns, after checking that the cache was built for this recipe."""
+    """`train_dataset` plus the cached columns, after checking that the cache was built for this recipe. `cache` is
+    the run's cache as `cache_store.open_cache` read it (read here when not given)."""
     cache_dir = config.teacher_cache_dir
-    manifest, rows = load_teacher_cache(cache_dir)
+    cache = cache or open_cache(cache_dir)
+    manifest, rows = cache.manifest, concatenate_datasets(cache.shards)
     _check_manifest(manifest, _expected_manifest(data_args, config, tokenizer, train_dataset), cache_dir)
     attached = concatenate_datasets([train_dataset, rows.remove_columns("id")], axis=1)
     # Numpy arrays straight from Arrow: building nested Python lists of every row's top-k costs more than the step.

@@ -4,6 +4,7 @@ loading a model, so that a damaged or edited cache is refused before any compute
 
 import json
 import os
+from typing import NamedTuple
 
 from datasets import Dataset, load_from_disk
 
@@ -114,3 +115,18 @@ def read_shards(cache_dir: str, manifest: dict) -> list[Dataset]:
                 )
         shards.append(shard)
     return shards
+
+
+class StoredCache(NamedTuple):
+    """A teacher cache read and checked once (its manifest, then every shard it names, opened memory-mapped), and
+    handed to whoever needs it: the model checks (its `top_k`), and the train split it is attached to."""
+
+    cache_dir: str
+    manifest: dict
+    shards: list[Dataset]
+
+
+def open_cache(cache_dir: str) -> StoredCache:
+    """The cache in `cache_dir`, its manifest and shards checked (`read_manifest`, `read_shards`)."""
+    manifest = read_manifest(cache_dir)
+    return StoredCache(cache_dir, manifest, read_shards(cache_dir, manifest))

@@ -168,7 +168,7 @@ def full_weights(trainer: DistillTrainer) -> dict[str, torch.Tensor]:
 
 
 def teacher_members(trainer: DistillTrainer) -> list:
-    return trainer.teacher.members if trainer.teacher is not None else []
+    return trainer.teacher.models
 
 
 def check_engine(trainer: DistillTrainer, engine: str) -> None:
