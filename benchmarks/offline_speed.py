@@ -26,9 +26,10 @@ from step_timer import StepTimer
 from transformers import PrinterCallback
 from transformers.utils import logging
 
+from hf_distill.commands.cache_teacher import build_teacher_cache
 from hf_distill.commands.recipe import parse_recipe
 from hf_distill.commands.train import build_trainer
-from hf_distill.teachers.cache_builder import build_teacher_cache, cache_size
+from hf_distill.teachers.cache_builder import cache_size
 
 TARGET = 1.15
 

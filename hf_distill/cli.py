@@ -22,6 +22,7 @@ import traceback
 
 from accelerate import PartialState
 
+from .commands.cache_teacher import build_teacher_cache
 from .commands.check import check_recipe
 from .commands.evaluate import format_results, run_evaluation
 from .commands.recipe import parse_recipe
@@ -30,7 +31,6 @@ from .commands.rounds import check_rounds, is_multi_round, parse_rounds, run_rou
 from .commands.train import run_training
 from .run.cpu_threads import choose_torch_threads
 from .run.process_group import leave_process_group
-from .teachers.cache_builder import build_teacher_cache
 from .user_errors import UserError
 
 

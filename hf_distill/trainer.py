@@ -353,36 +353,16 @@ class DistillTrainer(Trainer):
 
     # ---- publishing ----
 
-    def create_model_card(
-        self,
-        language: str | None = None,
-        license: str | None = None,
-        tags: str | list[str] | None = None,
-        model_name: str | None = None,
-        finetuned_from: str | None = None,
-        tasks: str | list[str] | None = None,
-        dataset_tags: str | list[str] | None = None,
-        dataset: str | list[str] | None = None,
-        dataset_args: str | list[str] | None = None,
-        *,
-        dataset_name: str | list[str] | None = None,
-        student_base: str | None = None,
-    ) -> None:
+    def create_model_card(self, *args, dataset_name=None, student_base=None, **kwargs) -> None:
         """Write `output_dir/README.md` stating how the student was distilled (Trainer.push_to_hub calls this).
 
-        Takes `Trainer.create_model_card`'s arguments; `dataset_name` and `student_base` are the same as `dataset` and
-        `finetuned_from`. A PEFT student keeps PEFT's metadata (`library_name: peft`, `base_model`).
+        Takes `Trainer.create_model_card`'s arguments, positionally or by keyword (its signature binds them);
+        `dataset_name` and `student_base` are the same as `dataset` and `finetuned_from`. A PEFT student keeps PEFT's
+        metadata (`library_name: peft`, `base_model`).
         """
+        card = inspect.signature(Trainer.create_model_card).bind(self, *args, **kwargs).arguments
+        del card["self"]
+        card["finetuned_from"] = card.get("finetuned_from") or student_base
+        card["dataset"] = dataset_name or card.get("dataset")
         if self.is_world_process_zero():
-            write_model_card(
-                self,
-                language=language,
-                license=license,
-                tags=tags,
-                model_name=model_name,
-                finetuned_from=finetuned_from or student_base,
-                tasks=tasks,
-                dataset_tags=dataset_tags,
-                dataset=dataset_name or dataset,
-                dataset_args=dataset_args,
-            )
+            write_model_card(self, **card)

@@ -99,10 +99,10 @@ def test_no_package_import_below_top_level():
     assert not nested, nested
 
 
-def test_the_cache_builder_does_not_import_the_pipeline():
+def test_the_cache_teacher_command_does_not_import_the_train_pipeline():
     graph, _ = _graph()
-    assert "hf_distill.models.loading" in graph["hf_distill.teachers.cache_builder"]
-    assert "hf_distill.commands.train" not in _reachable(graph, "hf_distill.teachers.cache_builder")
+    assert "hf_distill.models.loading" in graph["hf_distill.commands.cache_teacher"]
+    assert "hf_distill.commands.train" not in _reachable(graph, "hf_distill.commands.cache_teacher")
 
 
 def test_a_circle_is_found():

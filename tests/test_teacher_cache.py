@@ -23,7 +23,8 @@ from hf_distill import DistillTrainer
 from hf_distill.arguments.script_arguments import DataArguments
 from hf_distill.cli import main
 from hf_distill.data.datasets import layout_cached_teacher, prepare_datasets
-from hf_distill.teachers.cache_builder import MANIFEST, load_teacher_cache
+from hf_distill.teachers.cache_builder import load_teacher_cache
+from hf_distill.teachers.cache_store import MANIFEST
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 

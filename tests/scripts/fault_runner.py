@@ -40,8 +40,10 @@ import transformers.modeling_utils
 from safetensors import SafetensorError
 
 import hf_distill.commands.train
-from hf_distill import DistillTrainer, teacher_cache
+from hf_distill import DistillTrainer
 from hf_distill.cli import main
+from hf_distill.commands import cache_teacher
+from hf_distill.teachers import cache_builder
 
 FULL = 'IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
 
@@ -130,14 +132,14 @@ class Injector:
         hf_distill.commands.train.save_final_model = self.in_phase(
             "final save", hf_distill.commands.train.save_final_model
         )
-        topk = teacher_cache.teacher_topk
+        topk = cache_builder.teacher_topk
 
         def teacher(*args, **kwargs):
             self.reach("teacher")
             return topk(*args, **kwargs)
 
-        teacher_cache.teacher_topk = teacher
-        teacher_cache._write_shard = self.in_phase("cache", teacher_cache._write_shard)
+        cache_builder.teacher_topk = teacher
+        cache_teacher.write_shard = self.in_phase("cache", cache_teacher.write_shard)
 
     def write_events(self) -> None:
         if self.events_path:
