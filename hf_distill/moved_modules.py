@@ -2,8 +2,8 @@
 
 `import hf_distill.pipeline` or `from hf_distill.teacher_cache import attach_teacher_cache` gives the module that now
 holds that code (`hf_distill.commands.train`, `hf_distill.teachers.cache_builder`): the same module object, so a
-`mock.patch("hf_distill.pipeline.x")` patches the code that runs. `hf_distill.data`, `hf_distill.teachers` and
-`hf_distill.generation` are folders now and give their earlier public names themselves.
+`mock.patch("hf_distill.pipeline.x")` patches the code that runs. `hf_distill.arguments`, `hf_distill.data`,
+`hf_distill.teachers` and `hf_distill.generation` are folders now and give their earlier public names themselves.
 """
 
 import importlib
@@ -47,7 +47,6 @@ MOVED = {
     "report": "commands.report",
     "rounds": "commands.rounds",
     "recipe": "commands.recipe",
-    "arguments": "arguments.script_arguments",
     "field_docs": "arguments.field_docs",
     "argument_checks": "arguments.training_checks",
     "trainer_arguments": "arguments.trainer_options",

@@ -42,6 +42,6 @@ def test_early_stopping_tracks_eval_loss(tmp_path):
 
 def test_beta_endpoints_are_accepted_for_gjsd(tmp_path):
     """TRL's beta: 0 (forward KL) and 1 (reverse KL) are `gjsd`'s endpoints; `jsd` keeps (0, 1), and a loss type that
-    ignores beta refuses one set away from its default (tests/test_losses.py)."""
+    ignores beta refuses one set away from its default (tests/losses/test_losses.py)."""
     for beta in (0.0, 1.0):
         assert DistillConfig(output_dir=str(tmp_path), loss_type="gjsd", beta=beta).beta == beta

@@ -1,7 +1,11 @@
 """The package's module graph: no import circle, and no package import hidden in a function to dodge one."""
 
 import ast
+import importlib
 import os
+import sys
+
+from hf_distill.moved_modules import MOVED
 
 PACKAGE = "hf_distill"
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), PACKAGE)
@@ -112,3 +116,46 @@ def test_a_circle_is_found():
     tree = ast.parse("def f():\n    from .pipeline import build_trainer\n")
     (nested,) = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert _targets(nested, "hf_distill.teacher_cache", False, {"hf_distill.pipeline"}) == ["hf_distill.pipeline"]
+
+
+# Module paths the README and docs showed before the folders, and a name from each.
+DOCUMENTED = {
+    "hf_distill": "DistillTrainer",
+    "hf_distill.config": "DistillConfig",
+    "hf_distill.trl_sft": "DistillSFTTrainer",
+    "hf_distill.losses": "fused_distillation_loss",
+    "hf_distill.data": "DistillDataCollator",
+    "hf_distill.cli": "main",
+    "hf_distill.pipeline": "build_trainer",
+    "hf_distill.recipe": "parse_recipe",
+    "hf_distill.teacher_cache": "attach_teacher_cache",
+    "hf_distill.evaluation": "run_evaluation",
+    "hf_distill.model_card": "write_model_card",
+    "hf_distill.process_group": "leave_process_group",
+    "hf_distill.greedy_decoding": "greedy_completions",
+    "hf_distill.user_errors": "UserError",
+    "hf_distill.field_docs": "parse_field_docs",
+    "hf_distill.metrics.answers": "exact_match",
+}
+
+
+def test_documented_import_paths_keep_working():
+    for module, name in DOCUMENTED.items():
+        assert hasattr(importlib.import_module(module), name), f"{module}.{name}"
+    # Modules of earlier versions that are folders now give their public names.
+    earlier = {
+        "arguments": ["ModelArguments", "DataArguments"],
+        "data": ["DistillDataCollator", "prepare_datasets", "tokenize_dataset", "split_prompt", "CACHE_COLUMNS"],
+        "generation": ["StepGenerator", "step_writer", "generate", "prompts"],
+        "teachers": ["LiveTeacher", "CachedTeacher", "CrossTokenizerTeacher", "build_teacher"],
+    }
+    for package, names in earlier.items():
+        module = importlib.import_module(f"hf_distill.{package}")
+        assert all(hasattr(module, name) for name in names), package
+
+
+def test_every_earlier_module_is_the_module_that_now_holds_its_code():
+    for old, new in MOVED.items():
+        assert importlib.import_module(f"hf_distill.{old}") is importlib.import_module(f"hf_distill.{new}"), old
+    # The same module object: a patch through the old path changes the code that runs.
+    assert sys.modules["hf_distill.pipeline"] is sys.modules["hf_distill.commands.train"]

@@ -9,6 +9,10 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+# The tests folder, the repository, and the scripts the tests launch: tests in subfolders read these, not __file__.
+TESTS = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(TESTS)
+SCRIPTS = os.path.join(TESTS, "scripts")
 VOCAB = 64
 
 
@@ -120,7 +124,7 @@ def other_demo_tokenizer(vocab_size: int = 400):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    root = os.path.join(os.path.dirname(__file__), "..", "recipes", "demo", "data", "train.jsonl")
+    root = os.path.join(REPO_ROOT, "recipes", "demo", "data", "train.jsonl")
     with open(root, encoding="utf-8") as f:
         texts = [m["content"] for line in list(f)[:1000] for m in json.loads(line)["messages"]]
     backend = Tokenizer(models.BPE())

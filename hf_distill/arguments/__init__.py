@@ -2,3 +2,8 @@
 (`script_arguments`), the field documentation that `--help` and the docs read (`field_docs`), the checks of
 `TrainingArguments` values made when the config is built (`training_checks`), and the `Trainer` options and keyword
 arguments `DistillTrainer` refuses or adds (`trainer_options`). Nothing here loads a model or reads data."""
+
+# The public names of the module of earlier versions, `hf_distill.arguments`.
+from .script_arguments import DATASET_FORMATS, DTYPES, STUDENT_INITS, DataArguments, ModelArguments
+
+__all__ = ["DATASET_FORMATS", "DTYPES", "STUDENT_INITS", "DataArguments", "ModelArguments"]

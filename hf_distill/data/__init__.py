@@ -4,6 +4,27 @@ rendered twice and aligned span by span (`cross_tokenization`, `token_alignment`
 
 `from hf_distill.data import DistillDataCollator, prepare_datasets` keeps working (the module of earlier versions)."""
 
-from .datasets import DistillDataCollator, detect_format, prepare_datasets, split_prompt, tokenize_dataset
+# The public names of the module of earlier versions, `hf_distill.data`.
+from .datasets import (
+    CACHE_COLUMNS,
+    FORMAT_COLUMNS,
+    DistillDataCollator,
+    detect_format,
+    layout_cached_teacher,
+    prepare_datasets,
+    select_splits,
+    split_prompt,
+    tokenize_dataset,
+)
 
-__all__ = ["DistillDataCollator", "detect_format", "prepare_datasets", "split_prompt", "tokenize_dataset"]
+__all__ = [
+    "CACHE_COLUMNS",
+    "FORMAT_COLUMNS",
+    "DistillDataCollator",
+    "detect_format",
+    "layout_cached_teacher",
+    "prepare_datasets",
+    "select_splits",
+    "split_prompt",
+    "tokenize_dataset",
+]

@@ -8,3 +8,21 @@ Beside them, what the kinds need: placement for the distributed engine (`placeme
 numbers (`numerics`), the vocabulary two tokenizers share (`shared_vocabulary`), context lengths
 (`context_length`), and the teacher cache: its builder (`cache_builder`) and its files, read and checked
 (`cache_store`)."""
+
+# The public names of the module of earlier versions, `hf_distill.teachers`, and the protocol.
+from .build import build_teacher
+from .cached import CachedTeacher
+from .cross_tokenizer import CrossTokenizerTeacher
+from .live import LiveTeacher, check_member_vocabularies
+from .no_teacher import NoTeacher
+from .protocol import Teacher
+
+__all__ = [
+    "CachedTeacher",
+    "CrossTokenizerTeacher",
+    "LiveTeacher",
+    "NoTeacher",
+    "Teacher",
+    "build_teacher",
+    "check_member_vocabularies",
+]

@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 from test_bad_input import error_line
 from test_dropin import lora_student, trained_weights
 from test_trainer import assert_same_weights
-from testing_utils import tiny_llama
+from testing_utils import SCRIPTS, TESTS, tiny_llama
 
 from hf_distill.run import disk_space, final_model
 from hf_distill.run.checkpoints import damage, is_complete, last_complete_checkpoint
@@ -41,7 +41,7 @@ from hf_distill.run.final_model import MODEL_CARD, staging_path
 from hf_distill.run.lock import LOCK_NAME
 from hf_distill.teachers.cache_builder import load_teacher_cache
 
-RUNNER = os.path.join(os.path.dirname(__file__), "scripts", "fault_runner.py")
+RUNNER = os.path.join(SCRIPTS, "fault_runner.py")
 SEED = 17
 # (what the moment is in, how many moments): 10 in all.
 LAYOUT = [("step", 3), ("checkpoint", 3), ("final evaluation", 1), ("final save", 1), ("cache build", 2)]
@@ -54,7 +54,7 @@ class Runner:
     def __init__(self, folder):
         self.folder = folder
         self.jobs = 0
-        path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), os.path.dirname(__file__)) if p)
+        path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), TESTS) if p)
         env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
         self.process = subprocess.Popen(
             [sys.executable, RUNNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env

@@ -8,7 +8,14 @@ import os
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from testing_utils import ensemble_recipe, refuse_weights, tiny_llama, variable_length_dataset, word_tokenizer
+from testing_utils import (
+    REPO_ROOT,
+    ensemble_recipe,
+    refuse_weights,
+    tiny_llama,
+    variable_length_dataset,
+    word_tokenizer,
+)
 
 from hf_distill.cli import main
 from hf_distill.commands.evaluate import load_metrics, teacher_forced_sums
@@ -17,7 +24,7 @@ from hf_distill.generation.greedy import greedy_completions
 from hf_distill.metrics.answers import exact_match, normalize_answer, token_f1
 from hf_distill.run.model_card import render_model_card
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO_ROOT
 
 PREDICTIONS = ["In Vostal.", "brinna is a baker", "3", "", "Sure: 1, 2, 3."]
 REFERENCES = ["in  vostal", "Brinna is a potter.", "3.", "", "1, 2, 3."]

@@ -6,11 +6,12 @@ import subprocess
 import sys
 
 import pytest
+from testing_utils import REPO_ROOT
 
 from hf_distill.cli import main
 from hf_distill.commands.recipe import RecipeError, parse_recipe
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO_ROOT
 
 
 def write(tmp_path, text, name="recipe.yaml"):

@@ -8,18 +8,18 @@ import sys
 import pytest
 import torch
 from test_trainer import assert_same_weights, make_args
-from testing_utils import pad_collator, tiny_llama, variable_length_dataset
+from testing_utils import SCRIPTS, TESTS, pad_collator, tiny_llama, variable_length_dataset
 from transformers import TrainerCallback
 
 from hf_distill import DistillTrainer
 from hf_distill.run.checkpoints import is_complete, last_complete_checkpoint, mark_complete, rotate_checkpoints
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "fault_run.py")
+SCRIPT = os.path.join(SCRIPTS, "fault_run.py")
 
 
 def run(out_dir, max_steps, mode, kill_step=-1, save_total_limit=None):
     # The inherited PYTHONPATH first: the library under test, not an installed copy, must be the one imported.
-    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), os.path.dirname(__file__)) if p)
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), TESTS) if p)
     env = dict(os.environ, PYTHONPATH=path)
     cmd = [sys.executable, SCRIPT, str(out_dir), str(max_steps), mode, str(kill_step)]
     if save_total_limit is not None:

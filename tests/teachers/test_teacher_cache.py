@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from datasets import load_from_disk
 from safetensors.torch import load_file
 from test_trainer import make_args
-from testing_utils import ensemble_recipe, pad_collator, tiny_llama, variable_length_dataset, word_tokenizer
+from testing_utils import TESTS, ensemble_recipe, pad_collator, tiny_llama, variable_length_dataset, word_tokenizer
 from transformers import AutoModelForCausalLM
 
 import hf_distill.models.loading
@@ -26,7 +26,7 @@ from hf_distill.data.datasets import layout_cached_teacher, prepare_datasets
 from hf_distill.teachers.cache_builder import load_teacher_cache
 from hf_distill.teachers.cache_store import MANIFEST
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
+TESTS = TESTS
 
 
 def build(recipe, cache_dir, top_k=8, shard_size=10, *overrides):

@@ -6,14 +6,14 @@ import os
 
 import pytest
 import torch
-from testing_utils import other_demo_tokenizer
+from testing_utils import REPO_ROOT, other_demo_tokenizer
 from transformers import AutoTokenizer
 
 from hf_distill.data.cross_tokenization import cross_tokenize, layout_cross_tokenized, render, side_tokens
 from hf_distill.data.datasets import _TOKENIZERS
 from hf_distill.data.token_alignment import SideTokens, Span, align_spans
 
-DEMO = os.path.join(os.path.dirname(__file__), "..", "recipes", "demo")
+DEMO = os.path.join(REPO_ROOT, "recipes", "demo")
 
 
 def spans(student_ends, teacher_ends, student_starts=(0,), teacher_starts=(0,)):

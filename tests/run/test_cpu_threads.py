@@ -7,11 +7,12 @@ import subprocess
 import sys
 
 import pytest
+from testing_utils import SCRIPTS
 
 from hf_distill.run import cpu_threads
 from hf_distill.run.cpu_threads import oversubscription_warning, torch_threads
 
-SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
+SCRIPTS = SCRIPTS
 
 
 @pytest.mark.parametrize(
