@@ -120,3 +120,13 @@ def test_headings_group_the_entries():
     }
     assert parse_field_docs(DOC)["steps"].heading is None  # no heading: none
     documented(HEADED, steps=3, rate=0.5)  # headings are no fields
+
+
+def test_every_config_field_is_under_a_heading():
+    docs = parse_field_docs(ARGUMENT_CLASSES[2].__doc__)
+    headings = list(dict.fromkeys(doc.heading for doc in docs.values()))
+    assert None not in headings and len(headings) >= 5
+    assert all(heading.startswith("Parameters that control ") for heading in headings)
+    # Each heading's fields are together, so the reference tables keep the fields' order.
+    assert [doc.heading for doc in docs.values()] == sorted((doc.heading for doc in docs.values()), key=headings.index)
+    assert docs["beta"].heading == "Parameters that control the loss"
