@@ -4,6 +4,7 @@ python docs/config_table.py           # print the table
 python docs/config_table.py --write   # rewrite it in README.md, between its two markers
 """
 
+import itertools
 import os
 import sys
 
@@ -16,14 +17,20 @@ END = "<!-- end of the generated DistillConfig table -->\n"
 
 
 def config_table() -> str:
-    """The Markdown table of `DistillConfig`'s own fields: name, default, description (a required field, which has
-    no default, shows `required`)."""
-    rows = ["| Field | Default | Meaning |", "|---|---|---|"]
-    for name, doc in parse_field_docs(DistillConfig.__doc__).items():
-        default = "required" if doc.default is None else f"`{doc.default}`"
-        meaning = doc.text.replace("|", "\\|")  # a bare | would end the cell
-        rows.append(f"| `{name}` | {default} | {meaning} |")
-    return "\n".join(rows) + "\n"
+    """The Markdown tables of `DistillConfig`'s own fields, one under each heading of the docstring (`> Parameters
+    that control ...`), in its order: name, default, description (a required field, which has no default, shows
+    `required`)."""
+    docs = parse_field_docs(DistillConfig.__doc__).items()
+    tables = []
+    for heading, group in itertools.groupby(docs, key=lambda item: item[1].heading):
+        rows = [f"**{heading}**", ""] if heading else []
+        rows += ["| Field | Default | Meaning |", "|---|---|---|"]
+        for name, doc in group:
+            default = "required" if doc.default is None else f"`{doc.default}`"
+            meaning = doc.text.replace("|", "\\|")  # a bare | would end the cell
+            rows.append(f"| `{name}` | {default} | {meaning} |")
+        tables.append("\n".join(rows) + "\n")
+    return "\n".join(tables)
 
 
 def readme_table(readme: str) -> str:

@@ -7,7 +7,8 @@ from typing import Any
 from transformers import GenerationConfig, TrainingArguments
 
 from .arguments.field_docs import document_fields
-from .arguments.training_checks import check_step_intervals, check_training_arguments
+from .arguments.field_rules import ReadWhen, check_declared_fields, collect_rules
+from .arguments.training_checks import check_distillation_settings, check_step_intervals, check_training_arguments
 from .losses import (
     CROSS_TOKENIZER_MODES,
     ENSEMBLE_MODES,
@@ -18,7 +19,6 @@ from .losses import (
     check_ensemble_mode,
 )
 from .losses.divergences import BETA_LOSS_TYPES, DEFAULT_BETA
-from .losses.sparse import check_sparse_mode
 from .models.causal_lm import parse_init_kwargs
 from .user_errors import UserInputError, bad_value
 
@@ -44,6 +44,7 @@ def normalized_weights(weights: Sequence[float] | None, n_teachers: int) -> list
 
 
 @document_fields
+@collect_rules
 @dataclass
 class DistillConfig(TrainingArguments):
     r"""
@@ -53,6 +54,8 @@ class DistillConfig(TrainingArguments):
     valid tokens (labels != -100) and divided by the number of valid tokens of the whole optimizer step.
 
     Parameters:
+        > Parameters that control the teacher
+
         teacher_model_name_or_path (`str` or `list[str]`, *optional*, defaults to `None`):
             Hub id or local folder of the teacher, loaded with `AutoModelForCausalLM.from_pretrained` when the trainer
             is not given a `teacher_model`. Not needed when `alpha=1.0`. A list is an ensemble of teachers (see
@@ -67,6 +70,43 @@ class DistillConfig(TrainingArguments):
         teacher_model_init_kwargs (`dict` or `str`, *optional*, defaults to `None`):
             Keyword arguments for loading the teacher, e.g. `{"dtype": "bfloat16"}`, or the same as a JSON string (on
             the command line). `None` passes none.
+        teacher_cache_dir (`str`, *optional*, defaults to `None`):
+            Folder written by `hf-distill cache-teacher`: the teacher's top-k log-probabilities of every target token
+            of the train split. Training then loads and runs no teacher; the cache's manifest must match the recipe
+            (teacher or ensemble, tokenizer vocabulary, tokenized train split, `max_length`), else training stops
+            before it starts with an error naming the field. The cached top-k runs through the chunked loss like a
+            live teacher (`loss_chunk_size`). An ensemble is cached as its combination at temperature 1, which
+            training then softens by `temperature` (a live ensemble combines the softened members instead; the two
+            agree at `temperature=1`). Evaluation, which has no cache, reports the CE only.
+        teacher_cache_mode (`str`, *optional*, defaults to `"renormalized"`):
+            How a cached top-k becomes a distribution (`hf_distill.losses.sparse_distillation_loss`):
+            `renormalized` compares teacher and student restricted to the teacher's top-k tokens, both renormalised;
+            `tail_bucket` adds one bucket holding all other tokens' mass; `teacher_renormalized` renormalises the
+            teacher's top-k only and compares it with the student's full-vocabulary log-probabilities at those tokens
+            (DistillKit's objective, and axolotl's without `kd_normalize_topk`; `loss_type: forward_kl` only).
+
+        > Parameters that control the loss
+
+        alpha (`float`, *optional*, defaults to `0.5`):
+            Weight of the cross-entropy term, in [0, 1]. `1.0` is plain fine-tuning: no teacher is loaded or run.
+            `0.0` trains on the divergence alone.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Softmax temperature of both distributions in the divergence, > 0. The divergence is multiplied by
+            `temperature**2` so that its gradients keep their scale as the temperature changes.
+        loss_type (`str`, *optional*, defaults to `"forward_kl"`):
+            Divergence: `forward_kl` KL(teacher || student), `reverse_kl` KL(student || teacher), `jsd` generalised
+            Jensen-Shannon weighted by `beta`, `gjsd` the same with TRL's endpoints (`beta` 0 is forward KL, 1 reverse
+            KL: TRL's `generalized_jsd_loss`), `skew_forward_kl` / `skew_reverse_kl` (DistiLLM) skewed by
+            `skew_lambda`, or `tvd` total variation distance.
+        beta (`float`, *optional*, defaults to `0.5`):
+            Teacher weight of the mixture in `jsd`, in (0, 1), and in `gjsd`, in [0, 1]. Read by those two only: with
+            another `loss_type` a `beta` other than 0.5 is refused, since it would be ignored (a TRL user's `beta: 1.0`
+            asks for reverse KL: `loss_type: gjsd` or `reverse_kl`).
+        skew_lambda (`float`, *optional*, defaults to `0.1`):
+            Skew of the `skew_*` divergences, in [0, 1); 0 gives the plain KL.
+
+        > Parameters that control a teacher with another tokenizer
+
         teacher_tokenizer_name_or_path (`str`, *optional*, defaults to `None`):
             Hub id or local folder of the teacher's own tokenizer, read with `cross_tokenizer` only. `None` takes the
             tokenizer in the teacher's folder.
@@ -90,74 +130,9 @@ class DistillConfig(TrainingArguments):
         cross_tokenizer_uld_weight (`float`, *optional*, defaults to `1.0`):
             Weight, >= 0, of the ULD of the tokens the vocabularies do not share in `cross_tokenizer: aligned`; `0`
             compares the shared tokens only. Read by `aligned` only.
-        alpha (`float`, *optional*, defaults to `0.5`):
-            Weight of the cross-entropy term, in [0, 1]. `1.0` is plain fine-tuning: no teacher is loaded or run.
-            `0.0` trains on the divergence alone.
-        temperature (`float`, *optional*, defaults to `1.0`):
-            Softmax temperature of both distributions in the divergence, > 0. The divergence is multiplied by
-            `temperature**2` so that its gradients keep their scale as the temperature changes.
-        loss_type (`str`, *optional*, defaults to `"forward_kl"`):
-            Divergence: `forward_kl` KL(teacher || student), `reverse_kl` KL(student || teacher), `jsd` generalised
-            Jensen-Shannon weighted by `beta`, `gjsd` the same with TRL's endpoints (`beta` 0 is forward KL, 1 reverse
-            KL: TRL's `generalized_jsd_loss`), `skew_forward_kl` / `skew_reverse_kl` (DistiLLM) skewed by
-            `skew_lambda`, or `tvd` total variation distance.
-        beta (`float`, *optional*, defaults to `0.5`):
-            Teacher weight of the mixture in `jsd`, in (0, 1), and in `gjsd`, in [0, 1]. Read by those two only: with
-            another `loss_type` a `beta` other than 0.5 is refused, since it would be ignored (a TRL user's `beta: 1.0`
-            asks for reverse KL: `loss_type: gjsd` or `reverse_kl`).
-        skew_lambda (`float`, *optional*, defaults to `0.1`):
-            Skew of the `skew_*` divergences, in [0, 1); 0 gives the plain KL.
-        teacher_cache_dir (`str`, *optional*, defaults to `None`):
-            Folder written by `hf-distill cache-teacher`: the teacher's top-k log-probabilities of every target token
-            of the train split. Training then loads and runs no teacher; the cache's manifest must match the recipe
-            (teacher or ensemble, tokenizer vocabulary, tokenized train split, `max_length`), else training stops
-            before it starts with an error naming the field. The cached top-k runs through the chunked loss like a
-            live teacher (`loss_chunk_size`). An ensemble is cached as its combination at temperature 1, which
-            training then softens by `temperature` (a live ensemble combines the softened members instead; the two
-            agree at `temperature=1`). Evaluation, which has no cache, reports the CE only.
-        teacher_cache_mode (`str`, *optional*, defaults to `"renormalized"`):
-            How a cached top-k becomes a distribution (`hf_distill.losses.sparse_distillation_loss`):
-            `renormalized` compares teacher and student restricted to the teacher's top-k tokens, both renormalised;
-            `tail_bucket` adds one bucket holding all other tokens' mass; `teacher_renormalized` renormalises the
-            teacher's top-k only and compares it with the student's full-vocabulary log-probabilities at those tokens
-            (DistillKit's objective, and axolotl's without `kd_normalize_topk`; `loss_type: forward_kl` only).
-        early_stop_patience (`int`, *optional*, defaults to `None`):
-            Stop after this many evaluations without an improvement of `eval_loss` larger than
-            `early_stop_min_delta`. `None` turns early stopping off. Needs an eval dataset and an `eval_strategy`.
-        early_stop_min_delta (`float`, *optional*, defaults to `0.0`):
-            Smallest decrease of `eval_loss` that counts as an improvement for early stopping, >= 0.
-        loss_chunk_size (`int`, *optional*, defaults to `None`):
-            Training computes CE and the divergence from the final hidden states, this many target tokens at a time,
-            recomputing nothing in backward: the `(tokens x vocabulary)` logits of student and teacher never exist in
-            full. When the trainer is built, each model's LM head on its final hidden states is checked against its
-            own logits on a few tokens. `None` (auto) chunks 256 tokens at a time when every model passes that check,
-            and otherwise takes the dense path with one warning naming the model class and the difference; a value
-            > 0 chunks that many, and a model that fails the check is then an error naming its class and the
-            difference (set `0` or leave it unset). `0` uses the dense path (full logits, as the model returns them).
-            256 keeps a chunk's buffers near 1.3 GB at a 128k vocabulary (peak about ten float32 `(chunk, vocab)`
-            buffers) while the matmuls stay large; `benchmarks/loss_memory.py` measured it at 0.06-0.17x the dense
-            memory and 0.3-0.6x its time on CPU (float32). Besides the chunk buffers it holds a float32 gradient of the
-            student's head and, for bf16/fp16 heads, float32 copies of both heads (for a 128k x 4096 head, 2 GB
-            each). Evaluation is always dense (it needs per-example values), and so is training under DeepSpeed
-            ZeRO-3 and with `track_samples` holding `train`. A teacher ensemble runs chunked too: each member is kept
-            to hidden states and their softened distributions are combined chunk by chunk.
-        max_nonfinite_steps (`int`, *optional*, defaults to `3`):
-            An optimizer step whose gradients hold NaN or inf is skipped (no weight changes); after this many
-            consecutive skipped steps training stops with an error naming the step and its example ids. `0` stops at
-            the first. Not enforced under DeepSpeed, which owns the gradients and steps inside backward (a warning
-            says so when the trainer is built; DeepSpeed ZeRO-3 skips a step whose gradient norm is not finite itself,
-            in any precision, without counting it).
-        track_samples (`list[str]`, *optional*, defaults to `["eval"]`):
-            When to write per-example CE, KD and teacher agreement to `output_dir/samples.csv`: any of `eval` and
-            `train` (every training micro-batch; costs a gather per micro-batch across processes), or `[]` for never.
-            Examples are named by the dataset's `id` column (brought to the batches by `DistillDataCollator`), else,
-            in evaluation, by their index; `train` needs the ids (shuffled batches have no meaningful index), and so
-            does `eval` under `train_sampling_strategy: group_by_length`, which reorders the evaluation batches too.
-        metrics_csv (`bool`, *optional*, defaults to `True`):
-            Append every training and evaluation log (losses, learning rate, gradient norm, target tokens per second,
-            elapsed seconds) to `output_dir/metrics.csv`, from a background thread of the main process. A run resumed
-            from checkpoint-N first drops the rows past step N from `metrics.csv` and `samples.csv`, so each step
-            appears once. `hf-distill report` plots the file.
+
+        > Parameters that control generation (on-policy GKD and sequence-level KD)
+
         lmbda (`float`, *optional*, defaults to `0.0`):
             Probability, in [0, 1], that an optimizer step is on-policy (GKD): the student samples completions of
             the step's prompts and learns from the teacher's distributions at every sampled token, with the divergence
@@ -185,6 +160,49 @@ class DistillConfig(TrainingArguments):
             On the logged steps (every `logging_steps`) that generate, append each sequence's prompt, completion, its
             per-token KD and whether it was cut to `output_dir/completions.csv`, from the main process. Rows past a
             checkpoint are dropped when training resumes from it, as in `metrics.csv`.
+
+        > Parameters that control the fused loss and numerics
+
+        loss_chunk_size (`int`, *optional*, defaults to `None`):
+            Training computes CE and the divergence from the final hidden states, this many target tokens at a time,
+            recomputing nothing in backward: the `(tokens x vocabulary)` logits of student and teacher never exist in
+            full. When the trainer is built, each model's LM head on its final hidden states is checked against its own
+            logits on a few tokens. `None` (auto) chunks 256 tokens at a time when every model passes that check, and
+            otherwise takes the dense path with one warning naming the model class and the difference; a value > 0
+            chunks that many, and a model that fails the check is then an error naming its class and the difference
+            (set `0` or leave it unset). Values are >= 0: `0` uses the dense path (full logits, as the model returns
+            them). 256 keeps a chunk's buffers near 1.3 GB at a 128k vocabulary (peak about ten float32 `(chunk,
+            vocab)` buffers) while the matmuls stay large; `benchmarks/loss_memory.py` measured it at 0.06-0.17x the
+            dense memory and 0.3-0.6x its time on CPU (float32). Besides the chunk buffers it holds a float32 gradient
+            of the student's head and, for bf16/fp16 heads, float32 copies of both heads (for a 128k x 4096 head, 2 GB
+            each). Evaluation is always dense (it needs per-example values), and so is training under DeepSpeed ZeRO-3
+            and with `track_samples` holding `train`. A teacher ensemble runs chunked too: each member is kept to
+            hidden states and their softened distributions are combined chunk by chunk.
+        max_nonfinite_steps (`int`, *optional*, defaults to `3`):
+            An optimizer step whose gradients hold NaN or inf is skipped (no weight changes); after this many
+            consecutive skipped steps training stops with an error naming the step and its example ids; >= 0, `0` stops
+            at the first. Not enforced under DeepSpeed, which owns the gradients and steps inside backward (a warning
+            says so when the trainer is built; DeepSpeed ZeRO-3 skips a step whose gradient norm is not finite itself,
+            in any precision, without counting it).
+
+        > Parameters that control evaluation and logging
+
+        early_stop_patience (`int`, *optional*, defaults to `None`):
+            Stop after this many evaluations, >= 1, without an improvement of `eval_loss` larger than
+            `early_stop_min_delta`. `None` turns early stopping off. Needs an eval dataset and an `eval_strategy`.
+        early_stop_min_delta (`float`, *optional*, defaults to `0.0`):
+            Smallest decrease of `eval_loss` that counts as an improvement for early stopping, >= 0.
+        track_samples (`list[str]`, *optional*, defaults to `["eval"]`):
+            When to write per-example CE, KD and teacher agreement to `output_dir/samples.csv`: any of `eval` and
+            `train` (every training micro-batch; costs a gather per micro-batch across processes), or `[]` for never.
+            Examples are named by the dataset's `id` column (brought to the batches by `DistillDataCollator`), else,
+            in evaluation, by their index; `train` needs the ids (shuffled batches have no meaningful index), and so
+            does `eval` under `train_sampling_strategy: group_by_length`, which reorders the evaluation batches too.
+        metrics_csv (`bool`, *optional*, defaults to `True`):
+            Append every training and evaluation log (losses, learning rate, gradient norm, target tokens per second,
+            elapsed seconds) to `output_dir/metrics.csv`, from a background thread of the main process. A run resumed
+            from checkpoint-N first drops the rows past step N from `metrics.csv` and `samples.csv`, so each step
+            appears once. `hf-distill report` plots the file.
         eval_generate (`bool`, *optional*, defaults to `False`):
             Each evaluation also completes every eval prompt greedily (up to `eval_max_new_tokens` tokens) and
             reports `eval_exact_match` and `eval_token_f1` of the answers against the references (the normalisation
@@ -194,42 +212,105 @@ class DistillConfig(TrainingArguments):
             Longest answer generated by `eval_generate`, >= 1.
     """
 
+    # A field's bounds (`range`), allowed values (`choices`, `subset_of`) and when it is read (`read_when`) are
+    # declared in its metadata and checked by one walker (hf_distill.arguments.field_rules); the rules between fields
+    # are written out in hf_distill.arguments.training_checks.check_distillation_settings.
+
     # `list[str] | str`, in this order: HfArgumentParser then parses a command-line value as one str, and the recipe
     # passes a YAML list through as is.
     teacher_model_name_or_path: list[str] | str | None = None
     teacher_ensemble: str = field(default="mean_probs", metadata={"choices": list(ENSEMBLE_MODES)})
     teacher_weights: list[float] | None = None
     teacher_model_init_kwargs: dict[str, Any] | str | None = None
-    teacher_tokenizer_name_or_path: str | None = None
-    cross_tokenizer: str = field(default="off", metadata={"choices": list(CROSS_TOKENIZER_MODES)})
-    cross_tokenizer_uld_weight: float = 1.0
-    alpha: float = 0.5
-    temperature: float = 1.0
-    loss_type: str = field(default="forward_kl", metadata={"choices": list(LOSS_TYPES)})
-    beta: float = 0.5
-    skew_lambda: float = 0.1
     teacher_cache_dir: str | None = None
     teacher_cache_mode: str = field(default="renormalized", metadata={"choices": list(SPARSE_MODES)})
-    early_stop_patience: int | None = None
-    early_stop_min_delta: float = 0.0
 
-    loss_chunk_size: int | None = None
-    max_nonfinite_steps: int = 3
-    track_samples: list[str] = field(default_factory=lambda: ["eval"])
-    metrics_csv: bool = True
-    lmbda: float = 0.0
+    alpha: float = field(default=0.5, metadata={"range": "[0, 1]"})
+    temperature: float = field(default=1.0, metadata={"range": "(0, inf)"})
+    loss_type: str = field(
+        default="forward_kl",
+        metadata={
+            "choices": list(LOSS_TYPES),
+            "read_when": ReadWhen(
+                lambda config: config.cross_tokenizer != "uld",
+                "cross_tokenizer: aligned, which compares the shared tokens with loss_type",
+                {"cross_tokenizer": "aligned"},
+                why="ULD is its own distance and reads no loss_type",
+            ),
+        },
+    )
+    beta: float = field(
+        default=DEFAULT_BETA,
+        metadata={
+            "range": "[0, 1]",
+            "read_when": ReadWhen(
+                lambda config: config.loss_type in BETA_LOSS_TYPES,
+                "loss_type: gjsd (TRL's beta: 0 is forward KL, 1 reverse KL)",
+                {"loss_type": "gjsd"},
+                why="beta is read by loss_type 'jsd' and 'gjsd' only, and loss_type={loss_type!r} would ignore it",
+            ),
+        },
+    )
+    skew_lambda: float = field(default=0.1, metadata={"range": "[0, 1)"})
+
+    teacher_tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "read_when": ReadWhen(
+                lambda config: config.cross_tokenizer != "off",
+                "cross_tokenizer: uld or aligned",
+                {"cross_tokenizer": "uld"},
+                why="it is read with cross_tokenizer 'uld' or 'aligned' only, and cross_tokenizer is 'off'",
+            )
+        },
+    )
+    cross_tokenizer: str = field(default="off", metadata={"choices": list(CROSS_TOKENIZER_MODES)})
+    cross_tokenizer_uld_weight: float = field(
+        default=1.0,
+        metadata={
+            "range": "[0, inf)",
+            "read_when": ReadWhen(
+                lambda config: config.cross_tokenizer == "aligned",
+                "cross_tokenizer: aligned",
+                {"cross_tokenizer": "aligned"},
+                why="it is read by cross_tokenizer 'aligned' only, and cross_tokenizer is {cross_tokenizer!r}",
+            ),
+        },
+    )
+
+    lmbda: float = field(
+        default=0.0, metadata={"range": "[0, 1]", "range_fix": "set a share of on-policy steps in [0, 1]"}
+    )
     seq_kd: bool = False
-    max_new_tokens: int = 128
-    generation_temperature: float = 1.0
-    generation_top_p: float = 1.0
-    generation_top_k: int = 0
+    max_new_tokens: int = field(default=128, metadata={"range": "[1, inf)"})
+    generation_temperature: float = field(
+        default=1.0, metadata={"range": "[0, inf)", "range_fix": "set it to 0 (greedy) or more"}
+    )
+    generation_top_p: float = field(default=1.0, metadata={"range": "(0, 1]"})
+    generation_top_k: int = field(default=0, metadata={"range": "[0, inf)", "range_fix": "set it to 0 (off) or more"})
     generation_kwargs: dict[str, Any] | str | None = None
     log_completions: bool = False
+
+    loss_chunk_size: int | None = field(
+        default=None, metadata={"range": "[0, inf)", "range_fix": "set it to 0 (dense) or a chunk size in tokens"}
+    )
+    max_nonfinite_steps: int = field(default=3, metadata={"range": "[0, inf)"})
+
+    early_stop_patience: int | None = field(default=None, metadata={"range": "[1, inf)"})
+    early_stop_min_delta: float = field(default=0.0, metadata={"range": "[0, inf)"})
+    track_samples: list[str] = field(default_factory=lambda: ["eval"], metadata={"subset_of": ["eval", "train"]})
+    metrics_csv: bool = True
     eval_generate: bool = False
-    eval_max_new_tokens: int = 32
+    eval_max_new_tokens: int = field(default=32, metadata={"range": "[1, inf)"})
 
     def __post_init__(self):
-        self._validate_distillation_fields()
+        # The loss functions' own checks first: their messages (`alpha must be in [0, 1], got alpha=1.5`) are the ones
+        # users and docs/errors.md know. Then each field's declared rules, then the rules between fields.
+        check_ensemble_mode(self.teacher_ensemble)
+        self.divergence_spec  # noqa: B018 (built to validate: alpha, temperature, loss_type, beta, skew_lambda)
+        check_declared_fields(self)
+        parse_generation_kwargs(self.generation_kwargs)
+        check_distillation_settings(self)
         if self.early_stop_patience is not None and self.metric_for_best_model is None:
             # EarlyStoppingCallback reads `metric_for_best_model`; early stopping is defined on eval_loss.
             self.metric_for_best_model = "loss"
@@ -304,171 +385,6 @@ class DistillConfig(TrainingArguments):
     def ensemble_weights(self, n_teachers: int | None = None) -> list[float]:
         """`teacher_weights` normalised to sum to 1, for `n_teachers` members (default: the configured paths)."""
         return normalized_weights(self.teacher_weights, len(self.teacher_paths) if n_teachers is None else n_teachers)
-
-    def _validate_distillation_fields(self) -> None:
-        teachers = self.teacher_model_name_or_path
-        if isinstance(teachers, list | tuple) and not teachers:
-            raise bad_value(
-                "teacher_model_name_or_path",
-                [],
-                "an empty list names no teacher",
-                "give a path, a list of paths, or None",
-            )
-        check_ensemble_mode(self.teacher_ensemble)
-        if self.teacher_weights is not None:
-            # With the teachers passed to the trainer instead, their number is only known there.
-            n_teachers = len(teachers) if isinstance(teachers, list | tuple) else len(self.teacher_weights)
-            normalized_weights(self.teacher_weights, n_teachers)
-        self.divergence_spec  # noqa: B018 (built to validate: alpha, temperature, loss_type, beta, skew_lambda)
-        if self.loss_type not in BETA_LOSS_TYPES and self.beta != DEFAULT_BETA:
-            raise UserInputError(
-                "beta that would be ignored",
-                f"beta={self.beta}, loss_type={self.loss_type!r}",
-                f"beta is read by loss_type 'jsd' and 'gjsd' only, and loss_type={self.loss_type!r} would ignore it",
-                "remove beta, or use loss_type: gjsd (TRL's beta: 0 is forward KL, 1 reverse KL)",
-            )
-        if self.teacher_cache_mode not in SPARSE_MODES:
-            raise bad_value(
-                "teacher_cache_mode",
-                self.teacher_cache_mode,
-                "not supported",
-                f"choose one of {', '.join(SPARSE_MODES)}",
-            )
-        if self.teacher_cache_dir is not None:
-            check_sparse_mode(self.teacher_cache_mode, self.loss_type)
-        if self.early_stop_patience is not None and self.early_stop_patience < 1:
-            raise bad_value(
-                "early_stop_patience",
-                self.early_stop_patience,
-                "must be >= 1 or None",
-                "set it to 1 or more, or unset it",
-            )
-        if self.early_stop_min_delta < 0:
-            raise bad_value("early_stop_min_delta", self.early_stop_min_delta, "must be >= 0", "set it to 0 or more")
-        if self.loss_chunk_size is not None and self.loss_chunk_size < 0:
-            raise bad_value(
-                "loss_chunk_size",
-                self.loss_chunk_size,
-                "must be >= 0",
-                "set it to 0 (dense) or a chunk size in tokens",
-            )
-        if self.max_nonfinite_steps < 0:
-            raise bad_value("max_nonfinite_steps", self.max_nonfinite_steps, "must be >= 0", "set it to 0 or more")
-        unknown = set(self.track_samples) - {"eval", "train"}
-        if unknown:
-            raise bad_value(
-                "track_samples", self.track_samples, "may only hold 'eval' and 'train'", "keep some of 'eval', 'train'"
-            )
-        self._validate_generation_fields()
-        self._validate_cross_tokenizer_fields()
-        if self.early_stop_patience is not None and str(self.eval_strategy) in ("no", "IntervalStrategy.NO"):
-            raise UserInputError(
-                "early stopping without evaluation",
-                f"early_stop_patience={self.early_stop_patience}",
-                "it stops on the eval loss, and eval_strategy is 'no'",
-                "set eval_strategy to 'steps' or 'epoch'",
-            )
-
-    def _validate_cross_tokenizer_fields(self) -> None:
-        mode = self.cross_tokenizer
-        if mode not in CROSS_TOKENIZER_MODES:
-            raise bad_value(
-                "cross_tokenizer", mode, "not one of its choices", f"use one of {', '.join(CROSS_TOKENIZER_MODES)}"
-            )
-        if not self.cross_tokenizer_uld_weight >= 0:
-            raise bad_value(
-                "cross_tokenizer_uld_weight", self.cross_tokenizer_uld_weight, "must be >= 0", "set it to 0 or more"
-            )
-        if mode != "aligned" and self.cross_tokenizer_uld_weight != 1.0:
-            raise UserInputError(
-                "setting that would be ignored",
-                f"cross_tokenizer_uld_weight={self.cross_tokenizer_uld_weight}",
-                f"it is read by cross_tokenizer 'aligned' only, and cross_tokenizer is {mode!r}",
-                "set cross_tokenizer: aligned, or remove it",
-            )
-        if mode == "off":
-            if self.teacher_tokenizer_name_or_path is not None:
-                raise UserInputError(
-                    "setting that would be ignored",
-                    f"teacher_tokenizer_name_or_path={self.teacher_tokenizer_name_or_path!r}",
-                    "it is read with cross_tokenizer 'uld' or 'aligned' only, and cross_tokenizer is 'off'",
-                    "set cross_tokenizer: uld or aligned, or remove it",
-                )
-            return
-        if mode == "uld" and self.loss_type != "forward_kl":
-            raise UserInputError(
-                "setting that would be ignored",
-                f"loss_type={self.loss_type!r}, cross_tokenizer='uld'",
-                "ULD is its own distance and reads no loss_type",
-                "use cross_tokenizer: aligned, which compares the shared tokens with loss_type, or leave loss_type "
-                "unset",
-            )
-        if self.alpha == 1.0:
-            raise UserInputError(
-                "cross-tokenizer distillation without a teacher",
-                f"cross_tokenizer={mode!r}, alpha=1.0",
-                "alpha=1.0 loads no teacher",
-                "set alpha < 1, or cross_tokenizer: off",
-            )
-        if self.teacher_cache_dir is not None:
-            raise UserInputError(
-                "cross-tokenizer distillation from a teacher cache",
-                f"cross_tokenizer={mode!r}, teacher_cache_dir={self.teacher_cache_dir!r}",
-                "the cache holds top-k ids in the teacher's vocabulary, not aligned spans",
-                "unset one of them",
-            )
-        if self.generates:
-            raise UserInputError(
-                "cross-tokenizer distillation with generation",
-                f"cross_tokenizer={mode!r}, {self.generation_setting}",
-                "generated text is not re-tokenized for the teacher",
-                "use off-policy distillation (lmbda: 0, seq_kd: false)",
-            )
-        if len(self.teacher_paths) > 1:
-            raise UserInputError(
-                "cross-tokenizer distillation from an ensemble",
-                f"cross_tokenizer={mode!r}, teacher_model_name_or_path",
-                f"it takes one teacher, got an ensemble of {len(self.teacher_paths)}",
-                "name one teacher",
-            )
-
-    def _validate_generation_fields(self) -> None:
-        if not 0.0 <= self.lmbda <= 1.0:
-            raise bad_value("lmbda", self.lmbda, "must be in [0, 1]", "set a share of on-policy steps in [0, 1]")
-        if self.max_new_tokens < 1:
-            raise bad_value("max_new_tokens", self.max_new_tokens, "must be >= 1", "set it to 1 or more")
-        if not self.generation_temperature >= 0:
-            raise bad_value(
-                "generation_temperature", self.generation_temperature, "must be >= 0", "set it to 0 (greedy) or more"
-            )
-        if not 0.0 < self.generation_top_p <= 1.0:
-            raise bad_value("generation_top_p", self.generation_top_p, "must be in (0, 1]", "set it in (0, 1]")
-        if self.generation_top_k < 0:
-            raise bad_value("generation_top_k", self.generation_top_k, "must be >= 0", "set it to 0 (off) or more")
-        parse_generation_kwargs(self.generation_kwargs)
-        if self.eval_max_new_tokens < 1:
-            raise bad_value("eval_max_new_tokens", self.eval_max_new_tokens, "must be >= 1", "set it to 1 or more")
-        if not self.generates:
-            return
-        setting = self.generation_setting
-        if self.teacher_cache_dir is not None:
-            raise UserInputError(
-                "generated text with a teacher cache",
-                f"{setting}, teacher_cache_dir={self.teacher_cache_dir!r}",
-                f"{setting} trains on generated text, which a teacher cache cannot score",
-                "unset teacher_cache_dir (a live teacher scores every generated token)",
-            )
-        if self.alpha == 1.0:
-            raise UserInputError(
-                "generation without a teacher", f"{setting}, alpha=1.0", "alpha=1.0 loads no teacher", "set alpha < 1"
-            )
-        if self.seq_kd and len(self.teacher_paths) > 1:
-            raise UserInputError(
-                "seq_kd with an ensemble",
-                "seq_kd=True, teacher_model_name_or_path",
-                f"seq_kd=True needs one teacher to generate, got an ensemble of {len(self.teacher_paths)}",
-                "name one teacher, or set seq_kd: false",
-            )
 
 
 def parse_generation_kwargs(value: dict[str, Any] | str | None) -> dict[str, Any]:

@@ -10,26 +10,30 @@ import types
 from typing import NamedTuple
 
 _PARAMETERS = "Parameters:"
+_HEADING = "> "
 _ENTRY = re.compile(r"(?P<name>\w+) \((?P<spec>.*)\):")
 _SPEC = re.compile(r"(?P<type>.*?)(?:, \*optional\*)?(?:, defaults to `(?P<default>.*)`)?")
 
 
 class FieldDoc(NamedTuple):
     """One entry of a `Parameters:` block: the type and default as written (`default` is None for an entry without
-    `defaults to`, a required field) and the description as one paragraph."""
+    `defaults to`, a required field), the description as one paragraph, and the heading it is under (None before the
+    first heading)."""
 
     type: str
     default: str | None
     text: str
+    heading: str | None = None
 
 
 def parse_field_docs(docstring: str) -> dict[str, FieldDoc]:
     """The entries of the `Parameters:` block of an HF-format docstring, in their order: each is a line
-    ``name (`type`, *optional*, defaults to `X`):`` followed by its description, indented deeper."""
+    ``name (`type`, *optional*, defaults to `X`):`` followed by its description, indented deeper. A line
+    ``> Parameters that control the loss`` at the entries' indentation heads the entries below it (TRL's configs)."""
     lines = inspect.cleandoc(docstring).splitlines()
     if _PARAMETERS not in lines:
         return {}
-    entries, indent = [], None  # (name, spec, description lines)
+    entries, indent, heading = [], None, None  # entries: (name, spec, description lines, heading)
     for line in lines[lines.index(_PARAMETERS) + 1 :]:
         if not line.strip():
             continue
@@ -40,16 +44,18 @@ def parse_field_docs(docstring: str) -> dict[str, FieldDoc]:
         entry = _ENTRY.fullmatch(line.strip())
         if depth > indent and entries:
             entries[-1][2].append(line.strip())
+        elif depth == indent and line.strip().startswith(_HEADING):
+            heading = line.strip().removeprefix(_HEADING)
         elif depth == indent and entry is not None:
-            entries.append((entry["name"], entry["spec"], []))
+            entries.append((entry["name"], entry["spec"], [], heading))
         else:
             raise ValueError(f"docstring line {line.strip()!r} is no `name (`type`, ...):` entry")
     docs = {}
-    for name, spec, text in entries:
+    for name, spec, text, heading in entries:
         if name in docs:
             raise ValueError(f"field {name} is documented twice in the docstring")
         found = _SPEC.fullmatch(spec)
-        docs[name] = FieldDoc(found["type"], found["default"], " ".join(text))
+        docs[name] = FieldDoc(found["type"], found["default"], " ".join(text), heading)
     return docs
 
 

@@ -1,5 +1,7 @@
-"""`TrainingArguments` values that `Trainer` would crash on or silently mishandle, refused (or warned about) when the
-config is built, before any data or model is loaded."""
+"""The checks of a `DistillConfig` that are not one field's declared rule (`field_rules`), written out: its settings
+that cannot work together (`check_distillation_settings`), and the `TrainingArguments` values that `Trainer` would
+crash on or silently mishandle (`check_step_intervals`, `check_training_arguments`). All run when the config is
+built, before any data or model is loaded."""
 
 import logging
 import math
@@ -7,6 +9,7 @@ import os
 
 from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 
+from ..losses.sparse import check_sparse_mode
 from ..user_errors import UserInputError, bad_value
 
 logger = logging.getLogger(__name__)
@@ -23,6 +26,87 @@ def _whole(value):
 
 def _strategy(value) -> str:
     return getattr(value, "value", value)
+
+
+def check_distillation_settings(config) -> None:
+    """The distillation fields' rules that join several fields (or need code, like a list of teachers): a one-line
+    `UserInputError` naming the settings that cannot work together. Runs after `check_declared_fields`, so each
+    field's own value is valid here."""
+    teachers = config.teacher_model_name_or_path
+    if isinstance(teachers, list | tuple) and not teachers:
+        raise bad_value(
+            "teacher_model_name_or_path", [], "an empty list names no teacher", "give a path, a list of paths, or None"
+        )
+    if config.teacher_weights is not None:
+        # With the teachers passed to the trainer instead, their number is only known there.
+        config.ensemble_weights(len(teachers) if isinstance(teachers, list | tuple) else len(config.teacher_weights))
+    if config.teacher_cache_dir is not None:
+        check_sparse_mode(config.teacher_cache_mode, config.loss_type)
+    if config.generates:
+        _check_generation_settings(config)
+    if config.cross_tokenizer != "off":
+        _check_cross_tokenizer_settings(config)
+    if config.early_stop_patience is not None and _strategy(config.eval_strategy) == "no":
+        raise UserInputError(
+            "early stopping without evaluation",
+            f"early_stop_patience={config.early_stop_patience}",
+            "it stops on the eval loss, and eval_strategy is 'no'",
+            "set eval_strategy to 'steps' or 'epoch'",
+        )
+
+
+def _check_generation_settings(config) -> None:
+    setting = config.generation_setting
+    if config.teacher_cache_dir is not None:
+        raise UserInputError(
+            "generated text with a teacher cache",
+            f"{setting}, teacher_cache_dir={config.teacher_cache_dir!r}",
+            f"{setting} trains on generated text, which a teacher cache cannot score",
+            "unset teacher_cache_dir (a live teacher scores every generated token)",
+        )
+    if config.alpha == 1.0:
+        raise UserInputError(
+            "generation without a teacher", f"{setting}, alpha=1.0", "alpha=1.0 loads no teacher", "set alpha < 1"
+        )
+    if config.seq_kd and len(config.teacher_paths) > 1:
+        raise UserInputError(
+            "seq_kd with an ensemble",
+            "seq_kd=True, teacher_model_name_or_path",
+            f"seq_kd=True needs one teacher to generate, got an ensemble of {len(config.teacher_paths)}",
+            "name one teacher, or set seq_kd: false",
+        )
+
+
+def _check_cross_tokenizer_settings(config) -> None:
+    mode = config.cross_tokenizer
+    if config.alpha == 1.0:
+        raise UserInputError(
+            "cross-tokenizer distillation without a teacher",
+            f"cross_tokenizer={mode!r}, alpha=1.0",
+            "alpha=1.0 loads no teacher",
+            "set alpha < 1, or cross_tokenizer: off",
+        )
+    if config.teacher_cache_dir is not None:
+        raise UserInputError(
+            "cross-tokenizer distillation from a teacher cache",
+            f"cross_tokenizer={mode!r}, teacher_cache_dir={config.teacher_cache_dir!r}",
+            "the cache holds top-k ids in the teacher's vocabulary, not aligned spans",
+            "unset one of them",
+        )
+    if config.generates:
+        raise UserInputError(
+            "cross-tokenizer distillation with generation",
+            f"cross_tokenizer={mode!r}, {config.generation_setting}",
+            "generated text is not re-tokenized for the teacher",
+            "use off-policy distillation (lmbda: 0, seq_kd: false)",
+        )
+    if len(config.teacher_paths) > 1:
+        raise UserInputError(
+            "cross-tokenizer distillation from an ensemble",
+            f"cross_tokenizer={mode!r}, teacher_model_name_or_path",
+            f"it takes one teacher, got an ensemble of {len(config.teacher_paths)}",
+            "name one teacher",
+        )
 
 
 def check_step_intervals(config) -> None:

@@ -94,3 +94,39 @@ def test_docstring_and_fields_must_agree(doc, fields, message):
 def test_a_malformed_entry_is_an_error():
     with pytest.raises(ValueError, match="is no `name"):
         parse_field_docs(DOC.replace("steps (`int`", "steps `int`"))
+
+
+HEADED = """
+    Parameters:
+        > Parameters that control the steps
+
+        steps (`int`, *optional*, defaults to `3`):
+            How many steps.
+            > 1 counts whole steps (a description line may start with `>`).
+
+        > Parameters that control the rate
+
+        rate (`float`, *optional*, defaults to `0.5`):
+            The rate.
+    """
+
+
+def test_headings_group_the_entries():
+    docs = parse_field_docs(HEADED)
+    steps = "How many steps. > 1 counts whole steps (a description line may start with `>`)."
+    assert docs == {
+        "steps": FieldDoc("`int`", "3", steps, "Parameters that control the steps"),
+        "rate": FieldDoc("`float`", "0.5", "The rate.", "Parameters that control the rate"),
+    }
+    assert parse_field_docs(DOC)["steps"].heading is None  # no heading: none
+    documented(HEADED, steps=3, rate=0.5)  # headings are no fields
+
+
+def test_every_config_field_is_under_a_heading():
+    docs = parse_field_docs(ARGUMENT_CLASSES[2].__doc__)
+    headings = list(dict.fromkeys(doc.heading for doc in docs.values()))
+    assert None not in headings and len(headings) >= 5
+    assert all(heading.startswith("Parameters that control ") for heading in headings)
+    # Each heading's fields are together, so the reference tables keep the fields' order.
+    assert [doc.heading for doc in docs.values()] == sorted((doc.heading for doc in docs.values()), key=headings.index)
+    assert docs["beta"].heading == "Parameters that control the loss"
