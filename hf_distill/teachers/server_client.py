@@ -105,7 +105,8 @@ class TeacherServerClient:
         for row, choice in zip(rows, choices):
             for token, position in zip(row[1:], choice["prompt_logprobs"][1:]):
                 entry = position[str(token)]
-                if tokenizer is not None:
+                # Ids past the tokenizer's (an embedding padded beyond it) have no text to compare.
+                if tokenizer is not None and token < len(tokenizer):
                     # vLLM decodes a token that is an incomplete UTF-8 sequence as "", transformers as U+FFFD.
                     ours = tokenizer.decode([token]).replace("\ufffd", "")
                     if entry.get("decoded_token") is not None and entry["decoded_token"] != ours:

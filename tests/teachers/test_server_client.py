@@ -68,6 +68,9 @@ class FlakyServer(http.server.BaseHTTPRequestHandler):
     """Answers 503 to the first `failures` requests, then a vLLM-shaped answer for rows of 3 tokens, K = 1."""
 
     failures = 0
+    # The first `slow` requests (after the failures) answer only after `delay` seconds.
+    slow = 0
+    delay = 0.0
     seen = 0
 
     def do_POST(self):
@@ -76,6 +79,8 @@ class FlakyServer(http.server.BaseHTTPRequestHandler):
         if type(self).seen <= type(self).failures:
             self._answer(503, {"error": {"message": "engine is starting"}})
             return
+        if type(self).seen <= type(self).failures + type(self).slow:
+            time.sleep(type(self).delay)
         choices = [
             {
                 "index": i,
@@ -98,10 +103,15 @@ class FlakyServer(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # the answer to a client that timed out and left: a broken pipe, expected
+
+
 @pytest.fixture
 def flaky():
-    FlakyServer.seen = 0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyServer)
+    FlakyServer.seen, FlakyServer.failures, FlakyServer.slow, FlakyServer.delay = 0, 0, 0, 0.0
+    server = QuietServer(("127.0.0.1", 0), FlakyServer)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -115,6 +125,15 @@ def test_5xx_is_retried_with_backoff(flaky):
         ((ids, logprobs),) = client.prompt_top_k([[7, 8, 9]])
     assert FlakyServer.seen == 3
     assert ids.tolist() == [[8], [9]] and logprobs.tolist() == [[-0.5], [-0.5]]
+
+
+def test_a_timed_out_request_is_sent_again(flaky):
+    FlakyServer.slow, FlakyServer.delay = 1, 2.0
+    start = time.monotonic()
+    with TeacherServerClient(flaky, top_k=1, timeout=0.5, retries=1, backoff=0.05) as client:
+        ((ids, _),) = client.prompt_top_k([[7, 8, 9]])
+    assert FlakyServer.seen == 2 and ids.tolist() == [[8], [9]]
+    assert time.monotonic() - start < 1.9  # the retry did not wait for the slow answer
 
 
 def test_5xx_after_every_retry_is_one_line_and_no_answer(flaky):
