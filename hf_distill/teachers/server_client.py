@@ -29,14 +29,6 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 DEFAULT_PROBE_COUNT = 512
 
 
-class ServerRequestFailed(Exception):
-    """A request that failed after every retry, or that the server refused (`status`, `message`)."""
-
-    def __init__(self, status: int | None, message: str):
-        self.status, self.message = status, message
-        super().__init__(message)
-
-
 class TeacherServerClient:
     """The teacher's top-`top_k` next-token log-probs, from the vLLM server at `url` (`http://host:port`).
 
