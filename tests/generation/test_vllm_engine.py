@@ -5,7 +5,6 @@ settings mapping is tested everywhere.
 """
 
 import copy
-import importlib.util
 import json
 import os
 import random
@@ -13,26 +12,12 @@ import sys
 
 import pytest
 import torch
+from testing_utils import REPO_ROOT as ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from hf_distill.generation import vllm_engine
+from hf_distill.user_errors import UserInputError
+
 DEMO = os.path.join(ROOT, "recipes", "demo")
-
-
-def _module():
-    try:
-        from hf_distill.generation import vllm_engine
-    except ImportError:
-        # Until the package's folders land, `hf_distill.generation` is the flat module generation.py: load the file
-        # under its dotted name, so its relative import of `hf_distill.user_errors` resolves.
-        name = "hf_distill.generation.vllm_engine"
-        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, *name.split(".")) + ".py")
-        vllm_engine = sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(vllm_engine)
-    return vllm_engine
-
-
-vllm_engine = _module()
-UserInputError = sys.modules["hf_distill.user_errors"].UserInputError
 
 
 def test_sampling_params_kwargs_maps_each_setting_one_to_one():

@@ -5,7 +5,6 @@ retries and refused connections are tested everywhere, on 127.0.0.1 only.
 """
 
 import http.server
-import importlib.util
 import json
 import os
 import signal
@@ -18,28 +17,16 @@ import time
 import pytest
 import torch
 import urllib3
+from testing_utils import REPO_ROOT as ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from hf_distill.teachers import server_client
+from hf_distill.user_errors import UserInputError
+
 DEMO = os.path.join(ROOT, "recipes", "demo")
 SERVER_START_SECONDS = 240
 
 
-def _module():
-    try:
-        from hf_distill.teachers import server_client
-    except ImportError:
-        # Until the package's folders land, `hf_distill.teachers` is the flat module teachers.py: load the file under
-        # its dotted name, so its relative import of `hf_distill.user_errors` resolves.
-        name = "hf_distill.teachers.server_client"
-        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, *name.split(".")) + ".py")
-        server_client = sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(server_client)
-    return server_client
-
-
-server_client = _module()
 TeacherServerClient = server_client.TeacherServerClient
-UserInputError = sys.modules["hf_distill.user_errors"].UserInputError
 
 
 def free_port() -> int:
