@@ -86,7 +86,7 @@ class DistillTrainer(Trainer):
         teachers = load_teachers(args, teacher_model=teacher_model) if args.teacher_source == "model" else None
         if args.uses_cross_tokenizer and teacher_tokenizer is None:
             teacher_tokenizer = load_teacher_tokenizer(args)
-        super().__init__(model, args, **trainer_kwargs)
+        self._init_base_trainer(model, args, **trainer_kwargs)
         # Wrapper -> unwrapped model (`_unwrap`).
         self._unwrapped: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         student, tokenizer = (
@@ -126,6 +126,10 @@ class DistillTrainer(Trainer):
             eval_in_order=self.args.train_sampling_strategy != "group_by_length",
         )
         self.add_callback(self._run_files)
+
+    def _init_base_trainer(self, model, args: DistillConfig, **trainer_kwargs) -> None:
+        # The next trainer's own __init__ (Trainer's, or SFTTrainer's, which `hf_distill.trl_sft` wraps).
+        super().__init__(model, args, **trainer_kwargs)
 
     @property
     def teacher_model(self) -> nn.Module | list[nn.Module] | None:

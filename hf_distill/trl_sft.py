@@ -66,10 +66,13 @@ class DistillSFTTrainer(DistillTrainer, SFTTrainer):
     ):
         if not isinstance(args, DistillSFTConfig):
             raise TypeError(f"args must be a DistillSFTConfig, got {type(args).__name__}")
+        super().__init__(model, args, *trainer_args, teacher_model=teacher_model, **trainer_kwargs)
+
+    def _init_base_trainer(self, model, args: DistillSFTConfig, **trainer_kwargs) -> None:
         # SFTTrainer.__init__ refuses any loss_type but its own: it is shown "nll" (the CE term) while it builds, and
-        # the divergence is put back before anything reads it (DistillTrainer reads it in compute_loss only).
+        # the divergence is put back before DistillTrainer reads it (right after, to build the run's loss spec).
         loss_type, args.loss_type = args.loss_type, "nll"
         try:
-            super().__init__(model, args, *trainer_args, teacher_model=teacher_model, **trainer_kwargs)
+            super()._init_base_trainer(model, args, **trainer_kwargs)
         finally:
             args.loss_type = loss_type

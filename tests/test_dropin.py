@@ -519,7 +519,7 @@ def test_other_label_names_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"^label_names other than labels \(label_names=\['target'\]\): "):
         DistillTrainer(model=tiny_llama(seed=1), args=make_args(tmp_path, alpha=1.0, label_names=["target"]))
     trainer = DistillTrainer(model=tiny_llama(seed=1), args=make_args(tmp_path, alpha=1.0, label_names=["labels"]))
-    assert trainer.teacher is None
+    assert trainer.teacher.kind == "none" and trainer.teacher_model is None
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gemma2", "cohere", "granite", "minicpm3", "falcon_h1"])

@@ -12,7 +12,7 @@ import torch
 from test_trainer import make_args
 from testing_utils import pad_collator, tiny_llama, variable_length_dataset
 
-import hf_distill.trainer
+import hf_distill.run.checkpoints
 from hf_distill import DistillTrainer
 
 
@@ -58,14 +58,14 @@ def main(out_dir: str, max_steps: int, mode: str, kill_step: int, save_total_lim
         trainer._save_optimizer_and_scheduler = die_before_optimizer
     elif mode == "before_marker":
         # Every file of the checkpoint is written, the marker is not: Trainer's own rotation has run by now.
-        mark_complete = hf_distill.trainer.mark_complete
+        mark_complete = hf_distill.run.checkpoints.mark_complete
 
         def die_before_marker(checkpoint_dir, step):
             if step == kill_step:
                 kill_self()
             mark_complete(checkpoint_dir, step)
 
-        hf_distill.trainer.mark_complete = die_before_marker
+        hf_distill.run.checkpoints.mark_complete = die_before_marker
     elif mode == "mid_final_save":
 
         def die_in_final_save(output_dir=None, *args, **kwargs):
