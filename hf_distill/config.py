@@ -9,6 +9,7 @@ from transformers import GenerationConfig, TrainingArguments
 from .arguments.field_docs import document_fields
 from .arguments.field_rules import ReadWhen, check_declared_fields, collect_rules
 from .arguments.training_checks import check_distillation_settings, check_step_intervals, check_training_arguments
+from .generation.engine_config import GenerationEngineArguments, check_generation_engine
 from .losses import (
     CROSS_TOKENIZER_MODES,
     ENSEMBLE_MODES,
@@ -46,9 +47,10 @@ def normalized_weights(weights: Sequence[float] | None, n_teachers: int) -> list
 @document_fields
 @collect_rules
 @dataclass
-class DistillConfig(TrainingArguments):
+class DistillConfig(TrainingArguments, GenerationEngineArguments):
     r"""
-    Arguments of [`DistillTrainer`]: every field of `transformers.TrainingArguments`, plus the ones below.
+    Arguments of [`DistillTrainer`]: every field of `transformers.TrainingArguments`, plus the ones below and the
+    generation engine's (`hf_distill.generation.engine_config.GenerationEngineArguments`: `use_vllm`, ...).
 
     The training loss is `alpha * CE + (1 - alpha) * temperature**2 * D(teacher || student)`, both terms summed over
     valid tokens (labels != -100) and divided by the number of valid tokens of the whole optimizer step.
@@ -309,8 +311,9 @@ class DistillConfig(TrainingArguments):
         check_ensemble_mode(self.teacher_ensemble)
         self.divergence_spec  # noqa: B018 (built to validate: alpha, temperature, loss_type, beta, skew_lambda)
         check_declared_fields(self)
-        parse_generation_kwargs(self.generation_kwargs)
+        generation_kwargs = parse_generation_kwargs(self.generation_kwargs)
         check_distillation_settings(self)
+        check_generation_engine(self, generation_kwargs)
         if self.early_stop_patience is not None and self.metric_for_best_model is None:
             # EarlyStoppingCallback reads `metric_for_best_model`; early stopping is defined on eval_loss.
             self.metric_for_best_model = "loss"

@@ -15,6 +15,7 @@ from .arguments.trainer_options import checked_trainer_kwargs
 from .config import DistillConfig
 from .data.cross_tokenization import CROSS_COLUMNS
 from .data.datasets import CACHE_COLUMNS, DistillDataCollator, model_inputs
+from .generation.backends import build_backend
 from .generation.eval_answers import generation_metrics
 from .generation.step_generator import GeneratedStep, StepGenerator
 from .losses import IGNORE_INDEX, dense_distillation_terms, fused_distillation_loss
@@ -33,7 +34,6 @@ from .teachers.build import build_teacher
 from .teachers.context_length import check_batch_length, teacher_contexts
 from .teachers.numerics import check_teacher_finite
 from .teachers.placement import is_deepspeed_zero3
-from .user_errors import UserInputError
 
 
 class DistillTrainer(Trainer):
@@ -102,14 +102,12 @@ class DistillTrainer(Trainer):
         self._on_policy_spec = dataclasses.replace(self._spec, alpha=0.0)
         zero3 = is_deepspeed_zero3(self.accelerator)
         self.fused_loss = fused_loss_path(self.teacher, self.model, self._unwrap, args.loss_chunk_size, zero3)
-        self._generator = self._generated = None
-        if args.generates:
+        self._backend = self._generator = self._generated = None
+        if args.generates or args.eval_generate:
             current_student = lambda: self._unwrap(self.model)  # noqa: E731 (the model is wrapped later)
-            self._generator = StepGenerator.build(
-                args, self.accelerator, self.processing_class, self.teacher, current_student
-            )
-        if args.eval_generate and tokenizer is None:
-            raise UserInputError("eval_generate=True generates answers: pass the tokenizer as processing_class")
+            self._backend = build_backend(args, self.accelerator, self.processing_class, self.teacher, current_student)
+        if args.generates:
+            self._generator = StepGenerator(args, self.accelerator, self._backend)
 
         self._teacher_contexts = teacher_contexts([self._unwrap(m) for m in self.teacher.models])
         self._train_sums = torch.zeros(2, device=self.args.device)
@@ -337,14 +335,18 @@ class DistillTrainer(Trainer):
                 output.metrics[prefixed(KD_LOSS, prefix)] = kd
                 output.metrics[prefixed(TEACHER_AGREEMENT, prefix)] = agree
         if self.args.eval_generate:
+            synced_gpus = self.is_fsdp_enabled or self.is_deepspeed_enabled
             answers = generation_metrics(
-                self._unwrap(self.model),
-                getattr(self.processing_class, "tokenizer", self.processing_class),
+                lambda prompts: self._backend.answers(
+                    prompts,
+                    self.args.eval_max_new_tokens,
+                    self.args.per_device_eval_batch_size,
+                    synced_gpus,
+                    self.state.global_step,
+                ),
+                self._backend.tokenizer,
                 dataloader.dataset,
-                self.args.eval_max_new_tokens,
-                self.args.per_device_eval_batch_size,
                 self.accelerator,
-                synced_gpus=self.is_fsdp_enabled or self.is_deepspeed_enabled,
             )
             output.metrics.update({prefixed(name, metric_key_prefix): value for name, value in answers.items()})
         return output

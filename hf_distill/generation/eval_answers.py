@@ -2,41 +2,33 @@
 example's reference completion with the metrics `hf-distill evaluate` reports (exact match, token F1)."""
 
 import math
+from collections.abc import Callable
 
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from torch import nn
 
 from ..data.datasets import split_prompt
 from ..metrics.answers import exact_match, token_f1
 from ..metrics.names import EXACT_MATCH, TOKEN_F1
-from .greedy import greedy_generate
 
 
 def generation_metrics(
-    model: nn.Module,
-    tokenizer,
-    examples,
-    max_new_tokens: int,
-    batch_size: int,
-    accelerator: Accelerator,
-    synced_gpus: bool,
+    answer: Callable[[list[list[int]]], list[str]], tokenizer, examples, accelerator: Accelerator
 ) -> dict[str, float]:
     """`exact_match` and `token_f1` of the greedy completions of `examples` (rows with `input_ids` and `labels`)
     against their references (the last run of target tokens), over every process (a collective: call on all).
 
-    Each process completes every `num_processes`-th example (`greedy_decoding.greedy_generate`, the generation of
-    `hf-distill evaluate`); all complete as many prompts (the last share padded with a repeat), so they run as many
-    batches, which `synced_gpus` needs, and the gathered answers are put back in example order."""
+    `answer` decodes the greedy answers of token-id prompts, in order (the run's generation backend:
+    `hf_distill.generation.backends`, whose `hf` one runs `greedy.greedy_generate`, the generation of `hf-distill
+    evaluate`). Each process completes every `num_processes`-th example; all complete as many prompts (the last
+    share padded with a repeat), so they run as many batches, which `synced_gpus` needs, and the gathered answers are
+    put back in example order."""
     pairs = [split_prompt(e["input_ids"], e["labels"]) for e in examples]
     per_process = math.ceil(len(pairs) / accelerator.num_processes)
     indices = range(accelerator.process_index, per_process * accelerator.num_processes, accelerator.num_processes)
     mine = [min(i, len(pairs) - 1) for i in indices]
     prompts = [pairs[i][0] for i in mine]
-    run = greedy_generate(
-        model, tokenizer, prompts, max_new_tokens, batch_size, progress=False, synced_gpus=synced_gpus
-    )
-    answers = list(zip(mine, run.texts))
+    answers = list(zip(mine, answer(prompts)))
     predictions = dict(gather_object(answers))
     order = range(len(pairs))
     predicted = [predictions[i] for i in order]

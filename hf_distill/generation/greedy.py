@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from ..user_errors import UserInputError
-from .step_generator import generate
+from .hf_generate import generate
 
 
 class GreedyRun(NamedTuple):
@@ -18,6 +18,13 @@ class GreedyRun(NamedTuple):
     texts: list[str]
     new_tokens: int
     seconds: float
+
+
+def greedy_eos(model, tokenizer) -> int | list[int]:
+    """Where a greedy answer stops: the model's `generation_config.eos_token_id` (one id or several), else the
+    tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    return eos if eos is not None else tokenizer.eos_token_id
 
 
 def greedy_generate(
@@ -31,14 +38,13 @@ def greedy_generate(
     synced_gpus: bool = False,
 ) -> GreedyRun:
     """Greedy decoding (`do_sample=False`, the rest of the model's `generation_config` kept) of every prompt, in
-    left-padded batches (`step_generator.generate`, with the KV cache); prompts are batched in order of length
+    left-padded batches (`hf_generate.generate`, with the KV cache); prompts are batched in order of length
     so that little padding is generated over. `progress=False` hides the progress bar (a launch shows the main
     process's only); `synced_gpus` is for sharded models (FSDP, DeepSpeed ZeRO-3), whose ranks must run as many
     batches each. A tokenizer without a pad token pads with its end-of-sequence token (padding is masked out)."""
     if max_new_tokens < 1:
         raise UserInputError(f"max_new_tokens must be >= 1, got max_new_tokens={max_new_tokens}")
-    eos = model.generation_config.eos_token_id
-    eos = eos if eos is not None else tokenizer.eos_token_id
+    eos = greedy_eos(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = GenerationConfig(
         do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos, use_cache=True

@@ -7,20 +7,20 @@ out like `DistillDataCollator` lays out a dataset's (right-padded, -100 outside 
 global token count work on it unchanged.
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from accelerate.utils import DistributedType, gather_object
-from torch import nn
-from transformers import GenerationConfig
+from accelerate.utils import gather_object
 
-from ..config import DistillConfig
 from ..data.datasets import split_prompt
 from ..losses import IGNORE_INDEX
 from ..metrics.names import COMPLETION_LENGTH, ON_POLICY_FRACTION, TEACHER_LOGPROB, TRUNCATED_FRACTION
 from ..user_errors import UserInputError
+
+# `Completions`, `generate` and `generation_seed` lived here before the generation backends; still importable here.
+from .hf_generate import Completions, generate  # noqa: F401
+from .seeds import generation_seed  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -35,19 +35,13 @@ class GeneratedStep:
     step: int
 
 
-def step_writer(config: DistillConfig, step: int) -> str | None:
+def step_writer(config, step: int) -> str | None:
     """Who writes the completions of optimizer step `step` (counted from 0): `student` (an on-policy step, drawn with
     probability `lmbda` from `seed` and `step` alone, so every process and a resumed run draw the same), `teacher`
     (`seq_kd` on the other steps) or None (the dataset's)."""
     if config.lmbda > 0 and np.random.default_rng([config.seed, step]).random() < config.lmbda:
         return "student"
     return "teacher" if config.seq_kd else None
-
-
-def generation_seed(config: DistillConfig, step: int, process_index: int, micro_batch: int) -> int:
-    """The sampling seed of one micro-batch: a function of the run's seed and the batch's place in it, never of a
-    global random state (which a resumed run would not share)."""
-    return int(np.random.SeedSequence([config.seed, step, process_index, micro_batch]).generate_state(1)[0])
 
 
 def prompts(batch: dict) -> list[list[int]]:
@@ -66,53 +60,6 @@ def prompts(batch: dict) -> list[list[int]]:
             )
         rows.append(prompt)
     return rows
-
-
-@dataclass
-class Completions:
-    """Generated completions: token ids up to and including the end-of-sequence token, and whether each was cut at
-    `max_new_tokens` without one."""
-
-    tokens: list[list[int]]
-    truncated: list[bool]
-
-
-@torch.no_grad()
-def generate(
-    model: nn.Module,
-    prompt_ids: list[list[int]],
-    generation_config: GenerationConfig,
-    seed: int,
-    synced_gpus: bool,
-) -> Completions:
-    """Complete left-padded `prompt_ids` with `model` in eval mode, sampling from `seed`; the model's training mode
-    and the global random state are left as they were."""
-    pad, eos = generation_config.pad_token_id, generation_config.eos_token_id
-    stops = set(eos) if isinstance(eos, list) else {eos}
-    device = next(model.parameters()).device
-    width = max(len(p) for p in prompt_ids)
-    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=device)
-    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        # Forked: sampling draws from its own seeded state, and training's dropout and data order see no difference.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
-            torch.manual_seed(seed)
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention,
-                generation_config=generation_config,
-                synced_gpus=synced_gpus,
-            )
-    finally:
-        model.train(was_training)
-    completions = Completions([], [])
-    for row in out[:, width:].tolist():
-        end = next((i + 1 for i, token in enumerate(row) if token in stops), None)
-        completions.tokens.append(row[:end])
-        completions.truncated.append(end is None and len(row) == generation_config.max_new_tokens)
-    return completions
 
 
 def completion_batch(batch: dict, prompt_ids: list[list[int]], completions: Completions, pad_id: int) -> dict:
@@ -135,54 +82,18 @@ class StepGenerator:
     """Writes the completions of a run's generating steps and keeps their statistics for the training logs.
 
     Args:
-        config: the run's `DistillConfig` (`lmbda`, `seq_kd`, the generation settings, `seed`).
-        accelerator: the trainer's; its process index seeds sampling, and under FSDP or DeepSpeed with several
-            processes generation runs with `synced_gpus` (each rank keeps running forward passes until all are
-            done, as sharded parameters need every rank).
-        tokenizer: gives the end-of-sequence token (required: generation stops there) and the padding token.
-        student: returns the student as generation needs it (unwrapped from DDP; the same module under FSDP2).
-        teacher: the teacher model that writes `seq_kd` completions (unwrapped), or None.
+        config: the run's `DistillConfig` (`lmbda`, `seq_kd`, `seed`).
+        accelerator: the trainer's; the statistics are summed over its processes.
+        backend: the run's generation backend (`hf_distill.generation.backends`), which writes the completions and
+            knows the tokenizer and its padding token.
     """
 
-    def __init__(self, config, accelerator, tokenizer, student: Callable[[], nn.Module], teacher: nn.Module | None):
-        eos = getattr(tokenizer, "eos_token_id", None)
-        if eos is None:
-            raise UserInputError(
-                "tokenizer without an eos_token",
-                f"{config.generation_setting}, tokenizer_name_or_path",
-                "generated completions stop at the end-of-sequence token",
-                "set an eos_token on the tokenizer",
-            )
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-        self.config, self.accelerator, self.student, self.teacher = config, accelerator, student, teacher
-        self.tokenizer = tokenizer
-        self.generation_config = config.generation_config
-        # The KV cache is a generation setting only: the model's config (read by training forwards) is not touched.
-        self.generation_config.update(pad_token_id=pad, eos_token_id=eos, use_cache=True)
-        self.pad_id = pad
-        self.synced = (
-            accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-            and accelerator.num_processes > 1
-        )
+    def __init__(self, config, accelerator, backend):
+        self.config, self.accelerator, self.backend = config, accelerator, backend
+        self.tokenizer, self.pad_id = backend.tokenizer, backend.pad_id
         # Sequences, completion tokens, truncated sequences, the teacher's log-probability summed over those tokens.
         self._sums = torch.zeros(4, device=accelerator.device)
         self._steps = self._on_policy_steps = 0
-
-    @classmethod
-    def build(
-        cls, config, accelerator, processing_class, teacher, student: Callable[[], nn.Module]
-    ) -> "StepGenerator":
-        """The generator of a `DistillTrainer`: its tokenizer (`processing_class`, or its `tokenizer`) is required,
-        and `seq_kd` needs the run's teacher (`hf_distill.teachers.protocol.Teacher`) to have a writer, one live
-        model."""
-        tokenizer = getattr(processing_class, "tokenizer", processing_class)
-        if tokenizer is None:
-            raise UserInputError(
-                f"{config.generation_setting} generates completions: pass the tokenizer as processing_class"
-            )
-        if config.seq_kd and teacher.writer is None:
-            raise UserInputError(f"seq_kd=True needs one teacher model to generate, got {len(teacher.models)}")
-        return cls(config, accelerator, tokenizer, student, teacher.writer)
 
     def __call__(self, batches: list[dict], step: int) -> tuple[list[dict], GeneratedStep | None]:
         """The micro-batches of optimizer step `step`, with generated completions when the step generates, and what
@@ -192,15 +103,12 @@ class StepGenerator:
         if writer is None:
             return batches, None
         self._on_policy_steps += writer == "student"
-        model = self.student() if writer == "student" else self.teacher
+        prompt_ids = [prompts(batch) for batch in batches]
         generated = []
-        for index, batch in enumerate(batches):
-            prompt_ids = prompts(batch)
-            seed = generation_seed(self.config, step, self.accelerator.process_index, index)
-            completions = generate(model, prompt_ids, self.generation_config, seed, self.synced)
-            counts = [len(prompt_ids), sum(map(len, completions.tokens)), sum(completions.truncated)]
+        for batch, rows, completions in zip(batches, prompt_ids, self.backend.complete(writer, prompt_ids, step)):
+            counts = [len(rows), sum(map(len, completions.tokens)), sum(completions.truncated)]
             self._sums[:3] += torch.tensor(counts, dtype=self._sums.dtype, device=self._sums.device)
-            generated.append(completion_batch(batch, prompt_ids, completions, self.pad_id))
+            generated.append(completion_batch(batch, rows, completions, self.pad_id))
         return generated, GeneratedStep(writer, step)
 
     def record(self, batch: dict, generated: GeneratedStep, terms, logging_steps: int, run_files) -> None:
@@ -227,6 +135,7 @@ class StepGenerator:
         if sequences:
             logs.update({COMPLETION_LENGTH: tokens / sequences, TRUNCATED_FRACTION: truncated / sequences})
             logs[TEACHER_LOGPROB] = logprob / max(tokens, 1)
+        logs.update(self.backend.window_logs())
         self._sums.zero_()
         self._steps = self._on_policy_steps = 0
         return logs

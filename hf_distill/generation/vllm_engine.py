@@ -167,12 +167,15 @@ class VLLMEngine:
         self.max_model_len = max_model_len
 
     @classmethod
-    def from_model(cls, model: nn.Module, tokenizer, max_model_len: int, **kwargs) -> "VLLMEngine":
-        """An engine over the weights of `model` (a transformers causal LM) and `tokenizer`, written to a temporary
-        folder that is deleted once vLLM has loaded them; `dtype` defaults to the model's."""
+    def from_model(
+        cls, model: nn.Module, tokenizer, max_model_len: int, state_dict: dict | None = None, **kwargs
+    ) -> "VLLMEngine":
+        """An engine over the weights of `model` (a transformers causal LM), or over `state_dict` (its checkpoint
+        names) with `model`'s config, and `tokenizer`, written to a temporary folder that is deleted once vLLM has
+        loaded them; `dtype` defaults to the model's."""
         kwargs.setdefault("dtype", next(model.parameters()).dtype)
         with tempfile.TemporaryDirectory(prefix="hf_distill_vllm_") as folder:
-            model.save_pretrained(folder)
+            model.save_pretrained(folder, state_dict=state_dict)
             tokenizer.save_pretrained(folder)
             return cls(folder, folder, max_model_len=max_model_len, **kwargs)
 

@@ -46,7 +46,9 @@ COMPLETION_LENGTH = "completion_length"
 TRUNCATED_FRACTION = "truncated_fraction"
 ON_POLICY_FRACTION = "on_policy_fraction"
 TEACHER_LOGPROB = "teacher_logprob"
-GENERATION_METRICS = (COMPLETION_LENGTH, TRUNCATED_FRACTION, ON_POLICY_FRACTION, TEACHER_LOGPROB)
+# With `use_vllm`: the mean seconds of the window's syncs of the student's weights into its vLLM engine.
+VLLM_SYNC_SECONDS = "vllm_sync_seconds"
+GENERATION_METRICS = (COMPLETION_LENGTH, TRUNCATED_FRACTION, ON_POLICY_FRACTION, TEACHER_LOGPROB, VLLM_SYNC_SECONDS)
 
 
 def distill_objective(metrics: dict[str, float]) -> float:

@@ -21,6 +21,8 @@ from hf_distill.arguments.field_rules import (
     collect_rules,
     declared_rules,
 )
+from hf_distill.generation import engine_config
+from hf_distill.generation.engine_config import GenerationEngineArguments
 
 
 @collect_rules
@@ -123,11 +125,21 @@ RANGES = {name: rules for name, rules in RULES.items() if rules.range is not Non
 READ_WHEN = {name: rules for name, rules in RULES.items() if rules.read_when is not None}
 # Settings under which any field may be set: early stopping needs evaluation, a rule between fields.
 BASE = {"eval_strategy": "steps", "eval_steps": 1}
+# Each field's entry, from the docstring of the class that declares it.
+DOCS = {**parse_field_docs(DistillConfig.__doc__), **parse_field_docs(GenerationEngineArguments.__doc__)}
+
+
+@pytest.fixture(autouse=True)
+def vllm_found(monkeypatch):
+    """The engine fields' rules are tested here whether vLLM is installed or not (use_vllm needs it: tested in
+    tests/generation/test_engine_config.py)."""
+    monkeypatch.setattr(engine_config, "vllm_installed", lambda: True)
 
 
 def _is_int(name: str) -> bool:
     # From the annotations: HfArgumentParser rewrites a field's `type` in place.
-    annotation = inspect.get_annotations(DistillConfig)[name]
+    owner = DistillConfig if name in inspect.get_annotations(DistillConfig) else GenerationEngineArguments
+    annotation = inspect.get_annotations(owner)[name]
     return annotation is int or int in typing.get_args(annotation)
 
 
@@ -181,7 +193,7 @@ def test_every_declared_bound_is_enforced_at_its_edge(tmp_path, name, value, ins
 def test_every_declared_bound_is_in_the_docstring(name):
     value_range = RANGES[name].range
     written = value_range.text if value_range.bounded else value_range.why.removeprefix("must be ")
-    assert written in parse_field_docs(DistillConfig.__doc__)[name].text
+    assert written in DOCS[name].text
 
 
 def _another_value(name: str):

@@ -6,10 +6,12 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from testing_utils import REPO_ROOT
 
 from hf_distill.cli import main
 from hf_distill.commands.recipe import RecipeError, parse_recipe
+from hf_distill.generation.engine_config import vllm_installed
 
 ROOT = REPO_ROOT
 
@@ -128,8 +130,37 @@ def test_check_requires_a_teacher_unless_alpha_is_one(tmp_path, capsys):
     assert "ok" in capsys.readouterr().out
 
 
+RECIPES = sorted(glob.glob(os.path.join(ROOT, "recipes", "**", "*.yaml"), recursive=True))
+
+
+def _uses_vllm(path: str) -> bool:
+    with open(path) as f:
+        return yaml.safe_load(f).get("use_vllm") is True
+
+
+VLLM_RECIPES = [path for path in RECIPES if _uses_vllm(path)]
+
+
 def test_every_shipped_recipe_passes_check(capsys):
-    recipes = sorted(glob.glob(os.path.join(ROOT, "recipes", "**", "*.yaml"), recursive=True))
+    """Every recipe, those that generate with vLLM included where vLLM is installed (the next test checks them
+    where it is not)."""
+    recipes = RECIPES if vllm_installed() else [path for path in RECIPES if path not in VLLM_RECIPES]
     assert len(recipes) >= 3
     main(["check", *recipes])
     assert capsys.readouterr().out.count(": ok") == len(recipes)
+
+
+@pytest.mark.parametrize("recipe", VLLM_RECIPES, ids=os.path.basename)
+def test_a_vllm_recipe_without_vllm_is_refused_with_the_install_command(recipe, capsys):
+    if vllm_installed():
+        pytest.skip("vLLM is installed here: test_every_shipped_recipe_passes_check checked this recipe")
+    with pytest.raises(SystemExit):
+        main(["check", recipe])
+    assert capsys.readouterr().err == (
+        "hf-distill: error: vLLM is not installed (use_vllm=True): this setting generates with vLLM, which this "
+        "Python cannot find; install it with: bash scripts/install_vllm.sh\n"
+    )
+
+
+def test_the_demo_ships_a_vllm_recipe():
+    assert [os.path.relpath(path, ROOT) for path in VLLM_RECIPES] == ["recipes/demo/on_policy_vllm.yaml"]

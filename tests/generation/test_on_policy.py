@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from testing_utils import tiny_llama, variable_length_dataset, word_tokenizer
 from transformers import TrainerCallback
 
-import hf_distill.generation.step_generator
+import hf_distill.generation.backends
+import hf_distill.generation.hf_generate
 from hf_distill import DistillConfig, DistillTrainer
 from hf_distill.arguments.script_arguments import DataArguments, ModelArguments
 from hf_distill.cli import main
@@ -72,7 +73,7 @@ def test_lmbda_zero_is_the_off_policy_path_bit_for_bit(tmp_path, monkeypatch):
     def no_generation(*args, **kwargs):
         raise AssertionError("lmbda=0 and seq_kd=False must not generate")
 
-    monkeypatch.setattr(hf_distill.generation.step_generator, "generate", no_generation)
+    monkeypatch.setattr(hf_distill.generation.backends, "generate", no_generation)
     tuned = make_trainer(tmp_path / "tuned", lmbda=0.0, max_new_tokens=3, generation_temperature=0.7)
     assert tuned._generator is None
     tuned.train()
@@ -337,10 +338,10 @@ def test_generation_leaves_the_model_and_the_random_state_as_they_were():
     rng = torch.get_rng_state()
     config = make_args("/tmp/unused", generation_temperature=1.0).generation_config
     config.update(pad_token_id=PAD, eos_token_id=EOS, use_cache=True)
-    first = hf_distill.generation.step_generator.generate(model, [[5, 6, 7], [8]], config, seed=3, synced_gpus=False)
+    first = hf_distill.generation.hf_generate.generate(model, [[5, 6, 7], [8]], config, seed=3, synced_gpus=False)
     assert model.training and model.is_gradient_checkpointing and model.config.use_cache is False
     assert torch.equal(torch.get_rng_state(), rng)
-    again = hf_distill.generation.step_generator.generate(model, [[5, 6, 7], [8]], config, seed=3, synced_gpus=False)
-    other = hf_distill.generation.step_generator.generate(model, [[5, 6, 7], [8]], config, seed=4, synced_gpus=False)
+    again = hf_distill.generation.hf_generate.generate(model, [[5, 6, 7], [8]], config, seed=3, synced_gpus=False)
+    other = hf_distill.generation.hf_generate.generate(model, [[5, 6, 7], [8]], config, seed=4, synced_gpus=False)
     assert first == again and first.tokens != other.tokens
     assert all(len(t) <= 5 for t in first.tokens)
