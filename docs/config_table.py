@@ -8,7 +8,7 @@ import itertools
 import os
 import sys
 
-from hf_distill.arguments.field_docs import parse_field_docs
+from hf_distill.arguments.field_docs import all_field_docs
 from hf_distill.config import DistillConfig
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
@@ -17,10 +17,10 @@ END = "<!-- end of the generated DistillConfig table -->\n"
 
 
 def config_table() -> str:
-    """The Markdown tables of `DistillConfig`'s own fields, one under each heading of the docstring (`> Parameters
-    that control ...`), in its order: name, default, description (a required field, which has no default, shows
-    `required`)."""
-    docs = parse_field_docs(DistillConfig.__doc__).items()
+    """The Markdown tables of `DistillConfig`'s own fields and those of the dataclasses it inherits them from
+    (`TeacherServerArguments`), one under each heading of their docstrings (`> Parameters that control ...`), in
+    their order: name, default, description (a required field, which has no default, shows `required`)."""
+    docs = all_field_docs(DistillConfig).items()
     tables = []
     for heading, group in itertools.groupby(docs, key=lambda item: item[1].heading):
         rows = [f"**{heading}**", ""] if heading else []
