@@ -36,7 +36,7 @@ def batches(tokenizer, n: int, size: int) -> list[dict]:
     train, _ = prepare_datasets(data, tokenizer)
     collate = DistillDataCollator(tokenizer)
     rows = train.select(range(n * size)).to_list()
-    keep = ("input_ids", "attention_mask", "labels")
+    keep = ("input_ids", "labels")
     return [collate([{k: r[k] for k in keep} for r in rows[i * size : (i + 1) * size]]) for i in range(n)]
 
 
