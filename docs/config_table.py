@@ -8,33 +8,20 @@ import itertools
 import os
 import sys
 
-from hf_distill.arguments.field_docs import parse_field_docs
+from hf_distill.arguments.field_docs import all_field_docs
 from hf_distill.config import DistillConfig
-from hf_distill.generation.engine_config import GenerationEngineArguments
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 BEGIN = "<!-- DistillConfig table: generated from the docstring by `python docs/config_table.py --write` -->\n"
 END = "<!-- end of the generated DistillConfig table -->\n"
 
 
-# The mixin's fields (the generation engine) follow the generation settings they choose the engine of.
-AFTER_GENERATION = "Parameters that control generation"
-
-
-def documented_fields() -> list:
-    """(name, `FieldDoc`) of every field `DistillConfig` adds to `TrainingArguments`, in the tables' order: its own
-    docstring's, with `GenerationEngineArguments`' heading after the generation settings."""
-    own = list(parse_field_docs(DistillConfig.__doc__).items())
-    engine = list(parse_field_docs(GenerationEngineArguments.__doc__).items())
-    last = max(i for i, (_, doc) in enumerate(own) if (doc.heading or "").startswith(AFTER_GENERATION))
-    return own[: last + 1] + engine + own[last + 1 :]
-
-
 def config_table() -> str:
-    """The Markdown tables of the fields `DistillConfig` adds, one under each heading of the docstrings (`>
-    Parameters that control ...`), in `documented_fields`' order: name, default, description (a required field,
+    """The Markdown tables of `DistillConfig`'s own fields and those of the dataclasses it inherits them from
+    (`GenerationEngineArguments`, `TeacherServerArguments`), one under each heading of their docstrings (`>
+    Parameters that control ...`), in their order (`all_field_docs`): name, default, description (a required field,
     which has no default, shows `required`)."""
-    docs = documented_fields()
+    docs = all_field_docs(DistillConfig).items()
     tables = []
     for heading, group in itertools.groupby(docs, key=lambda item: item[1].heading):
         rows = [f"**{heading}**", ""] if heading else []

@@ -8,6 +8,7 @@ from transformers import GenerationConfig, TrainingArguments
 
 from .arguments.field_docs import document_fields
 from .arguments.field_rules import ReadWhen, check_declared_fields, collect_rules
+from .arguments.teacher_server import TeacherServerArguments
 from .arguments.training_checks import check_distillation_settings, check_step_intervals, check_training_arguments
 from .generation.engine_config import GenerationEngineArguments, check_generation_engine
 from .losses import (
@@ -23,7 +24,7 @@ from .losses.divergences import BETA_LOSS_TYPES, DEFAULT_BETA
 from .models.causal_lm import parse_init_kwargs
 from .user_errors import UserInputError, bad_value
 
-TEACHER_SOURCES = ("none", "model", "cache")
+TEACHER_SOURCES = ("none", "model", "cache", "server")
 
 
 def normalized_weights(weights: Sequence[float] | None, n_teachers: int) -> list[float]:
@@ -47,10 +48,11 @@ def normalized_weights(weights: Sequence[float] | None, n_teachers: int) -> list
 @document_fields
 @collect_rules
 @dataclass
-class DistillConfig(TrainingArguments, GenerationEngineArguments):
+class DistillConfig(TeacherServerArguments, GenerationEngineArguments, TrainingArguments):
     r"""
-    Arguments of [`DistillTrainer`]: every field of `transformers.TrainingArguments`, plus the ones below and the
-    generation engine's (`hf_distill.generation.engine_config.GenerationEngineArguments`: `use_vllm`, ...).
+    Arguments of [`DistillTrainer`]: every field of `transformers.TrainingArguments`, plus the ones below, the
+    generation engine's (`hf_distill.generation.engine_config.GenerationEngineArguments`: `use_vllm`, ...) and those of
+    a teacher behind a server (`hf_distill.arguments.teacher_server.TeacherServerArguments`).
 
     The training loss is `alpha * CE + (1 - alpha) * temperature**2 * D(teacher || student)`, both terms summed over
     valid tokens (labels != -100) and divided by the number of valid tokens of the whole optimizer step.
@@ -81,7 +83,8 @@ class DistillConfig(TrainingArguments, GenerationEngineArguments):
             training then softens by `temperature` (a live ensemble combines the softened members instead; the two
             agree at `temperature=1`). Evaluation, which has no cache, reports the CE only.
         teacher_cache_mode (`str`, *optional*, defaults to `"renormalized"`):
-            How a cached top-k becomes a distribution (`hf_distill.losses.sparse_distillation_loss`):
+            How a cached top-k, or a server's (`use_teacher_server`), becomes a distribution (read with one of the
+            two only; `hf_distill.losses.sparse_distillation_loss`):
             `renormalized` compares teacher and student restricted to the teacher's top-k tokens, both renormalised;
             `tail_bucket` adds one bucket holding all other tokens' mass; `teacher_renormalized` renormalises the
             teacher's top-k only and compares it with the student's full-vocabulary log-probabilities at those tokens
@@ -225,7 +228,18 @@ class DistillConfig(TrainingArguments, GenerationEngineArguments):
     teacher_weights: list[float] | None = None
     teacher_model_init_kwargs: dict[str, Any] | str | None = None
     teacher_cache_dir: str | None = None
-    teacher_cache_mode: str = field(default="renormalized", metadata={"choices": list(SPARSE_MODES)})
+    teacher_cache_mode: str = field(
+        default="renormalized",
+        metadata={
+            "choices": list(SPARSE_MODES),
+            "read_when": ReadWhen(
+                lambda config: config.teacher_source in ("cache", "server"),
+                "teacher_cache_dir or use_teacher_server: true",
+                {"teacher_cache_dir": "cache"},
+                why="it is read with a teacher's top-k only (teacher_cache_dir or use_teacher_server)",
+            ),
+        },
+    )
 
     alpha: float = field(default=0.5, metadata={"range": "[0, 1]"})
     temperature: float = field(default=1.0, metadata={"range": "(0, inf)"})
@@ -326,10 +340,13 @@ class DistillConfig(TrainingArguments, GenerationEngineArguments):
 
     @property
     def teacher_source(self) -> str:
-        """Where the teacher comes from: `none` (alpha == 1, no teacher), `cache` (`teacher_cache_dir`) or `model`
-        (teacher models, from `teacher_model_name_or_path` or passed to the trainer)."""
+        """Where the teacher comes from: `none` (alpha == 1, no teacher), `server` (`use_teacher_server`), `cache`
+        (`teacher_cache_dir`) or `model` (teacher models, from `teacher_model_name_or_path` or passed to the
+        trainer)."""
         if self.alpha == 1.0:
             return "none"
+        if self.use_teacher_server:
+            return "server"
         return "cache" if self.teacher_cache_dir is not None else "model"
 
     @property

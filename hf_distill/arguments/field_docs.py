@@ -12,6 +12,8 @@ from typing import NamedTuple
 _PARAMETERS = "Parameters:"
 _HEADING = "> "
 _ENTRY = re.compile(r"(?P<name>\w+) \((?P<spec>.*)\):")
+# The class attribute where `document_fields` keeps a class's own entries, read by `all_field_docs`.
+_DOCS = "__field_docs__"
 _SPEC = re.compile(r"(?P<type>.*?)(?:, \*optional\*)?(?:, defaults to `(?P<default>.*)`)?")
 
 
@@ -103,4 +105,14 @@ def document_fields(cls: type) -> type:
         # argparse formats help strings with %-interpolation; `metadata` is a read-only mapping, hence a new one.
         help_text = docs[field.name].text.replace("%", "%%")
         field.metadata = types.MappingProxyType({**field.metadata, "help": help_text})
+    setattr(cls, _DOCS, docs)
     return cls
+
+
+def all_field_docs(cls: type) -> dict[str, FieldDoc]:
+    """The docstring entries of `cls` and of the documented dataclasses it inherits (a mixin of fields such as
+    `TeacherServerArguments`), the class's own first, then each base's in the order of its MRO."""
+    docs = {}
+    for klass in cls.__mro__:
+        docs.update({name: doc for name, doc in vars(klass).get(_DOCS, {}).items() if name not in docs})
+    return docs

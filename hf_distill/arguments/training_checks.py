@@ -6,6 +6,7 @@ built, before any data or model is loaded."""
 import logging
 import math
 import os
+from urllib.parse import urlsplit
 
 from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 
@@ -40,7 +41,9 @@ def check_distillation_settings(config) -> None:
     if config.teacher_weights is not None:
         # With the teachers passed to the trainer instead, their number is only known there.
         config.ensemble_weights(len(teachers) if isinstance(teachers, list | tuple) else len(config.teacher_weights))
-    if config.teacher_cache_dir is not None:
+    if config.use_teacher_server:
+        _check_server_settings(config)
+    if config.teacher_cache_dir is not None or config.use_teacher_server:
         check_sparse_mode(config.teacher_cache_mode, config.loss_type)
     if config.generates:
         _check_generation_settings(config)
@@ -52,6 +55,67 @@ def check_distillation_settings(config) -> None:
             f"early_stop_patience={config.early_stop_patience}",
             "it stops on the eval loss, and eval_strategy is 'no'",
             "set eval_strategy to 'steps' or 'epoch'",
+        )
+
+
+# Settings of a teacher run here, which a teacher behind a server would leave unread.
+_LOCAL_TEACHER_FIELDS = (
+    "teacher_model_name_or_path",
+    "teacher_cache_dir",
+    "teacher_weights",
+    "teacher_model_init_kwargs",
+)
+
+
+def _check_server_settings(config) -> None:
+    for name in _LOCAL_TEACHER_FIELDS:
+        if getattr(config, name) is not None:
+            raise UserInputError(
+                f"{name} with a teacher server",
+                f"use_teacher_server=True, {name}={getattr(config, name)!r}",
+                "the server's teacher is the run's teacher: no teacher is loaded or read here, so it would be ignored",
+                f"remove {name}, or set use_teacher_server: false",
+            )
+    refusals = (
+        (config.alpha == 1.0, "alpha=1.0", "alpha=1.0 distils from no teacher", "set alpha < 1"),
+        (
+            config.cross_tokenizer != "off",
+            f"cross_tokenizer={config.cross_tokenizer!r}",
+            "the server's top-k ids are in the student's vocabulary, not aligned spans of another tokenizer",
+            "serve a teacher with the student's tokenizer and set cross_tokenizer: off",
+        ),
+        (
+            config.seq_kd,
+            "seq_kd=True",
+            "seq_kd needs the teacher to write completions, and the server only scores tokens here",
+            "set seq_kd: false (on-policy lmbda works: the server scores the student's completions)",
+        ),
+    )
+    for refused, setting, why, fix in refusals:
+        if refused:
+            raise UserInputError(
+                "a teacher server with an unsupported setting", f"use_teacher_server=True, {setting}", why, fix
+            )
+    url = config.teacher_model_server_url
+    parts = urlsplit(url or "")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or port is None
+        or parts.path not in ("", "/", "/v1", "/v1/")
+        or parts.query
+        or parts.fragment
+        or parts.username
+    ):
+        raise bad_value(
+            "teacher_model_server_url",
+            url,
+            "use_teacher_server needs the server as http(s)://HOST:PORT",
+            "set it to the vLLM server's address, e.g. http://127.0.0.1:8000",
         )
 
 

@@ -114,7 +114,8 @@ def check_recipe(
         checked.append(
             _check_local(model_args.tokenizer_name_or_path, "tokenizer_name_or_path", tokenizer, produced_paths)
         )
-    if config.teacher_source != "none":
+    # A teacher server is not contacted here: the trainer checks it when it is built (`ServerTeacher.check`).
+    if config.teacher_source in ("model", "cache"):
         if not config.teacher_paths:
             raise UserInputError(
                 "no teacher",

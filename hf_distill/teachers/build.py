@@ -16,6 +16,7 @@ from .live import LiveTeacher, check_member_vocabularies
 from .no_teacher import NoTeacher
 from .placement import place_teacher
 from .protocol import Teacher
+from .server import ServerTeacher
 from .shared_vocabulary import shared_vocabulary
 
 logger = logging.getLogger(__name__)
@@ -30,9 +31,19 @@ def build_teacher(
     unwrap: Callable[[nn.Module], nn.Module],
     teacher_tokenizer: Any = None,
 ) -> Teacher:
-    """The trainer's teacher, as `args.teacher_source` says: the cache; the loaded teacher `members` (one model, or
+    """The trainer's teacher, as `args.teacher_source` says: the server, checked against the student's vocabulary
+    and `tokenizer` before any compute; the cache; the loaded teacher `members` (one model, or
     an ensemble's), checked against the student's vocabulary (and `tokenizer`'s, when there is one) and placed for
     the engine; or `NoTeacher`. A teacher with its own tokenizer takes `teacher_tokenizer`."""
+    if args.teacher_source == "server":
+        teacher = ServerTeacher(
+            args.teacher_model_server_url,
+            args.teacher_server_top_k,
+            args.teacher_cache_mode,
+            args.teacher_server_timeout,
+        )
+        teacher.check(output_width(student), tokenizer if hasattr(tokenizer, "decode") else None)
+        return teacher
     if args.teacher_source == "cache":
         return CachedTeacher(args.teacher_cache_dir, args.teacher_cache_mode, args.teacher_paths)
     if not members:

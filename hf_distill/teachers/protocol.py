@@ -3,7 +3,7 @@
 A run resolves its teacher once (`build.build_teacher`) into one object; the trainer, generation, the cache builder
 and the model card ask that object, never its class. The kinds: `NoTeacher` (`alpha: 1`), `LiveTeacher` (one model
 or an ensemble, run beside the student), `CrossTokenizerTeacher` (one model with its own tokenizer) and
-`CachedTeacher` (a teacher cache's top-k). A teacher behind a server is one more implementation of the same shape.
+`CachedTeacher` (a teacher cache's top-k) and `ServerTeacher` (the top-k of a teacher behind a vLLM server).
 """
 
 from typing import Any, Protocol
@@ -26,7 +26,8 @@ class Teacher(Protocol):
     """One kind of teacher.
 
     Attributes:
-        kind: its name in logs and the model card (`none`, `model`, `ensemble`, `cross_tokenizer`, `cache`).
+        kind: its name in logs and the model card (`none`, `model`, `ensemble`, `cross_tokenizer`, `cache`,
+            `server`).
         gives: what it can give the loss (`DENSE_LOGITS`, `TOP_K_LOG_PROBS`, `HIDDEN_STATES`).
         fused: whether the fused chunked loss can take it.
         distills: whether the loss has a divergence term (False only without a teacher).

@@ -217,7 +217,7 @@ class TeacherServerClient:
             "the teacher server did not answer",
             url,
             f"{self.retries + 1} tries in {time.monotonic() - start:.1f} s, the last: {reason}",
-            "check that the vLLM server is running and reachable at teacher_server_url (curl URL/health), "
+            "check that the vLLM server is running and reachable at teacher_model_server_url (curl URL/health), "
             "or raise teacher_server_timeout",
         )
 

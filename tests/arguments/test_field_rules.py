@@ -12,7 +12,7 @@ import pytest
 from transformers import HfArgumentParser
 
 from hf_distill import DistillConfig
-from hf_distill.arguments.field_docs import parse_field_docs
+from hf_distill.arguments.field_docs import all_field_docs
 from hf_distill.arguments.field_rules import (
     RULE_KEYS,
     Range,
@@ -22,7 +22,6 @@ from hf_distill.arguments.field_rules import (
     declared_rules,
 )
 from hf_distill.generation import engine_config
-from hf_distill.generation.engine_config import GenerationEngineArguments
 
 
 @collect_rules
@@ -126,7 +125,7 @@ READ_WHEN = {name: rules for name, rules in RULES.items() if rules.read_when is 
 # Settings under which any field may be set: early stopping needs evaluation, a rule between fields.
 BASE = {"eval_strategy": "steps", "eval_steps": 1}
 # Each field's entry, from the docstring of the class that declares it.
-DOCS = {**parse_field_docs(DistillConfig.__doc__), **parse_field_docs(GenerationEngineArguments.__doc__)}
+DOCS = all_field_docs(DistillConfig)
 
 
 @pytest.fixture(autouse=True)
@@ -138,15 +137,14 @@ def vllm_found(monkeypatch):
 
 def _is_int(name: str) -> bool:
     # From the annotations: HfArgumentParser rewrites a field's `type` in place.
-    owner = DistillConfig if name in inspect.get_annotations(DistillConfig) else GenerationEngineArguments
-    annotation = inspect.get_annotations(owner)[name]
+    annotation = next(a[name] for a in map(inspect.get_annotations, DistillConfig.__mro__) if name in a)
     return annotation is int or int in typing.get_args(annotation)
 
 
 def _config(tmp_path, name, value):
     read_when = RULES[name].read_when
     example = read_when.example if read_when is not None else {}
-    return DistillConfig(output_dir=str(tmp_path), **BASE, **example, **{name: value})
+    return DistillConfig(output_dir=str(tmp_path), **{**BASE, **example, name: value})
 
 
 def _edges(name: str, value_range: Range):
@@ -193,7 +191,11 @@ def test_every_declared_bound_is_enforced_at_its_edge(tmp_path, name, value, ins
 def test_every_declared_bound_is_in_the_docstring(name):
     value_range = RANGES[name].range
     written = value_range.text if value_range.bounded else value_range.why.removeprefix("must be ")
-    assert written in DOCS[name].text
+    assert written in all_field_docs(DistillConfig)[name].text
+
+
+# Valid values of fields whose declarations bound no value (any other string is a valid value of the rest).
+FREE_FORM_VALUES = {"teacher_model_server_url": "http://127.0.0.1:9000"}
 
 
 def _another_value(name: str):
@@ -204,7 +206,7 @@ def _another_value(name: str):
     if rules.range is not None:
         low = float(rules.range.low)
         return next(v for v in (low, low + 0.25, low + 1) if v in rules.range and v != rules.default)
-    return "x"
+    return FREE_FORM_VALUES.get(name, "x")
 
 
 @pytest.mark.parametrize("name", READ_WHEN)

@@ -7,32 +7,21 @@ retries and refused connections are tested everywhere, on 127.0.0.1 only.
 import http.server
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 import torch
-import urllib3
+from teacher_servers import free_port
 from testing_utils import REPO_ROOT as ROOT
 
 from hf_distill.teachers import server_client
 from hf_distill.user_errors import UserInputError
 
 DEMO = os.path.join(ROOT, "recipes", "demo")
-SERVER_START_SECONDS = 240
 
 
 TeacherServerClient = server_client.TeacherServerClient
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- Failing servers: no vLLM needed ---------------------------------------------------------------------------------
@@ -48,7 +37,7 @@ def test_refused_connection_is_retried_then_one_line():
     # Waits of 0.05 and 0.1 s between 3 tries; refused connections fail at once.
     assert time.monotonic() - start < 5
     assert line.startswith(f"the teacher server did not answer ({url}/v1/completions): 3 tries in ")
-    assert "teacher_server_url" in line and "\n" not in line
+    assert "teacher_model_server_url" in line and "\n" not in line
 
 
 class FlakyServer(http.server.BaseHTTPRequestHandler):
@@ -132,44 +121,6 @@ def test_5xx_after_every_retry_is_one_line_and_no_answer(flaky):
 
 
 # --- The stock vLLM server -------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`python -m vllm.entrypoints.openai.api_server` of the demo teacher on a free 127.0.0.1 port (K up to 20),
-    up within SERVER_START_SECONDS, stopped (its process group: the API server and its engine) at the end."""
-    pytest.importorskip("vllm")
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("vllm_server") / "server.log"
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", os.path.join(DEMO, "teacher")]
-    command += ["--tokenizer", os.path.join(DEMO, "tokenizer"), "--dtype", "float32", "--max-model-len", "128"]
-    command += ["--max-logprobs", "20", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager"]
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1")
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    http = urllib3.PoolManager(retries=False, timeout=2)
-    try:
-        deadline = time.monotonic() + SERVER_START_SECONDS
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the vLLM server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"the vLLM server was not up in {SERVER_START_SECONDS} s:\n{log_path.read_text()[-3000:]}")
-            try:
-                if http.request("GET", url + "/health").status == 200:
-                    break
-            except urllib3.exceptions.HTTPError:
-                pass
-            time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
