@@ -13,9 +13,8 @@ import sys
 import pytest
 import torch
 from safetensors import safe_open
-from test_bad_input import error_line, write_split
 from test_trainer import assert_same_weights, make_args
-from testing_utils import pad_collator, tiny_llama, variable_length_dataset, word_tokenizer
+from testing_utils import error_line, pad_collator, tiny_llama, variable_length_dataset, word_tokenizer, write_split
 from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM, TrainerCallback
 
 from hf_distill import DistillConfig, DistillTrainer

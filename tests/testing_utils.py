@@ -1,13 +1,20 @@
 """Tiny models, data and a tokenizer built from configs, so every test (and every script the tests launch) runs
 offline in seconds."""
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import pytest
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from hf_distill.cli import main
+from hf_distill.commands.recipe import parse_recipe
+from hf_distill.commands.train import build_trainer
+from hf_distill.run.model_card import render_model_card
 
 # The tests folder, the repository, and the scripts the tests launch: tests in subfolders read these, not __file__.
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -202,3 +209,55 @@ def refuse_weights(monkeypatch) -> None:
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
     monkeypatch.setattr(AutoModelForCausalLM, "from_config", refuse)
+
+
+# Helpers shared by tests in several folders.
+
+
+def error_line(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("hf-distill: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def write_split(tmp_path, rows):
+    data = tmp_path / "bad_data"
+    data.mkdir(exist_ok=True)
+    with open(data / "train.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return str(data)
+
+
+def build(recipe, cache_dir, top_k=8, shard_size=10, *overrides):
+    args = ["cache-teacher", recipe, "--output_dir", str(cache_dir), "--top_k", str(top_k)]
+    main([*args, "--shard_size", str(shard_size), *overrides])
+
+
+def _trainer(tmp_path, recipe, **overrides):
+    overrides = {"logging_steps": 1, **overrides}
+    model_args, data_args, config = parse_recipe(recipe, [f"--{k}={v}" for k, v in overrides.items()])
+    return build_trainer(model_args, data_args, config)
+
+
+def _weights(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def run_with_a_card(workspace):
+    """The workspace's student saved to the recipe's output_dir with a model card, and eval data with categories."""
+    tmp_path, recipe = workspace
+    out = tmp_path / "out"
+    tiny_llama(seed=1, hidden=32, layers=1).save_pretrained(out)
+    card = render_model_card(
+        model_name="out", student_base=None, teacher="teacher", dataset="data", alpha=0.5, loss_type="jsd",
+        temperature=2.0, steps=4, eval_metrics={},
+    )  # fmt: skip
+    (out / "README.md").write_text(card)
+    eval_file = tmp_path / "data" / "eval.jsonl"
+    rows = [json.loads(line) for line in eval_file.read_text().splitlines()]
+    eval_file.write_text("".join(json.dumps({**r, "category": "ab"[i % 2]}) + "\n" for i, r in enumerate(rows)))
+    return out, recipe

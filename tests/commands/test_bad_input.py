@@ -1,23 +1,9 @@
 """The bad-input matrix of `hf-distill train`: one line naming the problem, exit code 2, no traceback, and no model
 weights loaded. docs/errors.md lists the same rows."""
 
-import json
-
 import pytest
-from testing_utils import WORDS, tiny_llama, word_tokenizer
+from testing_utils import WORDS, error_line, tiny_llama, word_tokenizer, write_split
 from transformers import T5Config
-
-from hf_distill.cli import main
-
-
-def error_line(capsys, argv):
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("hf-distill: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def test_teacher_tokenizer_with_other_ids(workspace, capsys, no_weights):
@@ -81,14 +67,6 @@ def test_student_that_is_not_a_causal_lm(workspace, capsys, no_weights):
         f"hf-distill: error: not a causal language model (model_name_or_path='{tmp_path / 't5'}'): it is a 't5' "
         "model; use a model AutoModelForCausalLM loads"
     )
-
-
-def write_split(tmp_path, rows):
-    data = tmp_path / "bad_data"
-    data.mkdir(exist_ok=True)
-    with open(data / "train.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    return str(data)
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,7 @@ import shutil
 
 import pytest
 from datasets import load_from_disk
-from test_bad_input import error_line
-from test_teacher_cache import build
-from testing_utils import refuse_weights, tiny_llama
+from testing_utils import build, error_line, refuse_weights, tiny_llama
 
 import hf_distill.commands.check
 import hf_distill.data.raw_dataset

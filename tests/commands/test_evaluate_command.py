@@ -12,6 +12,7 @@ from testing_utils import (
     REPO_ROOT,
     ensemble_recipe,
     refuse_weights,
+    run_with_a_card,
     tiny_llama,
     variable_length_dataset,
     word_tokenizer,
@@ -128,22 +129,6 @@ def test_the_demo_data_has_a_category_per_conversation():
     with open(os.path.join(ROOT, "recipes", "demo", "data", "eval.jsonl")) as f:
         categories = {json.loads(line)["category"] for line in f}
     assert categories == {"towns", "jobs", "sums", "counts", "reversals", "stories"}
-
-
-def run_with_a_card(workspace):
-    """The workspace's student saved to the recipe's output_dir with a model card, and eval data with categories."""
-    tmp_path, recipe = workspace
-    out = tmp_path / "out"
-    tiny_llama(seed=1, hidden=32, layers=1).save_pretrained(out)
-    card = render_model_card(
-        model_name="out", student_base=None, teacher="teacher", dataset="data", alpha=0.5, loss_type="jsd",
-        temperature=2.0, steps=4, eval_metrics={},
-    )  # fmt: skip
-    (out / "README.md").write_text(card)
-    eval_file = tmp_path / "data" / "eval.jsonl"
-    rows = [json.loads(line) for line in eval_file.read_text().splitlines()]
-    eval_file.write_text("".join(json.dumps({**r, "category": "ab"[i % 2]}) + "\n" for i, r in enumerate(rows)))
-    return out, recipe
 
 
 def test_evaluate_command_writes_results_and_the_model_card(workspace, capsys):

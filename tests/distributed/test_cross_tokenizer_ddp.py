@@ -7,8 +7,7 @@ import sys
 
 import pytest
 import torch
-from test_cross_tokenizer import _trainer, _weights
-from testing_utils import cross_tokenizer_recipe
+from testing_utils import _trainer, _weights, cross_tokenizer_recipe
 
 pytestmark = pytest.mark.distributed
 

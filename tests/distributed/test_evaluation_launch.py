@@ -5,8 +5,8 @@ import json
 import math
 
 import pytest
-from test_evaluation import run_with_a_card
 from test_launch import launch
+from testing_utils import run_with_a_card
 
 from hf_distill.cli import main
 

@@ -30,10 +30,9 @@ from conftest import make_workspace
 from fault_runner import FULL
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from test_bad_input import error_line
 from test_dropin import lora_student, trained_weights
 from test_trainer import assert_same_weights
-from testing_utils import SCRIPTS, TESTS, tiny_llama
+from testing_utils import SCRIPTS, TESTS, error_line, tiny_llama
 
 from hf_distill.run import disk_space, final_model
 from hf_distill.run.checkpoints import damage, is_complete, last_complete_checkpoint

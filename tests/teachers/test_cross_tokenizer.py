@@ -7,6 +7,8 @@ import pytest
 import torch
 from testing_utils import (
     DIGIT_WORDS,
+    _trainer,
+    _weights,
     cross_tokenizer_recipe,
     digit_tokenizer,
     pad_collator,
@@ -17,8 +19,6 @@ from testing_utils import (
 
 from hf_distill import DistillConfig, DistillTrainer
 from hf_distill.cli import main
-from hf_distill.commands.recipe import parse_recipe
-from hf_distill.commands.train import build_trainer
 
 
 def error_line(capsys, argv):
@@ -126,16 +126,6 @@ def test_cli_trains_with_a_teacher_of_another_tokenizer(workspace, mode, caplog)
     assert ("* ULD |" if mode == "uld" else "* (jsd on shared tokens + ULD) |") in card
     assert "target tokens lie in no span aligned" in caplog.text
     assert "dense path" in caplog.text  # the chunked loss falls back, with one logged reason
-
-
-def _trainer(tmp_path, recipe, **overrides):
-    overrides = {"logging_steps": 1, **overrides}
-    model_args, data_args, config = parse_recipe(recipe, [f"--{k}={v}" for k, v in overrides.items()])
-    return build_trainer(model_args, data_args, config)
-
-
-def _weights(trainer):
-    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
 def _assert_same(a, b, atol=1e-5):

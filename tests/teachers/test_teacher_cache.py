@@ -15,7 +15,15 @@ import torch.nn.functional as F
 from datasets import load_from_disk
 from safetensors.torch import load_file
 from test_trainer import make_args
-from testing_utils import TESTS, ensemble_recipe, pad_collator, tiny_llama, variable_length_dataset, word_tokenizer
+from testing_utils import (
+    TESTS,
+    build,
+    ensemble_recipe,
+    pad_collator,
+    tiny_llama,
+    variable_length_dataset,
+    word_tokenizer,
+)
 from transformers import AutoModelForCausalLM
 
 import hf_distill.models.loading
@@ -27,11 +35,6 @@ from hf_distill.teachers.cache_builder import load_teacher_cache
 from hf_distill.teachers.cache_store import MANIFEST
 
 TESTS = TESTS
-
-
-def build(recipe, cache_dir, top_k=8, shard_size=10, *overrides):
-    args = ["cache-teacher", recipe, "--output_dir", str(cache_dir), "--top_k", str(top_k)]
-    main([*args, "--shard_size", str(shard_size), *overrides])
 
 
 def train_logs(out_dir):
