@@ -1,5 +1,6 @@
 """One training run from parsed arguments: data, models, trainer, train, evaluate, save, card, push."""
 
+import json
 import logging
 import os
 
@@ -14,6 +15,7 @@ from ..run.checkpoints import last_complete_checkpoint
 from ..run.final_model import save_final_model
 from ..run.lock import check_free, run_lock
 from ..run.main_process_first import main_process_first
+from ..run.run_arguments import claim_output_dir, mark_finished
 from ..teachers.cache_builder import attach_teacher_cache
 from ..trainer import DistillTrainer
 from .check import check_output_dir, check_run
@@ -69,7 +71,25 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
     (`hf_distill.run.lock`): a second run on it is refused during the final evaluation and save too."""
     check_output_dir(config.output_dir)  # before the lock, which is written into it
     with run_lock(config.output_dir, enabled=config.process_index == 0):
-        return _train_evaluate_save(model_args, data_args, config)
+        if claim_output_dir(model_args, data_args, config):
+            logger.warning(
+                f"output_dir={config.output_dir!r} holds this run, finished with these arguments: nothing to do (set "
+                "another output_dir, or overwrite_output_dir: true to train it again)"
+            )
+            return _results(config.output_dir)
+        metrics = _train_evaluate_save(model_args, data_args, config)
+        if config.process_index == 0:
+            mark_finished(config.output_dir)
+        return metrics
+
+
+def _results(output_dir: str) -> dict:
+    """The final metrics a finished run saved (Trainer's `all_results.json`)."""
+    path = os.path.join(output_dir, "all_results.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 def _train_evaluate_save(model_args: ModelArguments, data_args: DataArguments, config: DistillConfig) -> dict:
