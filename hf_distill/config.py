@@ -370,7 +370,8 @@ class DistillConfig(TrainingArguments):
         sampling = {"do_sample": False}
         if self.generation_temperature > 0:
             sampling = dict(do_sample=True, temperature=self.generation_temperature, top_p=self.generation_top_p)
-            sampling["top_k"] = self.generation_top_k or None
+            # 0 is "no top-k", said explicitly: None would let transformers fill in its default, top-50.
+            sampling["top_k"] = self.generation_top_k
         extra = parse_generation_kwargs(self.generation_kwargs)
         return GenerationConfig(max_new_tokens=self.max_new_tokens, **sampling, **extra)
 
