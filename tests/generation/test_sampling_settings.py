@@ -1,6 +1,7 @@
 """The sampling settings mean what they say: `generation_top_k: 0` samples from the whole vocabulary, not from the
 top 50 that transformers fills in for an unset top_k."""
 
+import pytest
 import torch
 from testing_utils import tiny_llama
 from transformers import GenerationConfig
@@ -43,3 +44,21 @@ def test_top_k_samples_among_the_k_most_likely_only(tmp_path):
         output_dir=str(tmp_path), report_to=[], generation_temperature=8.0, generation_top_k=3, max_new_tokens=40
     )
     assert max(ranks_of_sampled_tokens(config.generation_config)) <= 2
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "why"),
+    [
+        ("num_return_sequences", 2, "each prompt gets one completion, its row's"),
+        ("num_beams", 4, "beam search is not supported"),
+        ("eos_token_id", 7, "completions end at the tokenizer's eos_token, which would overwrite it"),
+        ("pad_token_id", 0, "generated batches are padded with the tokenizer's pad token"),
+    ],
+)
+def test_generation_kwargs_that_change_the_pairing_are_refused(tmp_path, key, value, why):
+    """Before: accepted, then overwritten by the tokenizer's ids, or completions no longer paired with prompts."""
+    prefix = rf"^invalid generation_kwargs \(generation_kwargs\['{key}'\]={value}\): "
+    with pytest.raises(ValueError, match=prefix + rf".*{why}.*; remove it$"):
+        DistillConfig(output_dir=str(tmp_path), report_to=[], generation_kwargs={key: value})
+    # Their defaults change nothing, and are accepted.
+    DistillConfig(output_dir=str(tmp_path), report_to=[], generation_kwargs={"num_return_sequences": 1})
