@@ -396,7 +396,8 @@ class DistillConfig(TeacherServerArguments, GenerationEngineArguments, TrainingA
         sampling = {"do_sample": False}
         if self.generation_temperature > 0:
             sampling = dict(do_sample=True, temperature=self.generation_temperature, top_p=self.generation_top_p)
-            sampling["top_k"] = self.generation_top_k or None
+            # 0 is "no top-k", said explicitly: None would let transformers fill in its default, top-50.
+            sampling["top_k"] = self.generation_top_k
         extra = parse_generation_kwargs(self.generation_kwargs)
         return GenerationConfig(max_new_tokens=self.max_new_tokens, **sampling, **extra)
 
@@ -425,6 +426,13 @@ def parse_generation_kwargs(value: dict[str, Any] | str | None) -> dict[str, Any
                 f"{key!r} has its own field: {_OWN_GENERATION_FIELDS[key]}",
                 f"set {_OWN_GENERATION_FIELDS[key]} instead",
             )
+        if key in _PAIRING_GENERATION_FIELDS and value[key] != _PAIRING_GENERATION_FIELDS[key][0]:
+            raise UserInputError(
+                "invalid generation_kwargs",
+                f"generation_kwargs[{key!r}]={value[key]!r}",
+                _PAIRING_GENERATION_FIELDS[key][1],
+                "remove it",
+            )
         if key not in defaults:
             raise UserInputError(
                 "invalid generation_kwargs",
@@ -443,4 +451,17 @@ _OWN_GENERATION_FIELDS = {
     "temperature": "generation_temperature",
     "top_p": "generation_top_p",
     "top_k": "generation_top_k",
+}
+# GenerationConfig fields that would change the shape or the pairing of the generated completions (one per prompt,
+# ending at the tokenizer's eos): the one value that changes nothing, and why any other is refused (it would be
+# overwritten or break the pairing, never silently).
+_PAIRING_GENERATION_FIELDS = {
+    "num_return_sequences": (1, "each prompt gets one completion, its row's; more would not pair with the prompts"),
+    "num_beams": (1, "completions are sampled (or greedy) one per prompt; beam search is not supported"),
+    "num_beam_groups": (1, "beam search is not supported"),
+    "eos_token_id": (
+        None,
+        "completions end at the tokenizer's eos_token, which would overwrite it; set the tokenizer's",
+    ),
+    "pad_token_id": (None, "generated batches are padded with the tokenizer's pad token, which would overwrite it"),
 }
