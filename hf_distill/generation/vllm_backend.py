@@ -10,7 +10,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from transformers.utils import is_peft_available
 
-from ..config import parse_generation_kwargs
+from ..arguments.generation_kwargs import parse_generation_kwargs
 from ..metrics.names import VLLM_SYNC_SECONDS
 from ..teachers.placement import is_deepspeed_zero3
 from ..user_errors import UserInputError
