@@ -3,6 +3,7 @@ offline in seconds."""
 
 import json
 import os
+import shutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -15,6 +16,7 @@ from hf_distill.cli import main
 from hf_distill.commands.recipe import parse_recipe
 from hf_distill.commands.train import build_trainer
 from hf_distill.run.model_card import render_model_card
+from hf_distill.run.run_arguments import RUN_ARGUMENTS
 
 # The tests folder, the repository, and the scripts the tests launch: tests in subfolders read these, not __file__.
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -261,3 +263,22 @@ def run_with_a_card(workspace):
     rows = [json.loads(line) for line in eval_file.read_text().splitlines()]
     eval_file.write_text("".join(json.dumps({**r, "category": "ab"[i % 2]}) + "\n" for i, r in enumerate(rows)))
     return out, recipe
+
+
+def interrupted(out, after_step: int | None = None):
+    """`out`, a finished `hf-distill train` run's folder, as a kill leaves it: not marked finished (a kill between
+    the card and the mark), and with `after_step` also without the checkpoints past that step, the final weights and
+    the card (a kill after that step's checkpoint). A rerun of the same command then resumes."""
+    if after_step is not None:
+        for name in os.listdir(out):
+            step = name.removeprefix("checkpoint-")
+            later = name.startswith("checkpoint-") and step.isdigit() and int(step) > after_step
+            if later or name in ("model.safetensors", "README.md"):
+                path = os.path.join(out, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    path = os.path.join(out, RUN_ARGUMENTS)
+    with open(path) as f:
+        recorded = json.load(f)
+    with open(path, "w") as f:
+        json.dump({**recorded, "finished": False}, f)
+    return out

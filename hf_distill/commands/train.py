@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+from typing import Any, NamedTuple
 
 from transformers import TrainerCallback, set_seed
 
@@ -17,10 +18,33 @@ from ..run.lock import check_free, run_lock
 from ..run.main_process_first import main_process_first
 from ..run.run_arguments import claim_output_dir, mark_finished
 from ..teachers.cache_builder import attach_teacher_cache
+from ..teachers.cache_store import StoredCache
 from ..trainer import DistillTrainer
 from .check import check_output_dir, check_run
 
 logger = logging.getLogger(__name__)
+
+
+class CheckedInputs(NamedTuple):
+    """What the checks before any compute read once and hand on: the teacher cache (`check_run`), the tokenizer and
+    the teacher's own tokenizer (`cross_tokenizer`)."""
+
+    cache: StoredCache | None
+    tokenizer: Any
+    teacher_tokenizer: Any
+
+
+def check_inputs(model_args: ModelArguments, data_args: DataArguments, config: DistillConfig) -> CheckedInputs:
+    """Every check of a run's inputs before any data or weight loads: the output folder, the arguments' files,
+    tokenizers, model configs and vocabularies (`check_run`, `check_models_fit`)."""
+    if config.process_index == 0:
+        check_free(config.output_dir)  # another run on this output_dir: refused before anything is loaded
+    cache = check_run(model_args, data_args, config)
+    tokenizer = load_tokenizer(model_args, config)
+    # Loaded once, for the checks, the data and the trainer.
+    teacher_tokenizer = load_teacher_tokenizer(config, model_args) if config.uses_cross_tokenizer else None
+    check_models_fit(model_args, config, tokenizer, teacher_tokenizer, cache.manifest["top_k"] if cache else None)
+    return CheckedInputs(cache, tokenizer, teacher_tokenizer)
 
 
 def build_trainer(
@@ -28,16 +52,12 @@ def build_trainer(
     data_args: DataArguments,
     config: DistillConfig,
     callbacks: list[TrainerCallback] | None = None,
+    checked: CheckedInputs | None = None,
 ) -> DistillTrainer:
-    """Checks, tokenizer, data (with the teacher cache when set), teacher and student, and the trainer over them."""
-    if config.process_index == 0:
-        check_free(config.output_dir)  # another run on this output_dir: refused before anything is loaded
-    cache = check_run(model_args, data_args, config)
+    """Checks (`check_inputs`, unless `checked` holds what they read), tokenizer, data (with the teacher cache when
+    set), teacher and student, and the trainer over them."""
+    cache, tokenizer, teacher_tokenizer = checked or check_inputs(model_args, data_args, config)
     set_seed(config.seed)
-    tokenizer = load_tokenizer(model_args, config)
-    # Loaded once, for the checks, the data and the trainer.
-    teacher_tokenizer = load_teacher_tokenizer(config, model_args) if config.uses_cross_tokenizer else None
-    check_models_fit(model_args, config, tokenizer, teacher_tokenizer, cache.manifest["top_k"] if cache else None)
     train_dataset, eval_dataset = main_process_first(
         lambda: prepare_datasets(
             data_args, tokenizer, prompts_only=config.lmbda == 1.0, teacher_tokenizer=teacher_tokenizer
@@ -71,13 +91,16 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
     (`hf_distill.run.lock`): a second run on it is refused during the final evaluation and save too."""
     check_output_dir(config.output_dir)  # before the lock, which is written into it
     with run_lock(config.output_dir, enabled=config.process_index == 0):
+        # A bad input is told as such before the arguments are compared with a run already in output_dir.
+        checked = check_inputs(model_args, data_args, config)
         if claim_output_dir(model_args, data_args, config):
             logger.warning(
                 f"output_dir={config.output_dir!r} holds this run, finished with these arguments: nothing to do (set "
                 "another output_dir, or overwrite_output_dir: true to train it again)"
             )
             return _results(config.output_dir)
-        metrics = _train_evaluate_save(model_args, data_args, config)
+        trainer = build_trainer(model_args, data_args, config, checked=checked)
+        metrics = _train_evaluate_save(trainer, model_args, data_args, config)
         if config.process_index == 0:
             mark_finished(config.output_dir)
         return metrics
@@ -92,8 +115,7 @@ def _results(output_dir: str) -> dict:
         return json.load(f)
 
 
-def _train_evaluate_save(model_args: ModelArguments, data_args: DataArguments, config: DistillConfig) -> dict:
-    trainer = build_trainer(model_args, data_args, config)
+def _train_evaluate_save(trainer: DistillTrainer, model_args, data_args, config: DistillConfig) -> dict:
     eval_dataset = trainer.eval_dataset
     checkpoint = config.resume_from_checkpoint
     if checkpoint is None and os.path.isdir(config.output_dir):

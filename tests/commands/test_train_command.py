@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 import transformers.trainer
-from testing_utils import tiny_llama, variable_length_dataset, word_tokenizer
+from testing_utils import interrupted, tiny_llama, variable_length_dataset, word_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 import hf_distill.models.loading
@@ -62,8 +62,10 @@ def test_train_writes_a_usable_student(workspace):
 
 def test_rerun_resumes_from_the_last_checkpoint(workspace):
     tmp_path, recipe = workspace
-    main(["train", recipe, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2"])
-    main(["train", recipe, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"])
+    argv = ["train", recipe, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"]
+    main([*argv, "--save_total_limit", "2"])
+    interrupted(tmp_path / "out", after_step=2)  # as a kill after checkpoint-2 leaves it
+    main(argv)
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
     assert steps == [2, 4]  # step 2 logged once: the second run continued, it did not start over

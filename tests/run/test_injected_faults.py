@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from test_dropin import lora_student, trained_weights
 from test_trainer import assert_same_weights
-from testing_utils import SCRIPTS, TESTS, error_line, tiny_llama
+from testing_utils import SCRIPTS, TESTS, error_line, interrupted, tiny_llama
 
 from hf_distill.run import disk_space, final_model
 from hf_distill.run.checkpoints import damage, is_complete, last_complete_checkpoint
@@ -247,14 +247,16 @@ def test_a_full_disk_during_the_final_save_leaves_no_model_and_no_card(uninterru
 
 
 def test_a_failed_final_save_over_a_finished_model_removes_its_card(uninterrupted):
-    """A finished run trained further (a larger max_steps) whose final save fails: the card of the old model is gone
-    (a card would present the folder as the newly trained model), and the old weights stay whole."""
+    """A run killed after its card, before it was marked finished, whose rerun's final save fails: the card of the
+    model already there is gone (a card would present the folder as the newly saved model), and those weights stay
+    whole."""
     runner, base, recipe = (uninterrupted[k] for k in ("runner", "base", "recipe"))
     out = base / "full-over-finished"
     code, log = runner.run(train_argv(recipe, out))
     assert code == 0 and (out / MODEL_CARD).is_file(), log[-3000:]
-    # Resumed from checkpoint-6, the longer run writes checkpoint-8's weights, then the final ones: the second write.
-    code, log = runner.run([*train_argv(recipe, out), "--max_steps", "8"], fault="enospc:safetensors:2")
+    interrupted(out)
+    # Resumed from checkpoint-6 at max_steps, the rerun trains no step: its first weights written are the final ones.
+    code, log = runner.run(train_argv(recipe, out), fault="enospc:safetensors:1")
     assert code == 2, log[-3000:]
     assert "cannot save the trained model" in last_error_line(log)
     assert not (out / MODEL_CARD).exists()
@@ -334,10 +336,11 @@ def test_a_save_that_did_not_fail_raises_nothing(tmp_path):
 
 
 def finished_copy(uninterrupted, name):
-    """A copy of the uninterrupted run's output_dir, to damage."""
+    """A copy of the uninterrupted run's output_dir, to damage, as a kill between its card and the mark of a finished
+    run leaves it (a finished one would not be trained again)."""
     out = uninterrupted["base"] / name
     shutil.copytree(uninterrupted["base"] / "train", out)
-    return out
+    return interrupted(out)
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,10 @@ with the fields that changed, one of a finished run rewrites nothing, and resume
 
 import json
 import os
-import shutil
 
 import pytest
 from safetensors.torch import load_file
+from testing_utils import interrupted
 
 from hf_distill.cli import main
 from hf_distill.commands.recipe import parse_recipe
@@ -80,21 +80,38 @@ def test_overwrite_output_dir_trains_anew(workspace):
 def test_resume_with_the_same_arguments_is_exact(workspace, tmp_path_factory):
     """A run stopped after its step-2 checkpoint (the final save undone) resumes to the uninterrupted weights."""
     tmp_path, recipe = workspace
-    main(["train", recipe, "--max_steps", "4", "--save_steps", "2", "--output_dir", str(tmp_path / "whole")])
-    main(["train", recipe, "--max_steps", "4", "--save_steps", "2"])
+    main(
+        [
+            "train",
+            recipe,
+            "--max_steps",
+            "4",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "2",
+            "--output_dir",
+            str(tmp_path / "whole"),
+        ]
+    )
+    main(
+        [
+            "train",
+            recipe,
+            "--max_steps",
+            "4",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "2",
+            "--save_total_limit",
+            "2",
+        ]
+    )
+    interrupted(tmp_path / "out", after_step=2)  # as a kill after checkpoint-2 leaves it
     out = tmp_path / "out"
-    # Back to how a kill after checkpoint-2 leaves the folder: no later checkpoint, no model, not finished.
-    for name in os.listdir(out):
-        if name.startswith("checkpoint-") and name != "checkpoint-2" or name in ("model.safetensors", "README.md"):
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
     assert sorted(n for n in os.listdir(out) if n.startswith("checkpoint-")) == ["checkpoint-2"]
-    recorded = json.loads((out / RUN_ARGUMENTS).read_text())
-    (out / RUN_ARGUMENTS).write_text(json.dumps({**recorded, "finished": False}))
-    main(["train", recipe, "--max_steps", "4", "--save_steps", "2"])
+    main(["train", recipe, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"])
     whole, resumed = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
     assert all((whole[k] - resumed[k]).abs().max() <= 1e-6 for k in whole)
 
