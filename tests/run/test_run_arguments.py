@@ -77,41 +77,15 @@ def test_overwrite_output_dir_trains_anew(workspace):
     assert "Temperature | 2.5" in (out / "README.md").read_text()
 
 
-def test_resume_with_the_same_arguments_is_exact(workspace, tmp_path_factory):
+def test_resume_with_the_same_arguments_is_exact(workspace):
     """A run stopped after its step-2 checkpoint (the final save undone) resumes to the uninterrupted weights."""
     tmp_path, recipe = workspace
-    main(
-        [
-            "train",
-            recipe,
-            "--max_steps",
-            "4",
-            "--save_strategy",
-            "steps",
-            "--save_steps",
-            "2",
-            "--output_dir",
-            str(tmp_path / "whole"),
-        ]
-    )
-    main(
-        [
-            "train",
-            recipe,
-            "--max_steps",
-            "4",
-            "--save_strategy",
-            "steps",
-            "--save_steps",
-            "2",
-            "--save_total_limit",
-            "2",
-        ]
-    )
-    interrupted(tmp_path / "out", after_step=2)  # as a kill after checkpoint-2 leaves it
-    out = tmp_path / "out"
+    argv = ["train", recipe, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"]
+    main([*argv, "--output_dir", str(tmp_path / "whole")])
+    main([*argv, "--save_total_limit", "2"])
+    out = interrupted(tmp_path / "out", after_step=2)  # as a kill after checkpoint-2 leaves it
     assert sorted(n for n in os.listdir(out) if n.startswith("checkpoint-")) == ["checkpoint-2"]
-    main(["train", recipe, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"])
+    main(argv)
     whole, resumed = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
     assert all((whole[k] - resumed[k]).abs().max() <= 1e-6 for k in whole)
 
