@@ -1,7 +1,8 @@
 """A run knows its own arguments: `output_dir/run_arguments.json` holds, from the run's start, every argument that
 shapes what is trained (and their hash), and whether the run finished. A rerun into the same folder with other such
-arguments is refused with the changed fields; one with the same arguments resumes, or, when the run finished, says
-so and rewrites nothing (a model card must never describe arguments that did not train the weights)."""
+arguments is refused with the changed fields (once the folder holds a checkpoint to resume from); one with the same
+arguments resumes, or, when the run finished, says so and rewrites nothing (a model card must never describe
+arguments that did not train the weights)."""
 
 import dataclasses
 import hashlib
@@ -10,6 +11,7 @@ import os
 
 from ..user_errors import UserInputError
 from .atomic_write import remove_path, write_json_atomically
+from .checkpoints import last_complete_checkpoint
 from .lock import LOCK_NAME
 
 RUN_ARGUMENTS = "run_arguments.json"
@@ -117,6 +119,9 @@ def claim_output_dir(model_args, data_args, config) -> bool:
         # No process looks for a checkpoint to resume before the earlier run's are gone.
         config.distributed_state.wait_for_everyone()
     recorded = _read(path)
+    if recorded is not None and not recorded.get("finished") and last_complete_checkpoint(config.output_dir) is None:
+        # A run refused or stopped before its first checkpoint left nothing to resume: this one starts it anew.
+        recorded = None
     if recorded is not None:
         changed = sorted(
             name

@@ -58,10 +58,11 @@ def test_vllm_settings_without_use_vllm_are_refused(tmp_path, vllm_found, name, 
 
 
 def test_generation_kwargs_vllm_cannot_honour_are_refused_when_the_config_is_built(tmp_path, vllm_found):
-    line = refused(tmp_path, lmbda=1.0, use_vllm=True, generation_kwargs={"num_beams": 2})
-    assert line.startswith("generation setting not available with vLLM (generation_kwargs['num_beams']): ")
+    line = refused(tmp_path, lmbda=1.0, use_vllm=True, generation_kwargs={"no_repeat_ngram_size": 2})
+    assert line.startswith("generation setting not available with vLLM (generation_kwargs['no_repeat_ngram_size']): ")
     # transformers takes it, and what vLLM takes passes.
-    assert config(tmp_path, lmbda=1.0, generation_kwargs={"num_beams": 2}).generation_kwargs == {"num_beams": 2}
+    kwargs = {"no_repeat_ngram_size": 2}
+    assert config(tmp_path, lmbda=1.0, generation_kwargs=kwargs).generation_kwargs == kwargs
     assert config(tmp_path, lmbda=1.0, use_vllm=True, generation_kwargs={"repetition_penalty": 1.1}).use_vllm
 
 

@@ -97,3 +97,13 @@ def test_shaping_arguments_of_a_recipe(workspace):
     assert "logging_steps" not in arguments and "output_dir" not in arguments
     assert {"learning_rate", "seed", "alpha", "model_name_or_path", "dataset_name", "max_length"} <= set(arguments)
     json.dumps(arguments)  # JSON values only
+
+
+def test_a_run_refused_before_its_first_checkpoint_leaves_nothing_to_guard(workspace, capsys):
+    """A run stopped before its first checkpoint (killed, or refused for an input checked once the data is read, such
+    as a teacher cache's fingerprint) has nothing to resume: the next run, with other arguments, starts anew."""
+    tmp_path, recipe = workspace
+    main(["train", recipe, "--max_steps", "2", "--save_strategy", "no"])
+    out = interrupted(tmp_path / "out", after_step=0)  # as a kill during the first step leaves it
+    main(["train", recipe, "--max_steps", "2", "--save_strategy", "no", "--temperature", "2.5"])
+    assert json.loads((out / RUN_ARGUMENTS).read_text())["arguments"]["temperature"] == 2.5

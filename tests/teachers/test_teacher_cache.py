@@ -167,7 +167,9 @@ def test_ensemble_cache_holds_the_combined_distribution(workspace, mode, capsys)
     main(["train", recipe, "--teacher_cache_dir", str(tmp_path / "cache"), "--max_steps", "2"])
     assert any("kd_loss" in log for log in train_logs(tmp_path / "out"))
     line = error_line(
-        capsys, ["train", recipe, "--teacher_cache_dir", str(tmp_path / "cache"), "--teacher_weights", "1", "1"]
+        capsys,
+        ["train", recipe, "--teacher_cache_dir", str(tmp_path / "cache"), "--teacher_weights", "1", "1"]
+        + ["--output_dir", str(tmp_path / "other-weights")],  # a new run: the cache, not the folder, is refused
     )
     assert "its teacher_weights is [0.75, 0.25], the recipe's is [0.5, 0.5]" in line
 
