@@ -100,6 +100,11 @@ def _checkpoints(output_dir: str) -> list[tuple[int, str]]:
     return sorted((step, path) for step, path in found if os.path.isdir(path))
 
 
+def has_complete_checkpoint(output_dir: str) -> bool:
+    """Whether `output_dir` holds a checkpoint whose save finished (damaged or not: read nothing, warn of nothing)."""
+    return any(is_complete(path) for _, path in _checkpoints(output_dir))
+
+
 def last_complete_checkpoint(output_dir: str) -> str | None:
     """The checkpoint with the highest step whose save finished and whose files are as they were written; partial
     ones (a crash mid-save) are skipped, damaged ones too, with a warning naming what is damaged. None when

@@ -11,7 +11,7 @@ import os
 
 from ..user_errors import UserInputError
 from .atomic_write import remove_path, write_json_atomically
-from .checkpoints import last_complete_checkpoint
+from .checkpoints import has_complete_checkpoint
 from .lock import LOCK_NAME
 
 RUN_ARGUMENTS = "run_arguments.json"
@@ -119,7 +119,7 @@ def claim_output_dir(model_args, data_args, config) -> bool:
         # No process looks for a checkpoint to resume before the earlier run's are gone.
         config.distributed_state.wait_for_everyone()
     recorded = _read(path)
-    if recorded is not None and not recorded.get("finished") and last_complete_checkpoint(config.output_dir) is None:
+    if recorded is not None and not recorded.get("finished") and not has_complete_checkpoint(config.output_dir):
         # A run refused or stopped before its first checkpoint left nothing to resume: this one starts it anew.
         recorded = None
     if recorded is not None:
