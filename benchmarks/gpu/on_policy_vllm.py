@@ -26,6 +26,7 @@ smoke run writes only with `--output`). Without CUDA (and without `--smoke`), or
 """
 
 import argparse
+import gc
 import importlib.util
 import os
 import statistics
@@ -192,7 +193,9 @@ def main(argv=None) -> None:
                 budget.record(name, steps, time.perf_counter() - began, sum(timer.step_times))
                 median = statistics.median(timer.step_times[skip:])
                 print(f"repeat {repeat + 1}/{opts.repeats}, {name}: median step {median:.3f} s")
+                # The next run's vLLM engine checks the free memory when it starts: this one's is released first.
                 del trainer, probe, timer
+                gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
 
