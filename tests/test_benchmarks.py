@@ -62,22 +62,36 @@ def test_evaluate_demo_tiny():
 
 
 def test_on_policy_speed_tiny():
+    # A student head size of 32 (hidden 128, 4 heads): the smallest vLLM's CPU attention takes.
     out = run(
         "on_policy_speed.py",
         *("--max_steps", "3", "--skip_steps", "1", "--repeats", "1", "--batch_size", "2", "--max_new_tokens", "4"),
-        *("--student_hidden", "32", "--teacher_hidden", "64"),
+        *("--student_hidden", "128", "--teacher_hidden", "64"),
     )
-    rows = {
-        name: re.search(
-            rf"^\| {re.escape(name)} \| [\d.]+ \| [\d., ]+ \| [\d.]+ \| ([\d.]+) \| ([\d.]+) \| [\d.]+ \|$", out, re.M
+    hf, vllm, trl = "hf_distill DistillTrainer", "hf_distill DistillTrainer, use_vllm", "TRL DistillationTrainer"
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    # name -> (mean completion length, generation tokens/s, sync ms, ratio to TRL, step time / HF generate)
+    rows = {}
+    for name in (hf, trl, vllm) if has_vllm else (hf, trl):
+        row = re.search(
+            rf"^\| {re.escape(name)} \| [\d.]+ \| [\d., ]+ \| [\d.]+ \| ([\d.]+) \| (\S+) \| (\S+) \| ([\d.]+) \| "
+            r"[\d.]+ \| ([\d.]+) \| (\S+) \|$",
+            out,
+            re.M,
         )
-        for name in ("hf_distill DistillTrainer", "TRL DistillationTrainer")
-    }
-    assert all(rows.values()), out
-    # Greedy decoding from the same weights: both trainers generate completions of the same mean length.
-    assert rows["hf_distill DistillTrainer"][1] == rows["TRL DistillationTrainer"][1]
-    assert float(rows["TRL DistillationTrainer"][2]) == 1.0
+        assert row, (name, out)
+        rows[name] = row.groups()
+    # Greedy decoding from the same weights: every trainer generates completions of the same mean length.
+    assert len({row[0] for row in rows.values()}) == 1, rows
+    assert float(rows[trl][3]) == 1.0 and float(rows[hf][4]) == 1.0
+    assert rows[trl][1:3] == ("-", "-") and rows[hf][2] == "-" and float(rows[hf][1]) > 0
     assert re.search(r"^hf_distill / TRL median on-policy step time: [\d.]+x \((meets|misses)", out, re.M)
+    assert re.search(r"^TRL DistillationTrainer use_vllm \(colocate\): not run: ", out, re.M)
+    if has_vllm:
+        assert float(rows[vllm][1]) > 0 and float(rows[vllm][2]) > 0  # every step syncs: the student trains
+        assert re.search(r"^use_vllm / HF generate: median step time [\d.]+x, generation tokens/s [\d.]+x", out, re.M)
+    else:
+        assert f"vLLM is not installed: the {vllm} row is skipped" in out and vllm not in rows
 
 
 @pytest.mark.slow
@@ -156,6 +170,40 @@ def test_gpu_benchmark_smoke_on_cpu():
 def test_gpu_benchmark_stops_at_once_without_cuda():
     result = subprocess.run(
         [sys.executable, os.path.join("benchmarks", "gpu", "run.py")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "needs a CUDA GPU" in result.stderr
+    assert not result.stdout
+
+
+@pytest.mark.vllm
+def test_gpu_on_policy_vllm_smoke_on_cpu():
+    """Both backends of the GPU on-policy run, at tiny sizes on CPU: the same completion lengths, a sync per step."""
+    pytest.importorskip("vllm", reason="benchmarks/gpu/on_policy_vllm.py needs vLLM (bash scripts/install_vllm.sh)")
+    out = run(os.path.join("gpu", "on_policy_vllm.py"), "--smoke")
+    rows = {}
+    for name in ("HF generate", "vLLM (use_vllm)"):
+        row = re.search(
+            rf"^\| {re.escape(name)} \| [\d.]+ \| ([\d.]+) \| ([\d.]+) \| (\S+) \| [\d.]+ \| 1 \| "
+            r"[\d.]+ \| [\d.]+ \|  \|$",
+            out,
+            re.M,
+        )
+        assert row, (name, out)
+        rows[name] = row.groups()
+    # min_new_tokens = max_new_tokens: both write all 8 tokens of every completion.
+    assert rows["HF generate"][1] == rows["vLLM (use_vllm)"][1] == "8.0"
+    assert rows["HF generate"][2] == "-" and float(rows["vLLM (use_vllm)"][2]) > 0
+    for what in ("generation", "step"):
+        assert re.search(rf"^vLLM / HF generate {what} speed: [\d.]+x \((meets|misses) the target", out, re.M)
+
+
+def test_gpu_on_policy_vllm_stops_at_once_without_cuda():
+    result = subprocess.run(
+        [sys.executable, os.path.join("benchmarks", "gpu", "on_policy_vllm.py")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1
     assert "needs a CUDA GPU" in result.stderr
