@@ -34,6 +34,7 @@ from .teachers.build import build_teacher
 from .teachers.context_length import check_batch_length, teacher_contexts
 from .teachers.numerics import check_teacher_finite
 from .teachers.placement import is_deepspeed_zero3
+from .user_errors import UserInputError
 
 
 class DistillTrainer(Trainer):
@@ -45,10 +46,10 @@ class DistillTrainer(Trainer):
     Args:
         teacher_model (`PreTrainedModel`, `str` or a list of them, *optional*):
             The teacher, or its hub id / local folder (loaded with `args.teacher_model_init_kwargs`). Defaults to
-            `args.teacher_model_name_or_path`. Ignored, and never loaded, when `args.alpha == 1.0` or when
-            `args.teacher_cache_dir` is set (the batches then carry the teacher's cached top-k). A list is an
-            ensemble, combined as `args.teacher_ensemble` says with `args.teacher_weights`. Built once into
-            `self.teacher`, a `hf_distill.teachers.protocol.Teacher`.
+            `args.teacher_model_name_or_path`. Ignored, and never loaded, when `args.alpha == 1.0`; refused with
+            `args.teacher_cache_dir` or `args.use_teacher_server` (the cache or the server is then the teacher). A
+            list is an ensemble, combined as `args.teacher_ensemble` says with `args.teacher_weights`. Built once
+            into `self.teacher`, a `hf_distill.teachers.protocol.Teacher`.
         teacher_tokenizer (*optional*):
             The teacher's own tokenizer, with `args.cross_tokenizer` only. Defaults to the one
             `args.teacher_tokenizer_name_or_path` (or the teacher's folder) holds, loaded with the teacher's
@@ -83,6 +84,14 @@ class DistillTrainer(Trainer):
 
         # A teacher given by path is loaded with `args.teacher_model_init_kwargs` alone: the trainer knows no student
         # model arguments (`loading.teacher_init_kwargs`).
+        if teacher_model is not None and args.teacher_source in ("cache", "server"):
+            setting = "use_teacher_server=True" if args.teacher_source == "server" else "teacher_cache_dir"
+            raise UserInputError(
+                "teacher model that would be ignored",
+                f"DistillTrainer(teacher_model=...), {setting}",
+                f"the teacher's side comes from the {args.teacher_source}, so the model passed would never run",
+                f"drop teacher_model, or unset {setting.split('=')[0]}",
+            )
         teachers = load_teachers(args, teacher_model=teacher_model) if args.teacher_source == "model" else None
         if args.uses_cross_tokenizer and teacher_tokenizer is None:
             teacher_tokenizer = load_teacher_tokenizer(args)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -502,3 +503,20 @@ def test_each_model_is_unwrapped_once_however_many_steps(tmp_path, monkeypatch):
     trainer = train(tmp_path / "many", max_steps=6, gradient_accumulation_steps=2, per_device_train_batch_size=4)
     assert trainer.uses_fused_loss("train")
     assert len(calls) == few
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setting"),
+    [
+        ({"teacher_cache_dir": "cache"}, "teacher_cache_dir"),
+        ({"use_teacher_server": True, "teacher_model_server_url": "http://127.0.0.1:9"}, "use_teacher_server=True"),
+    ],
+)
+def test_a_teacher_model_that_would_never_run_is_refused(tmp_path, overrides, setting):
+    """Before: the model passed was silently ignored, the cache (or the server) being the teacher."""
+    args = make_args(tmp_path, **overrides)
+    prefix = (
+        rf"^teacher model that would be ignored \(DistillTrainer\(teacher_model=\.\.\.\), {re.escape(setting)}\): "
+    )
+    with pytest.raises(ValueError, match=prefix):
+        DistillTrainer(model=tiny_llama(seed=1), args=args, teacher_model=tiny_llama(seed=2))
