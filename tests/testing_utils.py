@@ -3,7 +3,6 @@ offline in seconds."""
 
 import json
 import os
-import shutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -15,6 +14,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from hf_distill.cli import main
 from hf_distill.commands.recipe import parse_recipe
 from hf_distill.commands.train import build_trainer
+from hf_distill.run.atomic_write import remove_path
 from hf_distill.run.model_card import render_model_card
 from hf_distill.run.run_arguments import RUN_ARGUMENTS
 
@@ -274,8 +274,7 @@ def interrupted(out, after_step: int | None = None):
             step = name.removeprefix("checkpoint-")
             later = name.startswith("checkpoint-") and step.isdigit() and int(step) > after_step
             if later or name in ("model.safetensors", "README.md"):
-                path = os.path.join(out, name)
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+                remove_path(os.path.join(out, name))
     path = os.path.join(out, RUN_ARGUMENTS)
     with open(path) as f:
         recorded = json.load(f)

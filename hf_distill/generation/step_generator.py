@@ -17,10 +17,7 @@ from ..data.datasets import split_prompt
 from ..losses import IGNORE_INDEX
 from ..metrics.names import COMPLETION_LENGTH, ON_POLICY_FRACTION, TEACHER_LOGPROB, TRUNCATED_FRACTION
 from ..user_errors import UserInputError
-
-# `Completions`, `generate` and `generation_seed` lived here before the generation backends; still importable here.
-from .hf_generate import Completions, generate  # noqa: F401
-from .seeds import generation_seed  # noqa: F401
+from .hf_generate import Completions
 
 
 @dataclass(frozen=True)

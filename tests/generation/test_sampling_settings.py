@@ -7,7 +7,7 @@ from testing_utils import tiny_llama
 from transformers import GenerationConfig
 
 from hf_distill import DistillConfig
-from hf_distill.generation.step_generator import generate
+from hf_distill.generation.hf_generate import generate
 
 
 def ranks_of_sampled_tokens(generation_config: GenerationConfig) -> list[int]:
